@@ -13,7 +13,7 @@ from hydra.core.config_store import ConfigStore
 # Allowed values, shared by the schema's docstrings and validation.
 INITS = ("pretrained", "random")
 NEW_ROW_INITS = ("random", "mean")
-IMAGE_INITS = ("random", "mean")
+IMAGE_INITS = ("random", "mean", "contrastive")
 TASKS = ("t2i", "uncond")
 DATA_SOURCES = ("synthetic",)
 NORMS = ("default_layer_norm", "gain_only_layer_norm", "rms_norm")
@@ -58,7 +58,8 @@ class ModelConfig:
     new_rows_init: str = "random"
     """How widened vocabulary rows (specials) start: random (truncated normal) or mean (mean of text rows)."""
     image_init: str = "random"
-    """How image-code rows start: random or mean."""
+    """How image-code rows start: random, mean (mean text embedding) or contrastive (the `align` stage's
+    image-code embeddings, copied into the input embedding; needs init=pretrained)."""
 
 
 @dataclass
@@ -178,6 +179,49 @@ class TrainConfig:
 
 
 @dataclass
+class AlignConfig:
+    """Contrastive alignment of image-code embeddings to the frozen text embeddings (paper Sec. 3.2, Fig. 7)."""
+
+    batch_size: int = 256
+    """Image-caption pairs per step (paper: 1,024)."""
+    steps: int = 300
+    """Optimizer steps."""
+    lr: float = 1e-2
+    """Adam learning rate of the image-code table and the temperature."""
+    seed: int = 0
+    """Seed of initialisation and batch order."""
+
+
+@dataclass
+class EvaluateConfig:
+    """Evaluation of a run: text ability during training (Table 1), samples and image metrics after it (Fig. 5)."""
+
+    probe_every_tokens: int = 100_000
+    """Text-to-image runs: held-out text perplexity and greedy completions every this many tokens (and at
+    step 0); 0 disables the probe."""
+    probe_sequences: int = 64
+    """Held-out text sequences per perplexity measurement."""
+    completion_tokens: int = 24
+    """Tokens generated greedily per prompt."""
+    n_samples: int = 64
+    """Images sampled per split (seen and held-out attribute combinations; unconditional: one set)."""
+    temperature: float = 1.0
+    """Sampling temperature (> 0)."""
+    top_k: int = 0
+    """Keep the k most likely image codes (0: all)."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of codes with this much probability (1.0: all)."""
+    batch_size: int = 32
+    """Prompts sampled at once."""
+    grid_images: int = 16
+    """Images shown in the sample grid (Figure 5)."""
+    fid_weights: str | None = None
+    """A TorchScript feature extractor (e.g. Inception) for FID on real data; unused by synthetic data."""
+    seed: int = 0
+    """Seed of sampling."""
+
+
+@dataclass
 class ClusterConfig:
     """Where the jobs run."""
 
@@ -215,6 +259,8 @@ class RunConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 

@@ -68,6 +68,14 @@ def validate(cfg: RunConfig, arm: str | None = None) -> None:
         ("train.threads", tr.threads),
         ("pretrain.total_tokens", p.total_tokens),
         ("cluster.max_concurrent", cfg.cluster.max_concurrent),
+        ("align.batch_size", cfg.align.batch_size),
+        ("align.steps", cfg.align.steps),
+        ("align.lr", cfg.align.lr),
+        ("evaluate.n_samples", cfg.evaluate.n_samples),
+        ("evaluate.temperature", cfg.evaluate.temperature),
+        ("evaluate.batch_size", cfg.evaluate.batch_size),
+        ("evaluate.probe_sequences", cfg.evaluate.probe_sequences),
+        ("evaluate.completion_tokens", cfg.evaluate.completion_tokens),
     ]:
         positive(key, value)
     if m.hidden_dim % m.n_heads:
@@ -126,6 +134,25 @@ def validate(cfg: RunConfig, arm: str | None = None) -> None:
         raise ConfigError(
             "tokenizer.image_path", None, "a directory holding a saved image tokenizer", arm=arm
         )
+    ev = cfg.evaluate
+    if not 0 < ev.top_p <= 1:
+        raise ConfigError("evaluate.top_p", ev.top_p, "a number in (0, 1]", arm=arm)
+    for key, value in (("evaluate.top_k", ev.top_k), ("evaluate.probe_every_tokens", ev.probe_every_tokens)):
+        if value < 0:
+            raise ConfigError(key, value, "an integer >= 0 (0 disables)", arm=arm)
+    if m.image_init == "contrastive":
+        if m.init != "pretrained":
+            raise ConfigError(
+                "model.image_init",
+                m.image_init,
+                "random or mean when model.init=random",
+                arm=arm,
+                hint="contrastive alignment maps image codes onto a pretrained LM's text embeddings",
+            )
+        if d.task != "t2i":
+            raise ConfigError(
+                "model.image_init", m.image_init, "random or mean when data.task=uncond", arm=arm
+            )
     if m.init == "pretrained" and cfg.scale == "paper" and not m.checkpoint:
         raise ConfigError(
             "model.checkpoint",
