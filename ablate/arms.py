@@ -21,6 +21,8 @@ class ResolvedArm:
     cfg: DictConfig
     config: RunConfig
     key: str
+    sweeps: tuple[str, ...] = ()
+    """Every sweep this arm belongs to (an arm given twice, e.g. by two included files, keeps both)."""
 
 
 def resolve_arms(sweep: Sweep) -> list[ResolvedArm]:
@@ -32,5 +34,8 @@ def resolve_arms(sweep: Sweep) -> list[ResolvedArm]:
         validate(config, arm=arm.label)
         key = run_key(cfg)
         if key not in out:
-            out[key] = ResolvedArm(arm.label, arm.overrides, cfg, config, key)
+            out[key] = ResolvedArm(arm.label, arm.overrides, cfg, config, key, arm.sweeps)
+        else:
+            seen = out[key]
+            seen.sweeps = seen.sweeps + tuple(s for s in arm.sweeps if s not in seen.sweeps)
     return list(out.values())

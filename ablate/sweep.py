@@ -8,12 +8,15 @@ A sweep file (sweeps/*.yaml) has:
     base: [data.task=t2i]           # optional; overrides every arm shares
     grid:                           # Cartesian product; a value is a YAML list or a Hydra sweep string
       model.init: pretrained,random #   ("a,b", "choice(a,b)", "range(1,4)")
+    scale_grid:                     # optional; per scale, grid keys whose values differ at that scale
+      demo: {optim.lr: [1.0e-3]}    #   (the scale is the last `scale=` override, else demo)
     arms:                           # explicit arms, each a mapping of key: value (optional `label`)
       - {model.init: pretrained, train.trainable: emb_out}
     exclude:                        # drop arms whose values match every key of an entry
       - {model.init: random, train.trainable: emb_out}
 
 Command-line overrides given after the file apply to every arm, last (they win).
+Every arm remembers the sweeps it belongs to: its file's name and the names of the files including it.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
+from ablate.config.schema import SCALES
 from ablate.errors import SweepError
 
-TOP_LEVEL_KEYS = ("name", "description", "include", "base", "grid", "arms", "exclude")
+TOP_LEVEL_KEYS = ("name", "description", "include", "base", "grid", "scale_grid", "arms", "exclude")
+DEFAULT_SCALE = "demo"  # the config tree's default (conf/config.yaml)
 
 
 @dataclass
@@ -39,6 +44,8 @@ class Arm:
     label: str
     assignments: dict[str, str]
     overrides: list[str] = field(default_factory=list)
+    sweeps: tuple[str, ...] = ()
+    """Names of the sweep files this arm belongs to (its own file first, then the including ones)."""
 
 
 @dataclass
@@ -155,7 +162,37 @@ class _Parser:
             raise self.error(f"grid key {key!r} has no values", "grid", key)
         return vals
 
-    def parse(self) -> tuple[str, str, list[str], list[Arm], list[Path]]:
+    def scale_values(self, keys: list[str], scale: str) -> dict[str, list[str]]:
+        """Grid values replaced at `scale` by the file's scale_grid (checked for every scale it names)."""
+        table = self.data.get("scale_grid") or {}
+        if not isinstance(table, dict):
+            raise self.error("'scale_grid' maps a scale name to grid keys and their values", "scale_grid")
+        out: dict[str, list[str]] = {}
+        for name, entries in table.items():
+            if name not in SCALES:
+                raise self.error(
+                    f"scale_grid: unknown scale {name!r}; allowed: {', '.join(SCALES)}",
+                    "scale_grid",
+                    str(name),
+                )
+            if not isinstance(entries, dict) or not entries:
+                raise self.error(
+                    f"scale_grid.{name}: give grid keys and their values", "scale_grid", str(name)
+                )
+            for key, value in entries.items():
+                if str(key) not in keys:
+                    raise self.error(
+                        f"scale_grid.{name}.{key}: not a key of 'grid' (grid keys: {', '.join(keys)})",
+                        "scale_grid",
+                        str(name),
+                        str(key),
+                    )
+                values = self.sweep_values(str(key), value)
+                if name == scale:
+                    out[str(key)] = values
+        return out
+
+    def parse(self, scale: str = DEFAULT_SCALE) -> tuple[str, str, list[str], list[Arm], list[Path]]:
         d = self.data
         if not isinstance(d, dict):
             raise self.error("a sweep file is a mapping with keys " + ", ".join(TOP_LEVEL_KEYS))
@@ -179,10 +216,11 @@ class _Parser:
             grid = d["grid"]
             if not isinstance(grid, dict) or not grid:
                 raise self.error("'grid' is empty: give at least one key with values", "grid")
-            keys = list(grid)
-            values = [self.sweep_values(str(k), grid[k]) for k in keys]
+            keys = [str(k) for k in grid]
+            at_scale = self.scale_values(keys, scale)
+            values = [at_scale.get(k) or self.sweep_values(k, grid[k]) for k in keys]
             for combo in itertools.product(*values):
-                arms.append(Arm(label="", assignments=dict(zip(map(str, keys), combo, strict=True))))
+                arms.append(Arm(label="", assignments=dict(zip(keys, combo, strict=True))))
         for i, entry in enumerate(d.get("arms") or []):
             if not isinstance(entry, dict) or not entry:
                 raise self.error("each entry of 'arms' is a mapping key: value", "arms", str(i))
@@ -211,6 +249,10 @@ class _Parser:
         for i, p in enumerate(inc_paths):
             if not p.is_file():
                 raise self.error(f"included sweep file {p} does not exist", "include", str(i))
+        if "scale_grid" in d and "grid" not in d:
+            raise self.error(
+                "'scale_grid' replaces values of 'grid' keys, but there is no 'grid'", "scale_grid"
+            )
         if not arms and not inc_paths and "grid" not in d:
             raise self.error("the sweep has no arms: give a 'grid', 'arms' or 'include'")
         if not arms and not inc_paths:
@@ -237,15 +279,30 @@ def label_of(assignments: dict[str, str]) -> str:
     return " ".join(parts) or "base"
 
 
+def scale_of(overrides: list[str]) -> str:
+    """The scale a list of overrides selects: the last `scale=` among them, else the default."""
+    scale = DEFAULT_SCALE
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if sep and key.strip().lstrip("+~") == "scale":
+            scale = value.strip()
+    return scale
+
+
 def load_sweep(
-    path: str | Path, cli_overrides: list[str] | None = None, _seen: tuple[Path, ...] = ()
+    path: str | Path,
+    cli_overrides: list[str] | None = None,
+    _seen: tuple[Path, ...] = (),
+    _outer: tuple[str, ...] = (),
 ) -> Sweep:
-    """Parse and expand a sweep file (and its includes) into arms with their full override lists."""
+    """Parse and expand a sweep file (and its includes) into arms with their full override lists.
+
+    An arm's overrides are, in order: the including files' `base`, this file's `base`, the arm's own
+    assignments, then the command line's (which win). `_outer` carries the including files' bases.
+    """
     path = Path(path).resolve()
     if path in _seen:
         raise SweepError(f"{path}: include cycle through {' -> '.join(map(str, _seen))}")
-    parser = _Parser(path)
-    name, description, base, arms, includes = parser.parse()
     cli = list(cli_overrides or [])
     for c in cli:
         try:
@@ -254,13 +311,19 @@ def load_sweep(
             raise SweepError(
                 f"command-line override {c!r} does not parse: {str(e).strip().splitlines()[-1]}"
             ) from None
+    parser = _Parser(path)
+    outer = list(_outer)
+    base_now = parser.data.get("base") if isinstance(parser.data, dict) else None
+    scale = scale_of(outer + [str(b) for b in (base_now if isinstance(base_now, list) else [])] + cli)
+    name, description, base, arms, includes = parser.parse(scale)
 
     out: list[Arm] = []
     for inc in includes:
-        sub = load_sweep(inc, None, _seen + (path,))
+        sub = load_sweep(inc, cli, _seen + (path,), tuple(outer + base))
         for a in sub.arms:
-            out.append(Arm(a.label, a.assignments, base + a.overrides + cli))
+            sweeps = a.sweeps + ((name,) if name not in a.sweeps else ())
+            out.append(Arm(a.label, a.assignments, a.overrides, sweeps))
     for a in arms:
-        overrides = base + [f"{k}={v}" for k, v in a.assignments.items()] + cli
-        out.append(Arm(a.label or label_of(a.assignments), a.assignments, overrides))
+        overrides = outer + base + [f"{k}={v}" for k, v in a.assignments.items()] + cli
+        out.append(Arm(a.label or label_of(a.assignments), a.assignments, overrides, (name,)))
     return Sweep(name=name, path=path, description=description, arms=out)

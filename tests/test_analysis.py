@@ -46,7 +46,7 @@ def store(new_store: Callable[[str], Path]) -> SimpleNamespace:
         arms.append(("random", "t2i", "evaluate"))
         for init, task, stage in arms if sweep == "demo" else arms[:1]:
             arm = f"{task}-{init}"
-            tags = {tracking.TAG_SWEEP: sweep, tracking.TAG_ARM: arm}
+            tags = {tracking.TAG_SWEEP: sweep, tracking.sweep_tag(sweep): "true", tracking.TAG_ARM: arm}
             params = {"model.init": init, "data.task": task}
             key = f"{sweep}-{arm}"
             run_id = tracking.get_or_create_stage_run(uri, exp, parent, key, stage, arm, tags, params)
@@ -55,7 +55,11 @@ def store(new_store: Callable[[str], Path]) -> SimpleNamespace:
     # A sweep whose only run has not started: no metrics yet.
     exp = tracking.ensure_experiment(uri, "pending")
     parent = tracking.get_or_create_sweep_run(uri, exp, "pending")
-    tags = {tracking.TAG_SWEEP: "pending", tracking.TAG_ARM: "t2i-random"}
+    tags = {
+        tracking.TAG_SWEEP: "pending",
+        tracking.sweep_tag("pending"): "true",
+        tracking.TAG_ARM: "t2i-random",
+    }
     tracking.get_or_create_stage_run(uri, exp, parent, "pending-1", "train", "t2i-random", tags, {})
     return SimpleNamespace(uri=uri, runs=runs)
 

@@ -30,12 +30,14 @@ from ablate.tracking.store import (
     TAG_RUN_KEY,
     TAG_STAGE,
     TAG_SWEEP,
+    TAG_SWEEPS_PREFIX,
     TERMINAL_STATUSES,
     TRACKING_URI_ENV,
     TRUNCATION_MARK,
     default_tracking_uri,
     describe_store,
     redact_uri,
+    sweep_tag,
 )
 from ablate.tracking.tracker import MLflowTracker, NullTracker, Tracker
 
@@ -52,6 +54,7 @@ __all__ = [
     "TAG_RUN_KEY",
     "TAG_STAGE",
     "TAG_SWEEP",
+    "TAG_SWEEPS_PREFIX",
     "TERMINAL_STATUSES",
     "TRACKING_URI_ENV",
     "TRUNCATION_MARK",
@@ -68,5 +71,6 @@ __all__ = [
     "redact_uri",
     "run_info",
     "set_run_status",
+    "sweep_tag",
     "ui_command",
 ]

@@ -10,13 +10,13 @@ from ablate.tracking.store import (
     HISTORY_COLUMNS,
     TAG_PARENT,
     TAG_STAGE,
-    TAG_SWEEP,
     _chunks,
     _client,
     _search_runs,
     _sqlite_path,
     _store_missing,
     redact_uri,
+    sweep_tag,
 )
 
 if TYPE_CHECKING:
@@ -26,7 +26,11 @@ log = logging.getLogger(__name__)
 
 
 def fetch_runs(uri: str, sweep: str | None = None, stage: str | None = None) -> pd.DataFrame:
-    """One row per active run: run_id, run_name, experiment, status, times, `tags.ablate.*`, `params.*`."""
+    """One row per active run: run_id, run_name, experiment, status, times, `tags.ablate.*`, `params.*`.
+
+    `sweep` selects the runs that sweep uses (tag ablate.sweeps.<sweep>), in whichever experiment they live:
+    an arm shared by two sweeps is one run, created by the first.
+    """
     import pandas as pd
 
     base = ["run_id", "run_name", "experiment_id", "experiment", "status", "start_time", "end_time"]
@@ -42,7 +46,9 @@ def fetch_runs(uri: str, sweep: str | None = None, stage: str | None = None) -> 
         if not token:
             break
     names = {e.experiment_id: e.name for e in experiments}
-    tags = {k: v for k, v in ((TAG_SWEEP, sweep), (TAG_STAGE, stage)) if v is not None}
+    tags = {k: v for k, v in ((TAG_STAGE, stage),) if v is not None}
+    if sweep is not None:
+        tags[sweep_tag(sweep)] = "true"
     rows = []
     ids = list(names)
     for chunk in _chunks(ids, 100):  # search_runs takes a bounded list of experiments

@@ -16,12 +16,14 @@ from ablate.tracking.store import (
     TAG_STAGE,
     TAG_SWEEP,
     TERMINAL_STATUSES,
+    _chunks,
     _client,
     _log_params,
     _search_runs,
     _set_tags,
     _sqlite_path,
     _store_missing,
+    all_experiment_ids,
     describe_store,
     redact_uri,
 )
@@ -70,26 +72,36 @@ def get_or_create_stage_run(
     run_name: str,
     tags: Mapping[str, Any],
     params: Mapping[str, Any],
-) -> str:
-    """The run of one arm's stage, found by (ablate.run_key, ablate.stage) in the experiment, else created.
+    create: bool = True,
+) -> str | None:
+    """The run of one stage job, found by (ablate.run_key, ablate.stage) in any experiment, else created.
 
-    A relaunch reuses the run (tags refreshed, missing params added); a new run is a child of
-    `parent_run_id` with status SCHEDULED until its job attaches a tracker.
+    The same stage is the same run whichever sweep launches it: a relaunch, or another sweep sharing the
+    arm, reuses it (tags added or refreshed, e.g. the sweep's ablate.sweeps.<name>; missing params added).
+    A new run lives in `experiment_id`, is a child of `parent_run_id` and has status SCHEDULED until its job
+    attaches a tracker. With create=False a missing run is not created and None is returned.
     """
     client = _client(uri, create=True)
     key_tags = {TAG_RUN_KEY: run_key, TAG_STAGE: stage}
     all_tags = {**{k: str(v) for k, v in tags.items()}, **key_tags}
     if parent_run_id:
         all_tags[TAG_PARENT] = parent_run_id
-    found = _search_runs(client, [experiment_id], key_tags)
+    ids = all_experiment_ids(client)
+    found = [r for chunk in _chunks(ids, 100) for r in _search_runs(client, list(chunk), key_tags)]
+    found.sort(key=lambda r: r.info.start_time or 0)
     if found:
         run = found[0]
         if len(found) > 1:
             log.warning("%d runs for %s/%s; using the oldest", len(found), run_key, stage)
+        if run.info.experiment_id != experiment_id:
+            # Shared with the sweep that created it: keep its experiment, parent and first sweep.
+            all_tags = {k: v for k, v in all_tags.items() if k not in (TAG_PARENT, TAG_SWEEP)}
         changed = {k: v for k, v in all_tags.items() if run.data.tags.get(k) != v}
         _set_tags(client, run.info.run_id, changed)
         _log_params(client, run.info.run_id, params, run.data.params)
         return run.info.run_id
+    if not create:
+        return None
     run_id = client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
     _log_params(client, run_id, params, {})
     client.update_run(run_id, status="SCHEDULED")
