@@ -12,6 +12,10 @@ open_lm/model.py, open_lm/norms.py and open_lm/positional_embedding/{rotary,head
   registered a second time inside ``feed_forward`` (a Sequential), so both names are in the state dict;
 - init: truncated normal (+-3 std), std 1/sqrt(fan_in); ``out_proj`` and the FFN's output layer are
   further divided by sqrt(2 * (layer_id + 1)); embedding and output std 1/sqrt(D); norms ones/zeros.
+
+Incremental decoding (not in open_lm): ``model(ids, cache=model.new_kv_cache())`` runs the new tokens only,
+attending to the keys and values of earlier calls stored in a ``KVCache``; rotary rotates the new tokens
+by their absolute positions. Without a cache the forward is the plain training forward.
 """
 
 from __future__ import annotations
@@ -177,21 +181,27 @@ class Rotary(nn.Module):
         # checkpoint_io drops it on load after checking its shape).
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def cos_sin(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin of the angles for indices 0..n-1, each (n, Dh)."""
-        idx = torch.arange(n, device=device, dtype=torch.float32)
+    def cos_sin(self, n: int, device: torch.device, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of the angles for indices start..start+n-1, each (n, Dh)."""
+        idx = torch.arange(start, start + n, device=device, dtype=torch.float32)
         angles = torch.outer(idx, self.inv_freq.float())  # (n, Dh/2)
         angles = torch.cat((angles, angles), dim=-1)  # (n, Dh)
         return angles.cos(), angles.sin()
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotate q and k, each (B, T, H, Dh)."""
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, start_pos: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate q and k, each (B, T, H, Dh), whose first token is at position ``start_pos``.
+
+        ``start_pos`` is for incremental decoding (the new tokens follow ``start_pos`` cached ones); it
+        does not matter for ``by_head``, whose angle is the head index.
+        """
         _, t, h, _ = q.shape
         if self.by_head:
             cos, sin = self.cos_sin(h, q.device)
             cos, sin = cos[None, None], sin[None, None]  # (1, 1, H, Dh)
         else:
-            cos, sin = self.cos_sin(t, q.device)
+            cos, sin = self.cos_sin(t, q.device, start_pos)
             cos, sin = cos[None, :, None], sin[None, :, None]  # (1, T, 1, Dh)
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
@@ -200,6 +210,60 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     x1, x2 = x.chunk(2, dim=-1)
     rotated_half = torch.cat((-x2, x1), dim=-1)
     return (x * cos + rotated_half * sin).to(x.dtype)
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens run so far, for incremental decoding.
+
+    Make one with ``Transformer.new_kv_cache`` and pass it to each call of the model:
+    ``model(prompt, cache=c)`` (prefill), then ``model(next_ids, cache=c)`` with one new token (or more)
+    per row. Each call attends to all earlier tokens of the cache and appends its own; ``length`` is the
+    number of tokens stored, i.e. the absolute position of the next token. The buffers, (B, H, max_len, Dh)
+    per layer for keys and for values, are allocated on the first call with its batch size, device and
+    dtype (bf16 under autocast). Holds no parameters and nothing of the model's state: one cache per
+    sequence batch, ``reset()`` to reuse it for a new batch.
+    """
+
+    def __init__(self, n_layers: int, max_len: int) -> None:
+        if max_len < 1:
+            raise ValueError(f"KVCache max_len must be >= 1, got {max_len}")
+        self.n_layers, self.max_len = n_layers, max_len
+        self.length = 0
+        self.keys: list[torch.Tensor] = []  # n_layers x (B, H, max_len, Dh)
+        self.values: list[torch.Tensor] = []  # n_layers x (B, H, max_len, Dh)
+
+    def reset(self) -> None:
+        """Forget the stored tokens (and the batch size): the next call starts again at position 0."""
+        self.length = 0
+        self.keys, self.values = [], []
+
+    def update(self, layer_id: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new ``k, v (B, H, T, Dh)`` of one layer at positions ``length..length+T-1``.
+
+        Returns keys and values of all tokens so far, each (B, H, length + T, Dh). ``length`` itself
+        advances once per forward (``advance``), after every layer has stored its keys.
+        """
+        b, h, t, dh = k.shape
+        if not self.keys:
+            shape = (b, h, self.max_len, dh)
+            self.keys = [k.new_empty(shape) for _ in range(self.n_layers)]
+            self.values = [v.new_empty(shape) for _ in range(self.n_layers)]
+        ck, cv = self.keys[layer_id], self.values[layer_id]
+        if ck.shape[0] != b:
+            raise ValueError(f"KVCache holds a batch of {ck.shape[0]} sequences, got {b}")
+        end = self.length + t
+        ck[:, :, self.length : end] = k
+        cv[:, :, self.length : end] = v
+        return ck[:, :, :end], cv[:, :, :end]
+
+    def check_room(self, t: int) -> None:
+        if self.length + t > self.max_len:
+            raise ValueError(
+                f"KVCache is full: {self.length} tokens stored + {t} new > max_len {self.max_len}"
+            )
+
+    def advance(self, t: int) -> None:
+        self.length += t
 
 
 class Attention(nn.Module):
@@ -223,18 +287,28 @@ class Attention(nn.Module):
         # Scaled by depth (arXiv:1908.11365), as open_lm does.
         _trunc_normal_(self.out_proj.weight, std / math.sqrt(2 * (self.layer_id + 1)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """``x (B, T, D)`` -> ``(B, T, D)``; with ``cache``, x are the tokens after the cached ones."""
         b, t, d = x.shape  # (B, T, D)
+        start = 0 if cache is None else cache.length  # absolute position of x's first token
         q, k, v = self.in_proj(x).chunk(3, dim=-1)  # each (B, T, D)
         q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(b, t, self.n_heads, self.head_dim)  # (B, T, H, Dh)
         k = k.view(b, t, self.n_heads, self.head_dim)
         v = v.view(b, t, self.n_heads, self.head_dim)
         if self.pos_embed is not None:
-            q, k = self.pos_embed(q, k)
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
-        )  # (B, H, T, Dh)
+            q, k = self.pos_embed(q, k, start)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # each (B, H, T, Dh)
+        if cache is None or start == 0:
+            if cache is not None:
+                cache.update(self.layer_id, k, v)  # prefill: store, attend within x as without a cache
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, Dh)
+        else:
+            k, v = cache.update(self.layer_id, k, v)  # each (B, H, S, Dh), S = start + T
+            # Query i (position start + i) sees keys 0..start + i. One new token sees them all; for
+            # several, SDPA's is_causal would align the mask top-left (query i sees keys 0..i), so spell it.
+            mask = None if t == 1 else torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(start)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, Dh)
         out = out.transpose(1, 2).reshape(b, t, d)  # (B, T, D)
         return self.out_proj(out)
 
@@ -281,13 +355,18 @@ class Block(nn.Module):
         # Scaled by depth, as out_proj; fan_in here is the FFN width.
         _trunc_normal_(w_out, 1.0 / math.sqrt(self.hidden_dim) / math.sqrt(2 * (self.layer_id + 1)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x))  # (B, T, D)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cache)  # (B, T, D)
         return h + self.feed_forward(self.ffn_norm(h))  # (B, T, D)
 
 
 class Transformer(nn.Module):
-    """Decoder-only LM; ``forward(input_ids (B, T)) -> logits (B, T, V)`` in float32."""
+    """Decoder-only LM; ``forward(input_ids (B, T)) -> logits (B, T, V)`` in float32.
+
+    ``forward(input_ids, cache=kv)`` decodes incrementally: input_ids are the tokens after the
+    ``kv.length`` already in the cache (``new_kv_cache``), and their logits equal those of the full
+    forward over the whole sequence at the same positions.
+    """
 
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
@@ -317,10 +396,18 @@ class Transformer(nn.Module):
             if isinstance(m, NORM_TYPES):
                 m.reset_parameters()
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def new_kv_cache(self, max_len: int | None = None) -> KVCache:
+        """An empty cache for up to ``max_len`` tokens per sequence (default ``args.seq_len``)."""
+        return KVCache(self.args.n_layers, self.args.seq_len if max_len is None else int(max_len))
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        if cache is not None:
+            cache.check_room(input_ids.shape[1])
         x = self.post_embed_norm(self.tok_embeddings(input_ids))  # (B, T, D)
         for layer in self.layers:
-            x = layer(x)  # (B, T, D)
+            x = layer(x, cache)  # (B, T, D)
+        if cache is not None:
+            cache.advance(input_ids.shape[1])  # after every layer stored its keys at the old length
         # Logits in float32 (as open_lm/llama) so the softmax is stable under bf16 autocast.
         return self.output(self.norm(x)).float()  # (B, T, V)
 
