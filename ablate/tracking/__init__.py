@@ -4,11 +4,12 @@ Three users: the launcher (run management, single process, before jobs start), t
 never blocks the training step) and analysis (fetch_runs / fetch_histories into pandas frames).
 
 Modules: store (constants, URIs, the client, param/tag/search helpers), tracker (Tracker, NullTracker,
-MLflowTracker), runs (run management) and read (fetch_runs, fetch_histories). Import from here.
+MLflowTracker), runs (run management) and read (fetch_runs, fetch_histories, download_artifact). Import
+from here.
 """
 
 from ablate.tracking.read import _client_histories as _client_histories  # tests compare it with the SQL read
-from ablate.tracking.read import fetch_histories, fetch_runs
+from ablate.tracking.read import download_artifact, fetch_histories, fetch_runs
 from ablate.tracking.runs import (
     ensure_experiment,
     get_or_create_stage_run,
@@ -63,6 +64,7 @@ __all__ = [
     "Tracker",
     "default_tracking_uri",
     "describe_store",
+    "download_artifact",
     "ensure_experiment",
     "fetch_histories",
     "fetch_runs",

@@ -1,9 +1,12 @@
-"""Reading for analysis: fetch_runs and fetch_histories into pandas frames (pandas imported lazily)."""
+"""Reading for analysis: fetch_runs and fetch_histories into pandas frames (pandas imported lazily), and
+download_artifact (one artifact file of a run, to a local directory)."""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ablate.tracking.store import (
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
+_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 def fetch_runs(uri: str, sweep: str | None = None, stage: str | None = None) -> pd.DataFrame:
@@ -170,3 +174,40 @@ def _client_histories(uri: str, run_ids: list[str], keys: list[str]) -> dict:
     with ThreadPoolExecutor(max_workers=8) as pool:  # HTTP round trips dominate: overlap them
         parts = pool.map(one, [(r, k) for r in run_ids for k in keys])
         return _columns([row for part in parts for row in part], run_ids, keys)
+
+
+def download_artifact(uri: str, run_id: str, path: str, dst_dir: str | Path) -> Path:
+    """Copy the artifact file `path` (relative to the run's artifact root) of a run into `dst_dir`; its
+    local path (`dst_dir/path`). Raises AblateError naming the run and what it has if the file is missing."""
+    import posixpath
+
+    from ablate.errors import AblateError
+
+    where = f"run {run_id} in {redact_uri(uri)}"
+    if _store_missing(uri):
+        raise AblateError(f"cannot download '{path}' of {where}: the store does not exist")
+    client = _client(uri)
+    parent = posixpath.dirname(path.strip("/")) or None
+    try:
+        listed = client.list_artifacts(run_id, parent)
+    except Exception as exc:  # unknown run, unreachable artifact store
+        raise AblateError(f"cannot list the artifacts of {where}: {exc}") from exc
+    if not any(f.path == path.strip("/") and not f.is_dir for f in listed):
+        have = ", ".join(sorted(f.path + ("/" if f.is_dir else "") for f in listed)) or "none"
+        raise AblateError(
+            f"{where} has no artifact '{path}' (artifacts{f' under {parent}/' if parent else ''}: {have}); "
+            "the stage that logs it may not have finished, or failed before logging it"
+        )
+    dst = Path(dst_dir)
+    dst.mkdir(parents=True, exist_ok=True)
+    quiet = os.environ.get(_PROGRESS_BAR)
+    os.environ[_PROGRESS_BAR] = "false"  # MLflow draws a progress bar per download otherwise
+    try:
+        return Path(client.download_artifacts(run_id, path.strip("/"), str(dst)))
+    except Exception as exc:
+        raise AblateError(f"cannot download '{path}' of {where}: {exc}") from exc
+    finally:
+        if quiet is None:
+            os.environ.pop(_PROGRESS_BAR, None)
+        else:
+            os.environ[_PROGRESS_BAR] = quiet
