@@ -6,9 +6,11 @@ ids (text, specials) are set to -inf *before* temperature / top-k / top-p, so th
 distribution over image codes only and a non-image token can never be emitted, however much the model
 prefers one (an undertrained model often does).
 
-There is no KV cache: each step re-runs the model over the whole prefix, so a sample costs
-``O(n_codes * (P + n_codes)^2)`` attention work. At demo scale (tens of codes, a few layers) that is
-cheap; paper scale (1024 codes, 1B parameters) would want a cache.
+Decoding is incremental when the model has a key/value cache (``Transformer.new_kv_cache``): the prompt
+is run once (prefill), then each step runs the one token just drawn, attending to the cached keys and
+values. A model without one (any module mapping ids (B, T) to logits (B, T, V)), or ``use_cache=False``,
+re-runs the whole prefix every step, ``O(n_codes * (P + n_codes)^2)`` attention work and a (B, T, V)
+output per step. Both give the same logits up to float rounding, so the same codes for the same seed.
 """
 
 from __future__ import annotations
@@ -75,6 +77,12 @@ def _model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def _new_cache(model: nn.Module, max_len: int) -> Any:
+    """A key/value cache for ``max_len`` tokens, or None when the model has none (decode uncached)."""
+    make = getattr(model, "new_kv_cache", None)
+    return make(max_len) if callable(make) else None
+
+
 def _as_prompt_batch(prompts: Any, layout: VocabLayout) -> torch.Tensor:
     """Prompts as a (B, P) long tensor; DataError unless every row ends with ``<image>``."""
     if isinstance(prompts, torch.Tensor):
@@ -103,6 +111,8 @@ def sample_images(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    *,
+    use_cache: bool = True,
 ) -> torch.Tensor:
     """Sample ``n_codes`` image codes after each prompt: ``prompts (B, P)`` -> codes ``(B, n_codes)``.
 
@@ -112,7 +122,8 @@ def sample_images(
     ``[0, layout.codebook_size)``, ready for ``ImageTokenizer.decode``.
 
     Runs in eval mode under no_grad (the model's previous train/eval mode is restored). ``generator``
-    (on the model's device) makes the samples reproducible: same seed, same codes.
+    (on the model's device) makes the samples reproducible: same seed, same codes. ``use_cache=False``
+    re-runs the whole prefix every step even if the model has a KV cache (the slow reference path).
     """
     _check_filters(temperature, top_k, top_p)
     if isinstance(n_codes, bool) or not isinstance(n_codes, numbers.Integral) or n_codes < 1:
@@ -131,9 +142,15 @@ def sample_images(
     codes = torch.empty(b, n_codes, dtype=torch.long, device=device)  # (B, n_codes)
     was_training = model.training
     model.eval()
+    # The last code drawn is never fed back, so the cache needs room for P + n_codes - 1 tokens.
+    cache = _new_cache(model, p + n_codes - 1) if use_cache else None
+    step_ids = ids  # what the next forward runs: the prompt, then (with a cache) one new token per row
     try:
         for i in range(n_codes):
-            logits = model(ids)[:, -1, :].float()  # (B, V) next-token logits
+            if cache is None:
+                logits = model(ids)[:, -1, :].float()  # (B, V) next-token logits, whole prefix re-run
+            else:
+                logits = model(step_ids, cache=cache)[:, -1, :].float()  # (B, V), new tokens only
             if logits.shape[-1] < hi:
                 raise DataError(
                     f"model vocabulary ({logits.shape[-1]} ids) is smaller than the layout's ({hi}); "
@@ -149,7 +166,10 @@ def sample_images(
             if bool(((nxt < lo) | (nxt >= hi)).any()):  # pragma: no cover
                 raise RuntimeError("sampled a non-image id at an image position")
             codes[:, i] = nxt[:, 0] - lo
-            ids = torch.cat([ids, nxt], dim=1)  # (B, P + i + 1)
+            if cache is None:
+                ids = torch.cat([ids, nxt], dim=1)  # (B, P + i + 1)
+            else:
+                step_ids = nxt  # (B, 1); the prefix is in the cache
     finally:
         model.train(was_training)
     return codes.cpu()
@@ -165,6 +185,8 @@ def sample_from_prompts(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    *,
+    use_cache: bool = True,
 ) -> torch.Tensor:
     """``sample_images`` for 1-D prompts of any lengths: ``N`` prompts -> codes ``(N, n_codes)``, input order.
 
@@ -186,6 +208,14 @@ def sample_from_prompts(
             chunk = idx[s : s + batch_size]
             batch = np.stack([rows[i] for i in chunk])  # (b, length)
             out[chunk] = sample_images(
-                model, batch, layout, n_codes, temperature, top_k, top_p, generator=generator
+                model,
+                batch,
+                layout,
+                n_codes,
+                temperature,
+                top_k,
+                top_p,
+                generator=generator,
+                use_cache=use_cache,
             )
     return out

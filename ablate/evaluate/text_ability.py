@@ -129,14 +129,23 @@ def heldout_perplexity(
 
 
 def greedy_ids(
-    model: nn.Module, prompt_ids: Sequence[int], max_new_tokens: int, allowed_vocab: int
+    model: nn.Module,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    allowed_vocab: int,
+    *,
+    use_cache: bool = True,
 ) -> list[int]:
     """Greedy continuation of ``prompt_ids`` (new ids only), choosing among ids ``[0, allowed_vocab)``.
 
-    No KV cache: the whole prefix is re-run for every new token (demo scale; 24 tokens at paper scale is
-    still cheap next to training). A prefix longer than the model's ``args.seq_len`` keeps its last
-    ``seq_len`` tokens, the context the model was trained on. Ties go to the lowest id (torch.argmax), so
-    the result is deterministic for fixed weights.
+    A prefix longer than the model's ``args.seq_len`` keeps its last ``seq_len`` tokens, the context the
+    model was trained on. Ties go to the lowest id (torch.argmax), so the result is deterministic for
+    fixed weights.
+
+    With a model that has a key/value cache (``Transformer.new_kv_cache``) and ``use_cache``, the prompt
+    is run once and then one new token per step. Once the context is a full window, dropping its first
+    token changes every position (and, through the layers, every cached key), so from then on each step
+    re-runs the window, as the uncached path (any other model, or ``use_cache=False``) does every step.
     """
     if not prompt_ids:
         raise ValueError("greedy decoding needs a non-empty prompt (the model has no start token)")
@@ -146,11 +155,22 @@ def greedy_ids(
     device = _device(model)
     ids = list(prompt_ids)
     new: list[int] = []
+    make_cache = getattr(model, "new_kv_cache", None) if use_cache else None
+    cache = None
     with _inference(model):
         for _ in range(max_new_tokens):
             context = ids[-window:] if window else ids
-            x = torch.tensor([context], dtype=torch.long, device=device)  # (1, t)
-            logits = model(x)[0, -1, :allowed_vocab]  # (allowed_vocab,): later ids can never be chosen
+            if not callable(make_cache):
+                x = torch.tensor([context], dtype=torch.long, device=device)  # (1, t)
+                logits = model(x)[0, -1, :allowed_vocab]  # (allowed_vocab,): later ids can never be chosen
+            else:
+                if cache is not None and cache.length < len(context):
+                    step = context[cache.length :]  # the token(s) the cache has not seen
+                else:  # first step, or the window slid: positions moved, (re)fill from the context
+                    cache = make_cache(len(context) + max_new_tokens if window is None else window)
+                    step = context
+                x = torch.tensor([step], dtype=torch.long, device=device)  # (1, t)
+                logits = model(x, cache=cache)[0, -1, :allowed_vocab]  # (allowed_vocab,)
             nxt = int(torch.argmax(logits))
             ids.append(nxt)
             new.append(nxt)
