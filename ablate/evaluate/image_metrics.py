@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ablate.data.synthetic import Scene, matches_caption
+from ablate.data.synthetic import MIN_IOU, Scene, matches_caption, parse_image
 from ablate.errors import AssetMissingError, ConfigError, DataError
 
 FID_WEIGHTS_KEY = "evaluate.fid_weights"
@@ -56,6 +56,20 @@ def caption_match_accuracy(images: Any, scenes: Sequence[Scene | str]) -> float:
     if matches.size == 0:
         raise DataError("caption_match_accuracy needs at least one image")
     return float(matches.mean())
+
+
+def scene_valid(images: Any, max_shapes: int) -> np.ndarray:
+    """Per image: does it read as a scene of the grammar (1..max_shapes clean shapes)? ``(N,)`` bool.
+
+    The unconditional counterpart of caption matching: no caption to match, but a sample that is noise,
+    a smear or a half-drawn shape is not a scene the data could contain.
+    """
+    arr = _as_images(images)
+    out = []
+    for img in arr:
+        found = parse_image(img)
+        out.append(1 <= len(found) <= max_shapes and all(d.iou >= MIN_IOU for d in found))
+    return np.array(out, dtype=bool)
 
 
 # --- sample grid (Figure 5) ---------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def build_graph(arms: list[ResolvedArm], results: Path, threads: int = 1) -> Gra
     arm_stages: dict[str, dict[str, str]] = {}
     for arm in arms:
         container = OmegaConf.to_container(arm.cfg, resolve=True)
-        specs: list[StageSpec] = plan_stages(arm.config, arm.key)
+        specs: list[StageSpec] = plan_stages(arm.config)
         arm_stages[arm.label] = {}
         for spec in specs:
             name = f"{spec.name}/{spec.key}"

@@ -21,6 +21,7 @@ STAGE_PARAMS = {
     "image_tokenizer": ("tokenizer", "data"),
     "prepare": ("data", "tokenizer"),
     "pretrain": ("model", "pretrain", "optim"),
+    "align": ("model", "pretrain", "align", "data"),
 }
 
 
@@ -38,27 +39,51 @@ def dry_run_table(arms: list[ResolvedArm], graph: Graph) -> str:
     return "\n".join(lines)
 
 
-def _create_runs(graph: Graph, sweep_name: str, uri: str, experiment_prefix: str) -> tuple[str, str]:
-    """Experiment, parent run and one child run per job, created here so that jobs never race for them."""
+def _create_runs(
+    graph: Graph, arms: list[ResolvedArm], sweep_name: str, uri: str, experiment_prefix: str
+) -> tuple[str, str]:
+    """Experiment, parent run and one child run per job, created here so that jobs never race for them.
+
+    A job already done (shared with another sweep, or a relaunch) keeps its run: it is only tagged as
+    used by this sweep (and by the sweeps including it), so `ablate plot --sweep` finds it.
+    """
     from ablate import tracking
 
     experiment_id = tracking.ensure_experiment(uri, experiment_prefix + sweep_name)
     parent = tracking.get_or_create_sweep_run(uri, experiment_id, sweep_name)
     commit = git_commit()
+    sweeps_of = {a.label: a.sweeps or (sweep_name,) for a in arms}
     for node in graph.nodes.values():
-        if node.done:
-            continue
         job = node.job
-        flat = flatten(job.config)
-        sections = STAGE_PARAMS.get(job.stage)
-        params = flat if sections is None else {k: v for k, v in flat.items() if k.split(".")[0] in sections}
+        sweeps = {sweep_name, *(s for label in job.labels for s in sweeps_of.get(label, ()))}
         tags = {
             "ablate.sweep": sweep_name,
             "ablate.arm": ", ".join(job.labels)[:5000],
             "ablate.run_key": job.key,
             "ablate.stage": job.stage,
-            "ablate.git_commit": commit,
+            **{tracking.sweep_tag(s): "true" for s in sorted(sweeps)},
         }
+        for dep in node.deps:  # the evaluate run names the train run it evaluates
+            stage, _, key = dep.partition("/")
+            if job.stage == "evaluate" and stage == "train":
+                tags["ablate.train_key"] = key
+        if node.done:
+            job.run_id = tracking.get_or_create_stage_run(
+                uri,
+                experiment_id,
+                parent,
+                run_key=job.key,
+                stage=job.stage,
+                run_name="",
+                tags=tags,
+                params={},
+                create=False,
+            )
+            continue
+        tags["ablate.git_commit"] = commit
+        flat = flatten(job.config)
+        sections = STAGE_PARAMS.get(job.stage)
+        params = flat if sections is None else {k: v for k, v in flat.items() if k.split(".")[0] in sections}
         job.run_id = tracking.get_or_create_stage_run(
             uri,
             experiment_id,
@@ -97,7 +122,7 @@ def launch(
     flush = first.tracking.flush_interval_s
     for node in graph.nodes.values():
         node.job.flush_interval_s = flush
-    experiment_id, parent = _create_runs(graph, sweep.name, uri, first.tracking.experiment_prefix)
+    experiment_id, parent = _create_runs(graph, arms, sweep.name, uri, first.tracking.experiment_prefix)
     manifest = Manifest.create(
         results,
         sweep,

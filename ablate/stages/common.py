@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 
 from ablate.cache import atomic_write_text
@@ -57,10 +58,26 @@ def loop_config(
 
 
 def train_and_save(
-    ctx: StageContext, model: Transformer, dataset: ShardDataset, layout: VocabLayout, loop: LoopConfig
+    ctx: StageContext,
+    model: Transformer,
+    dataset: ShardDataset,
+    layout: VocabLayout,
+    loop: LoopConfig,
+    evaluate: Callable[[int, int], dict[str, float]] | None = None,
+    eval_every_tokens: int = 0,
 ) -> dict[str, float]:
     """Run the loop, then save the model as an open_lm release (model.pt + model_config.json)."""
-    final = train_loop(model, dataset, layout, loop, ctx.out_dir, ctx.tracker, should_stop=ctx.should_stop)
+    final = train_loop(
+        model,
+        dataset,
+        layout,
+        loop,
+        ctx.out_dir,
+        ctx.tracker,
+        evaluate=evaluate,
+        eval_every_tokens=eval_every_tokens,
+        should_stop=ctx.should_stop,
+    )
     ctx.log("done: " + " ".join(f"{k}={v:.4g}" for k, v in final.items()))
     save_checkpoint(ctx.out_dir / "model.pt", {"state_dict": model.state_dict()})
     atomic_write_text(ctx.out_dir / "model_config.json", json.dumps(asdict(model.args), indent=2))

@@ -1,8 +1,9 @@
 r"""Stages an arm needs, each keyed by the config it reads and the keys of its inputs.
 
-    synth ----------> image_tokenizer --> prepare --> train
-    text_tokenizer --------------------/             /
-                  \--> pretrain (init=pretrained, demo)
+    synth ----------> image_tokenizer --> prepare ---------------> train --> evaluate
+    text_tokenizer --------------------/       \                  /  /
+                  \--> pretrain (init=pretrained, demo) ---------/  /
+                                                  \--> align ------/  (image_init=contrastive)
 
 Two arms that read the same config for a stage get the same key and share its output directory.
 Bump a stage's VERSION when its code changes what it writes.
@@ -15,10 +16,31 @@ from pathlib import Path
 
 from ablate.cache import is_complete, stage_dir
 from ablate.config.compose import stable_hash
-from ablate.config.schema import RunConfig
+from ablate.config.schema import EXECUTION_SECTIONS, RunConfig
 
-STAGE_ORDER = ("synth", "text_tokenizer", "image_tokenizer", "prepare", "pretrain", "train")
-VERSION = {"synth": 1, "text_tokenizer": 1, "image_tokenizer": 1, "prepare": 1, "pretrain": 1, "train": 1}
+STAGE_ORDER = (
+    "synth",
+    "text_tokenizer",
+    "image_tokenizer",
+    "prepare",
+    "pretrain",
+    "align",
+    "train",
+    "evaluate",
+)
+VERSION = {
+    "synth": 1,
+    "text_tokenizer": 1,
+    "image_tokenizer": 1,
+    "prepare": 1,
+    "pretrain": 1,
+    "align": 1,
+    "train": 2,
+    "evaluate": 1,
+}
+# evaluate.* fields that change what `train` computes (the probe runs inside training); the others
+# (sampling) are read by `evaluate` only, so changing them re-evaluates without retraining.
+PROBE_FIELDS = ("probe_every_tokens", "probe_sequences", "completion_tokens")
 # Model fields that define the architecture (what a pretrained checkpoint must match).
 ARCH_FIELDS = (
     "hidden_dim",
@@ -58,8 +80,17 @@ def needs_pretrain(cfg: RunConfig) -> bool:
     return cfg.model.init == "pretrained" and not cfg.model.checkpoint
 
 
-def plan_stages(cfg: RunConfig, run_key: str) -> list[StageSpec]:
-    """The stages of one arm in dependency order; the train stage's key is the arm's run key."""
+def train_config(cfg: RunConfig) -> dict:
+    """What the `train` stage reads: the run config minus execution settings, alignment and sampling."""
+    full = asdict(cfg)
+    # pretrain, align: their outputs are inputs (deps), so their settings reach the key through deps.
+    out = {k: v for k, v in full.items() if k not in (*EXECUTION_SECTIONS, "pretrain", "align", "evaluate")}
+    out["evaluate"] = {k: full["evaluate"][k] for k in PROBE_FIELDS}
+    return out
+
+
+def plan_stages(cfg: RunConfig) -> list[StageSpec]:
+    """The stages of one arm in dependency order."""
     d, tok, m, p = asdict(cfg.data), asdict(cfg.tokenizer), asdict(cfg.model), asdict(cfg.pretrain)
     stages: list[StageSpec] = []
     synth_cfg = {
@@ -101,5 +132,21 @@ def plan_stages(cfg: RunConfig, run_key: str) -> list[StageSpec]:
         pretrain = StageSpec("pretrain", _key("pretrain", pre_cfg, pre_deps), pre_deps)
         stages.append(pretrain)
         train_deps["pretrain"] = pretrain.key
-    stages.append(StageSpec("train", run_key, train_deps))
+    if m["image_init"] == "contrastive":
+        align_deps = {k: train_deps[k] for k in ("prepare", "text_tokenizer", "pretrain") if k in train_deps}
+        align_cfg = {"align": asdict(cfg.align), "checkpoint": m["checkpoint"]}
+        align = StageSpec("align", _key("align", align_cfg, align_deps), align_deps)
+        stages.append(align)
+        train_deps["align"] = align.key
+    train = StageSpec("train", _key("train", train_config(cfg), train_deps), train_deps)
+    stages.append(train)
+    eval_deps = {
+        "train": train.key,
+        "prepare": prepare.key,
+        "image_tokenizer": image_tok.key,
+        "synth": synth.key,
+    }
+    eval_cfg = {k: v for k, v in asdict(cfg.evaluate).items() if k not in PROBE_FIELDS}
+    eval_cfg.update(task=d["task"], seq_len=d["seq_len"])
+    stages.append(StageSpec("evaluate", _key("evaluate", eval_cfg, eval_deps), eval_deps))
     return stages

@@ -8,12 +8,15 @@ import torch
 
 from ablate.data.sequence import VocabLayout
 from ablate.data.shards import ShardDataset
+from ablate.errors import CheckpointError
+from ablate.evaluate.text_ability import DEMO_PROMPTS, PAPER_PROMPTS, TextProbe
 from ablate.model.checkpoint_io import load_into, load_open_lm_state_dict
 from ablate.model.freeze import apply_trainable, positional_parameter_names
 from ablate.model.transformer import Transformer
 from ablate.model.vocab import expand_vocab
 from ablate.stages.common import loop_config, model_args, train_and_save
 from ablate.stages.context import StageContext
+from ablate.stages.text_tokenizer import open_text_tokenizer
 
 
 def pretrained_checkpoint(ctx: StageContext) -> Path:
@@ -39,8 +42,59 @@ def build_model(ctx: StageContext, layout: VocabLayout) -> Transformer:
         # Image-code embedding rows start at the mean text embedding (output rows follow new_rows_init).
         mean = model.tok_embeddings.weight.detach().mean(dim=0, keepdim=True)  # (1, D)
         rows = {layout.image_offset: mean.expand(layout.codebook_size, -1).clone()}
+    elif cfg.model.image_init == "contrastive":
+        rows = {layout.image_offset: aligned_image_rows(ctx, layout, model.tok_embeddings.weight.shape[1])}
+        ctx.log(f"image-code input embeddings copied from the align stage ({ctx.inputs['align']})")
     expand_vocab(model, layout.size, cfg.model.new_rows_init, generator, rows)
     return model
+
+
+def aligned_image_rows(ctx: StageContext, layout: VocabLayout, dim: int) -> torch.Tensor:
+    """The `align` stage's image-code embeddings (K, D), to copy into the widened input embedding.
+
+    Copied, not projected: alignment trains them in the LM's own embedding space (same D, compared with
+    the frozen text rows), so they are valid input embeddings as they are. Only the input side is set;
+    the output rows of image codes follow model.new_rows_init, as in the paper's description.
+    """
+    state = torch.load(ctx.inputs["align"] / "image_embeddings.pt", map_location="cpu", weights_only=True)
+    table = state["image_embeddings"].float()  # (K, D)
+    if tuple(table.shape) != (layout.codebook_size, dim):
+        raise CheckpointError(
+            f"{ctx.inputs['align']}/image_embeddings.pt holds {tuple(table.shape)} image embeddings, but the "
+            f"model needs ({layout.codebook_size}, {dim}); relaunch so the align stage runs for this model"
+        )
+    return table
+
+
+def text_probe(ctx: StageContext, model: Transformer, layout: VocabLayout):
+    """Table 1's text-ability probe as a train_loop callback, or None (with the reason logged)."""
+    cfg, e = ctx.cfg, ctx.cfg.evaluate
+    if cfg.data.task != "t2i" or cfg.model.init != "pretrained" or not e.probe_every_tokens:
+        return None  # text ability is lost only where there was some: a pretrained LM trained on t2i
+    heldout = ctx.inputs.get("pretrain", Path("/nonexistent")) / "data" / "heldout"
+    if not (heldout / "meta.json").exists():
+        ctx.log(
+            "text-ability probe off: no held-out pretraining text (the demo's `pretrain` stage writes it; "
+            "with model.checkpoint there is none)"
+        )
+        return None
+    probe = TextProbe(
+        model,
+        ShardDataset(heldout),
+        open_text_tokenizer(ctx.inputs["text_tokenizer"]),
+        DEMO_PROMPTS if cfg.scale == "demo" else PAPER_PROMPTS,
+        layout.text_vocab_size,
+        ctx.out_dir,
+        max_sequences=e.probe_sequences,
+        max_new_tokens=e.completion_tokens,
+    )
+
+    def evaluate(step: int, tokens: int) -> dict[str, float]:
+        metrics = {**probe(step, tokens), "tokens": float(tokens)}
+        ctx.tracker.log_artifact(probe.path)  # the whole file again: the artifact is always complete
+        return metrics
+
+    return evaluate
 
 
 def run(ctx: StageContext) -> None:
@@ -73,4 +127,5 @@ def run(ctx: StageContext) -> None:
         warmup_tokens=cfg.optim.warmup_tokens,
         seed=t.seed,
     )
-    train_and_save(ctx, model, dataset, layout, loop)
+    probe = text_probe(ctx, model, layout)
+    train_and_save(ctx, model, dataset, layout, loop, probe, cfg.evaluate.probe_every_tokens)

@@ -94,8 +94,8 @@ def get_or_create_stage_run(
         if len(found) > 1:
             log.warning("%d runs for %s/%s; using the oldest", len(found), run_key, stage)
         if run.info.experiment_id != experiment_id:
-            # Shared with the sweep that created it: keep its experiment, parent and first sweep.
-            all_tags = {k: v for k, v in all_tags.items() if k not in (TAG_PARENT, TAG_SWEEP)}
+            # Shared with the sweep that created it: keep its experiment, parent, first sweep and label.
+            all_tags = {k: v for k, v in all_tags.items() if k not in (TAG_PARENT, TAG_SWEEP, TAG_ARM)}
         changed = {k: v for k, v in all_tags.items() if run.data.tags.get(k) != v}
         _set_tags(client, run.info.run_id, changed)
         _log_params(client, run.info.run_id, params, run.data.params)

@@ -91,7 +91,7 @@ def train_loop(
 ) -> dict[str, float]:
     """Train `model` on `dataset` to cfg.total_tokens; returns the last step's metrics.
 
-    `evaluate(step, tokens)` (optional) runs before the first step and every eval_every_tokens; its metrics
+    `evaluate(step, tokens)` (optional) runs before the first step, every eval_every_tokens and after the last; its metrics
     are logged at that step. Checkpoints go to out_dir/checkpoints/last.pt.
     """
     out_dir = Path(out_dir)
@@ -179,7 +179,7 @@ def train_loop(
             "tokens_per_s": tokens_per_step / dt,
             "grad_norm": float(grad_norm),
         }
-        if evaluate is not None and eval_every and step % eval_every == 0:
+        if evaluate is not None and ((eval_every and step % eval_every == 0) or step == total_steps):
             last.update(evaluate(step, step * tokens_per_step))
         log(step, last)
 
