@@ -19,7 +19,7 @@ DATA_SOURCES = ("synthetic",)
 NORMS = ("default_layer_norm", "gain_only_layer_norm", "rms_norm")
 FFN_TYPES = ("swiglu", "gelu")
 POSITIONAL = ("rotary", "head_rotary", "none")
-CLUSTER_KINDS = ("debug", "local")
+CLUSTER_KINDS = ("debug", "local", "slurm")
 SCALES = ("demo", "paper")
 # The paper's partial-freeze settings (Fig. 6), cumulative; ablate.model.freeze implements them.
 TRAINABLE_PRESETS = ("all", "emb_out", "emb_out_norm", "emb_out_norm_half", "emb_out_norm_ffn")
@@ -223,16 +223,48 @@ class EvaluateConfig:
 
 @dataclass
 class ClusterConfig:
-    """Where the jobs run."""
+    """Where the jobs run, and (SLURM) what each job asks for. Execution settings: not part of the run key.
+
+    The SLURM fields follow submitit's SlurmExecutor parameters; debug and local ignore them (one process).
+    """
 
     kind: str = "local"
-    """debug (in-process, one at a time) or local (subprocesses)."""
+    """debug (in-process, one at a time), local (subprocesses) or slurm (sbatch via submitit)."""
     max_concurrent: int = 2
-    """Jobs running at once (local)."""
+    """Jobs running at once (debug, local); slurm caps job arrays with array_parallelism instead."""
     timeout_min: int = 120
-    """Per-job time limit in minutes."""
+    """Per-job time limit in minutes (slurm: sbatch --time; longer runs are requeued from a checkpoint)."""
     poll_s: float = 15.0
     """Seconds between progress lines while waiting."""
+    nodes: int = 1
+    """slurm: nodes per job (sbatch --nodes)."""
+    gpus_per_node: int = 0
+    """slurm: GPUs per node (--gpus-per-node); 0 for CPU-only jobs."""
+    tasks_per_node: int = 1
+    """slurm: processes per node (--ntasks-per-node); with GPUs, one task (torch.distributed rank) per GPU,
+    so it must equal gpus_per_node. World size = nodes * tasks_per_node."""
+    cpus_per_task: int = 1
+    """slurm: CPU cores per task (--cpus-per-task): data loading and torch threads of one rank."""
+    mem_gb: int | None = None
+    """slurm: memory per *node* in GB (--mem, as submitit's mem_gb); null: the partition's default;
+    0: all of each node's memory."""
+    partition: str | None = None
+    """slurm: partition (--partition); null: the cluster's default partition."""
+    account: str | None = None
+    """slurm: account to charge (--account); null: the user's default."""
+    qos: str | None = None
+    """slurm: quality of service (--qos); null: the default."""
+    constraint: str | None = None
+    """slurm: node features required (--constraint, e.g. a100|a100-80gb); null: none."""
+    signal_delay_s: int = 120
+    """slurm: seconds before the time limit at which SLURM signals the job (USR2 via submitit), so it can
+    checkpoint and be requeued; also the lead time of a preemption notice."""
+    array_parallelism: int = 256
+    """slurm: at most this many tasks of one job array run at once (sbatch --array=...%N)."""
+    additional_parameters: dict[str, str] = field(default_factory=dict)
+    """slurm: further sbatch options, name (without --) -> value (strings), e.g.
+    `+cluster.additional_parameters.mail-type=END` or `++cluster.additional_parameters={exclusive:user}`
+    (new keys need `+`/`++`). Options that have a field above (partition, nodes, time, ...) must be set there."""
 
 
 @dataclass

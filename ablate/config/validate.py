@@ -23,6 +23,86 @@ def min_seq_len(cfg: RunConfig) -> int:
     return image_tokens(cfg) + cfg.data.caption_tokens + SPECIALS_T2I
 
 
+# sbatch options that ClusterConfig sets itself (or submitit does): not allowed in additional_parameters.
+SBATCH_OWNED = {
+    "partition": "cluster.partition",
+    "time": "cluster.timeout_min",
+    "nodes": "cluster.nodes",
+    "ntasks-per-node": "cluster.tasks_per_node",
+    "cpus-per-task": "cluster.cpus_per_task",
+    "gpus-per-node": "cluster.gpus_per_node",
+    "mem": "cluster.mem_gb",
+    "signal": "cluster.signal_delay_s",
+    "account": "cluster.account",
+    "qos": "cluster.qos",
+    "constraint": "cluster.constraint",
+    "array": "cluster.array_parallelism",
+    "job-name": None,  # the launcher names jobs, submitit places their logs
+    "output": None,
+    "error": None,
+}
+
+
+def validate_cluster(c: S.ClusterConfig, arm: str | None = None) -> None:
+    """Raise ConfigError for the first invalid cluster setting (kind, counts, limits, extra sbatch options)."""
+    if c.kind not in S.CLUSTER_KINDS:
+        raise ConfigError("cluster.kind", c.kind, f"one of {list(S.CLUSTER_KINDS)}", arm=arm)
+    for key in (
+        "max_concurrent",
+        "timeout_min",
+        "nodes",
+        "tasks_per_node",
+        "cpus_per_task",
+        "array_parallelism",
+    ):
+        value = getattr(c, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"cluster.{key}", value, "an integer >= 1", arm=arm)
+    for key in ("gpus_per_node", "signal_delay_s"):
+        value = getattr(c, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"cluster.{key}", value, "an integer >= 0", arm=arm)
+    mem = c.mem_gb
+    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, int) or mem < 0):
+        raise ConfigError(
+            "cluster.mem_gb",
+            mem,
+            "null (the partition's default) or an integer >= 0 (0: all of a node)",
+            arm=arm,
+        )
+    if not c.poll_s > 0:
+        raise ConfigError("cluster.poll_s", c.poll_s, "a number > 0", arm=arm)
+    if c.gpus_per_node and c.tasks_per_node != c.gpus_per_node:
+        raise ConfigError(
+            "cluster.tasks_per_node",
+            c.tasks_per_node,
+            f"cluster.gpus_per_node={c.gpus_per_node} (one task per GPU)",
+            arm=arm,
+            hint="each task is one torch.distributed rank driving one GPU",
+        )
+    if c.signal_delay_s >= 60 * c.timeout_min:
+        raise ConfigError(
+            "cluster.signal_delay_s",
+            c.signal_delay_s,
+            f"< the time limit (cluster.timeout_min={c.timeout_min} minutes = {60 * c.timeout_min} s)",
+            arm=arm,
+        )
+    for name in c.additional_parameters:
+        flag = str(name).lstrip("-").replace("_", "-")
+        if not flag:
+            raise ConfigError(
+                "cluster.additional_parameters", name, "a non-empty sbatch option name", arm=arm
+            )
+        if flag in SBATCH_OWNED:
+            raise ConfigError(
+                f"cluster.additional_parameters.{name}",
+                c.additional_parameters[name],
+                f"an sbatch option other than {sorted(SBATCH_OWNED)}",
+                arm=arm,
+                hint=f"set {SBATCH_OWNED[flag]} instead" if SBATCH_OWNED[flag] else "the launcher sets it",
+            )
+
+
 def validate(cfg: RunConfig, arm: str | None = None) -> None:
     """Raise ConfigError (naming arm, key, value, allowed) for the first invalid value found."""
 
@@ -47,7 +127,7 @@ def validate(cfg: RunConfig, arm: str | None = None) -> None:
     choice("tokenizer.image", tok.image, ("vqvae", "path"))
     choice("tokenizer.text", tok.text, ("bpe", "path"))
     choice("train.trainable", tr.trainable, S.TRAINABLE_PRESETS)
-    choice("cluster.kind", cfg.cluster.kind, S.CLUSTER_KINDS)
+    validate_cluster(cfg.cluster, arm=arm)
 
     for key, value in [
         ("model.hidden_dim", m.hidden_dim),
@@ -67,7 +147,6 @@ def validate(cfg: RunConfig, arm: str | None = None) -> None:
         ("train.checkpoint_every_tokens", tr.checkpoint_every_tokens),
         ("train.threads", tr.threads),
         ("pretrain.total_tokens", p.total_tokens),
-        ("cluster.max_concurrent", cfg.cluster.max_concurrent),
         ("align.batch_size", cfg.align.batch_size),
         ("align.steps", cfg.align.steps),
         ("align.lr", cfg.align.lr),

@@ -30,6 +30,14 @@ def make_executor(cluster: ClusterConfig, folder: Path) -> submitit.Executor:
         ex = submitit.LocalExecutor(folder=folder / "%j")
         ex.update_parameters(timeout_min=cluster.timeout_min)
         return ex
+    if cluster.kind == "slurm":
+        # Not submitit's SlurmExecutor yet: run_graph waits on jobs in this process, and the trainer runs one
+        # process (no torch.distributed), so a multi-task job would train the same arm once per task.
+        raise LaunchError(
+            "cluster.kind='slurm': the SLURM launcher is not built yet (sbatch job arrays, dependencies, "
+            "requeue, multi-node ranks). `ablate launch <sweep> cluster=... --dry-run` works: it validates "
+            "the arms and prints the plan and cost estimate; run now with cluster=local or cluster=debug"
+        )
     raise LaunchError(f"cluster.kind={cluster.kind!r} has no executor here; use debug or local")
 
 

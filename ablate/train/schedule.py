@@ -43,7 +43,9 @@ def lr_at(step: int, peak_lr: float, warmup_steps: int, total_steps: int, min_lr
 class BatchPlan:
     """How one optimizer step's sequences are split over ranks and gradient-accumulation micro-batches.
 
-    ``sequences_per_step == micro_batch_size * accum_steps * world_size``.
+    ``sequences_per_step == micro_batch_size * accum_steps * world_size``: every rank runs ``accum_steps``
+    micro-batches of exactly ``micro_batch_size`` sequences (no ragged last micro-batch), so a step's
+    gradient is the mean over equally sized pieces.
     """
 
     seq_len: int
@@ -51,10 +53,12 @@ class BatchPlan:
     micro_batch_size: int
     accum_steps: int
     world_size: int
+    requested_tokens: int = 0
+    """The batch size asked for (``batch_tokens``); 0 when unknown."""
 
     @property
     def tokens_per_step(self) -> int:
-        """Tokens (positions) one optimizer step consumes, after rounding."""
+        """Tokens (positions) one optimizer step consumes, after rounding: the *effective* global batch."""
         return self.sequences_per_step * self.seq_len
 
     @property
@@ -62,14 +66,26 @@ class BatchPlan:
         """Sequences each rank processes per optimizer step."""
         return self.micro_batch_size * self.accum_steps
 
+    @property
+    def deviation(self) -> float:
+        """Relative difference of the effective batch from the requested one (+0.032: 3.2% larger)."""
+        if not self.requested_tokens:
+            return 0.0
+        return self.tokens_per_step / self.requested_tokens - 1.0
+
 
 def plan_batch(batch_tokens: int, seq_len: int, micro_batch_size: int, world_size: int = 1) -> BatchPlan:
-    """Convert a batch size in tokens into sequences per optimizer step.
+    """Convert a global batch size in tokens into sequences per optimizer step, split over ``world_size`` ranks.
 
-    ``batch_tokens / seq_len`` sequences, rounded to the *nearest* multiple of ``micro_batch_size *
-    world_size`` (halves round up) and never below one such unit, so every rank runs the same whole number
-    of micro-batches. The result can therefore differ from the request (by less than half a unit, or more
-    when the request is smaller than one unit): read ``tokens_per_step`` and log it.
+    The global batch is ``batch_tokens`` whatever the number of ranks: more ranks mean fewer accumulation
+    steps, not a bigger batch. Rounding rule: ``batch_tokens / seq_len`` sequences, rounded to the *nearest*
+    multiple of one unit, ``micro_batch_size * world_size`` sequences (halves round up), and never below one
+    unit; ``accum_steps`` is the number of units. Every rank thus runs the same whole number of full
+    micro-batches (``micro_batch_size`` is fixed, never shrunk). The effective batch (``tokens_per_step``)
+    can therefore differ from the request, by less than half a unit, or more when the request is smaller
+    than one unit: read ``tokens_per_step`` / ``deviation`` and log it. A large unit (many ranks x a big
+    micro-batch) rounds coarsely: at 1M tokens of 1,152-token sequences (868.06 sequences) over 64 ranks,
+    micro 8 gives 1,024 sequences (+18%), micro 7 gives 896 (+3.2%); see ``closest_micro_batch_size``.
     ConfigError if ``batch_tokens`` is smaller than one sequence.
     """
     for key, value in (
@@ -95,7 +111,24 @@ def plan_batch(batch_tokens: int, seq_len: int, micro_batch_size: int, world_siz
         micro_batch_size=micro_batch_size,
         accum_steps=units,
         world_size=world_size,
+        requested_tokens=batch_tokens,
     )
+
+
+def closest_micro_batch_size(
+    batch_tokens: int, seq_len: int, max_micro_batch_size: int, world_size: int = 1
+) -> int:
+    """The micro-batch size in ``1..max_micro_batch_size`` whose plan_batch comes closest to ``batch_tokens``.
+
+    Ties go to the larger micro-batch (fewer accumulation steps). A suggestion for configs whose unit rounds
+    coarsely; plan_batch itself never changes the micro-batch it is given.
+    """
+    best, best_err = 1, None
+    for micro in range(1, int(max_micro_batch_size) + 1):
+        err = abs(plan_batch(batch_tokens, seq_len, micro, world_size).tokens_per_step - batch_tokens)
+        if best_err is None or err <= best_err:
+            best, best_err = micro, err
+    return best
 
 
 def tokens_to_steps(total_tokens: int, tokens_per_step: int) -> int:

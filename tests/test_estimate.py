@@ -1,0 +1,155 @@
+"""Batch planning over ranks, and the cost estimate of an arm (paper arm on 8 x 8 A100s; CPU arms)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from ablate.config.compose import compose_config, to_run_config
+from ablate.config.validate import validate
+from ablate.launch.estimate import (
+    A100_BF16_PEAK_FLOPS,
+    ASSUMED_MFU,
+    estimate_arm,
+    estimate_table,
+)
+from ablate.train.schedule import closest_micro_batch_size, plan_batch, tokens_to_steps
+
+PAPER = [
+    "scale=paper",
+    "cluster=slurm_a100",
+    "model.checkpoint=/x/epoch_1.pt",
+    "tokenizer.text_path=/x/tokenizer.json",
+    "tokenizer.image_path=/x/movq",
+]
+
+
+def config(*overrides: str):
+    cfg = to_run_config(compose_config(list(overrides)))
+    validate(cfg)
+    return cfg
+
+
+# --- plan_batch with a world size ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("world", "accum"), [(1, 16), (2, 8), (4, 4), (16, 1)])
+def test_global_batch_is_the_same_whatever_the_ranks(world, accum):
+    p = plan_batch(8192, 128, micro_batch_size=4, world_size=world)
+    assert (p.tokens_per_step, p.sequences_per_step, p.accum_steps) == (8192, 64, accum)
+    assert p.sequences_per_rank * world == 64 and p.deviation == 0.0 and p.requested_tokens == 8192
+
+
+def test_rounding_stays_within_half_a_unit():
+    for tokens, seq_len, micro, world in itertools.product(
+        (10_000, 65_536, 1_000_000), (100, 1152), (1, 3, 8), (1, 4, 64)
+    ):
+        p = plan_batch(tokens, seq_len, micro, world)
+        unit = micro * world
+        assert p.sequences_per_step % unit == 0 and p.sequences_per_step >= unit
+        assert p.sequences_per_step == p.micro_batch_size * p.accum_steps * p.world_size
+        if tokens / seq_len >= unit:
+            assert abs(p.sequences_per_step - tokens / seq_len) <= unit / 2
+
+
+def test_paper_batch_on_64_ranks():
+    # 1,000,000 / 1152 = 868.06 sequences; unit = micro x 64.
+    p8 = plan_batch(1_000_000, 1152, micro_batch_size=8, world_size=64)  # unit 512: 1.70 units -> 2
+    assert (p8.sequences_per_step, p8.accum_steps, p8.tokens_per_step) == (1024, 2, 1_179_648)
+    assert p8.deviation == pytest.approx(1_179_648 / 1e6 - 1)
+    p7 = plan_batch(1_000_000, 1152, micro_batch_size=7, world_size=64)  # unit 448: 1.94 units -> 2
+    assert (p7.sequences_per_step, p7.accum_steps, p7.tokens_per_step) == (896, 2, 1_032_192)
+    assert closest_micro_batch_size(1_000_000, 1152, 8, world_size=64) == 7
+    # One rank, micro 8: 868.06 / 8 = 108.5 units -> 109 (half up) = 872 sequences.
+    p1 = plan_batch(1_000_000, 1152, micro_batch_size=8)
+    assert (p1.sequences_per_step, p1.accum_steps) == (872, 109)
+
+
+def test_closest_micro_batch_keeps_an_exact_fit_and_prefers_fewer_accumulations():
+    assert closest_micro_batch_size(8192, 128, 16) == 16  # 64 sequences: 16 x 4, exact
+    assert closest_micro_batch_size(8192, 128, 12, world_size=2) == 8  # 64 = 8 x 4 x 2; 12 is not exact
+    assert closest_micro_batch_size(8192, 128, 1) == 1
+
+
+# --- estimate_arm ---------------------------------------------------------------------------------------------
+
+
+def open_lm_1b_matmul_params(vocab: int) -> int:
+    """By hand: 24 layers of (attention 4 d^2, SwiGLU 3 d 5632, two LayerNorms with bias 4 d), the final
+    LayerNorm (2 d) and the untied output layer (d x vocab); the input embedding is a lookup."""
+    d, ffn, layers = 2048, 5632, 24
+    return layers * (4 * d * d + 3 * d * ffn + 4 * d) + 2 * d + d * vocab
+
+
+def test_paper_arm_on_slurm_a100():
+    e = estimate_arm(config(*PAPER))
+    assert (e.nodes, e.gpus_per_node, e.gpus, e.world_size) == (8, 8, 64, 64)
+    assert (e.micro_batch_size, e.accum_steps, e.sequences_per_step) == (8, 2, 1024)
+    assert e.tokens_per_step == 1024 * 1152 == 1_179_648
+    assert e.steps == math.ceil(100e9 / 1_179_648) == 84_772  # ~100B / 1.18M (1M asked, rounded up)
+    assert e.tokens == e.steps * e.tokens_per_step and 100e9 <= e.tokens < 100e9 + e.tokens_per_step
+    assert e.suggested_micro_batch_size == 7
+
+    vocab = 50_432 + 7 + 16_384
+    assert e.vocab_size == vocab == 66_823
+    n = open_lm_1b_matmul_params(vocab)
+    assert e.matmul_parameters == n  # ~1.37B
+    attention = 12 * 24 * 2048 * 1152  # QK^T and AV over the full context
+    assert e.flops_per_token == pytest.approx(6 * n + attention)
+    # Within a few % of the 6 x parameters rule of thumb, counting all ~1.51B parameters.
+    total_params = n + 2048 * vocab
+    assert 1.45e9 < total_params < 1.55e9
+    assert e.flops_per_token == pytest.approx(6 * total_params, rel=0.03)
+
+    # GPU-hours from independent round numbers: ~8.9 GFLOP/token x 100B tokens at 40% of 312 TFLOP/s.
+    by_hand = 8.9e9 * 100e9 / (312e12 * 0.40) / 3600  # ~1,981
+    assert e.gpu_hours == pytest.approx(by_hand, rel=0.01)
+    assert 1_500 < e.gpu_hours < 2_500
+    assert e.wall_hours == pytest.approx(e.gpu_hours / 64) and 25 < e.wall_hours < 40
+    assert (e.mfu, e.peak_flops) == (ASSUMED_MFU, A100_BF16_PEAK_FLOPS) == (0.40, 312e12)
+
+
+def test_paper_arm_with_micro_7_matches_the_paper_batch_better():
+    e = estimate_arm(config(*PAPER, "train.micro_batch_size=7"))
+    assert (e.tokens_per_step, e.accum_steps) == (1_032_192, 2)
+    assert e.steps == tokens_to_steps(100_000_000_000, 1_032_192) == 96_882
+
+
+def test_cpu_clusters_give_steps_and_no_gpu_hours():
+    for cluster in ("local", "debug", "slurm"):
+        e = estimate_arm(config(f"cluster={cluster}"))
+        assert (e.gpus, e.world_size) == (0, 1)
+        assert e.gpu_hours is None and e.wall_hours is None
+        assert (e.tokens_per_step, e.micro_batch_size, e.accum_steps) == (2304, 8, 1)
+        assert e.steps == math.ceil(500_000 / 2304) == 218
+        assert e.flops_per_token > 0
+
+
+def test_estimate_table_rows_total_and_assumptions():
+    paper = config(*PAPER)
+    rows = [
+        ("init=pretrained", paper),
+        ("init=random", config(*PAPER, "model.init=random")),
+        ("top_k=5", config(*PAPER, "evaluate.top_k=5")),  # sampling only: shares the train job
+    ]
+    text = estimate_table(rows)
+    lines = text.splitlines()
+    assert lines[0].split()[:2] == ["arm", "cluster"]
+    assert any(line.startswith("init=pretrained") and "slurm 8x8 GPU" in line for line in lines)
+    assert any(line.startswith("top_k=5 (= init=pretrained)") for line in lines)
+    total = next(line for line in lines if line.startswith("total"))
+    assert "2 train job(s)" in total
+    one = estimate_arm(paper).gpu_hours
+    assert f"{2 * one:,.0f}" in total and "200.0B" in total
+    assert "MFU 0.40" in text and "312 TFLOP/s" in text
+    assert "train.micro_batch_size=7" in text  # the +18% batch is flagged, with a better micro-batch
+    assert "pretrain" in text  # the footer says the LM is a given checkpoint
+
+
+def test_estimate_table_on_cpu_has_no_gpu_hours():
+    text = estimate_table([("demo", config())])
+    row = next(line for line in text.splitlines() if line.startswith("demo"))
+    assert "local (CPU)" in row and row.rstrip().endswith("-")
+    assert "note:" not in text
