@@ -144,8 +144,16 @@ def test_estimate_table_rows_total_and_assumptions():
     one = estimate_arm(paper).gpu_hours
     assert f"{2 * one:,.0f}" in total and "200.0B" in total
     assert "MFU 0.40" in text and "312 TFLOP/s" in text
-    assert "train.micro_batch_size=7" in text  # the +18% batch is flagged, with a better micro-batch
+    # The +18% batch is flagged once for the arms it concerns, with a better micro-batch.
+    assert "note: init=pretrained, init=random: effective batch 1,179,648" in text
+    assert "train.micro_batch_size=7 would give 1,032,192 (+3.2%)" in text
+    assert "partly frozen" not in text
     assert "pretrain" in text  # the footer says the LM is a given checkpoint
+
+
+def test_estimate_table_says_frozen_arms_are_an_upper_bound():
+    text = estimate_table([("emb_out", config(*PAPER, "train.trainable=emb_out"))])
+    assert "partly frozen" in text and "upper bound" in text
 
 
 def test_estimate_table_on_cpu_has_no_gpu_hours():

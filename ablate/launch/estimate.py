@@ -168,13 +168,15 @@ def estimate_table(rows: list[tuple[str, RunConfig]]) -> str:
         "wall-h",
     )
     table: list[tuple[str, ...]] = [header]
-    notes: list[str] = []
+    notes: dict[str, list[str]] = {}  # note text -> the arms it concerns
+    frozen = False
     seen: dict[str, str] = {}  # train stage key -> first label
     distinct: list[ArmEstimate] = []
     mfu = peak = None
     for label, cfg in rows:
         e = estimate_arm(cfg)
         mfu, peak = e.mfu, e.peak_flops
+        frozen = frozen or cfg.train.trainable != "all"
         key = next(s.key for s in plan_stages(cfg) if s.name == "train")
         shared = seen.get(key)
         if shared is None:
@@ -203,11 +205,12 @@ def estimate_table(rows: list[tuple[str, RunConfig]]) -> str:
                 if e.suggested_micro_batch_size != e.micro_batch_size
                 else ""
             )
-            notes.append(
-                f"note: {label}: effective batch {e.tokens_per_step:,} tokens is {e.deviation:+.1%} off "
+            text = (
+                f"effective batch {e.tokens_per_step:,} tokens is {e.deviation:+.1%} off "
                 f"train.batch_tokens={e.requested_tokens_per_step:,} (unit = micro {e.micro_batch_size} x "
                 f"{e.world_size} ranks x {e.seq_len} tokens){tip}"
             )
+            notes.setdefault(text, []).append(label)
     gpu = [e for e in distinct if e.gpu_hours is not None]
     total_gpu_h = sum(e.gpu_hours for e in gpu)  # type: ignore[misc]
     total_wall = sum(e.wall_hours for e in gpu)  # type: ignore[misc]
@@ -235,7 +238,9 @@ def estimate_table(rows: list[tuple[str, RunConfig]]) -> str:
     ]
     lines.insert(1, "-" * len(lines[0]))
     lines.insert(len(lines) - 1, "-" * len(lines[0]))
-    lines += notes
+    for text, labels in notes.items():
+        who = ", ".join(labels) if len(labels) <= 2 else f"{len(labels)} arms"
+        lines.append(f"note: {who}: {text}")
     if mfu is not None:
         lines.append(
             f"assumed: MFU {mfu:.2f} of the A100 bf16 dense peak {peak / 1e12:.0f} TFLOP/s per GPU; "
@@ -246,6 +251,11 @@ def estimate_table(rows: list[tuple[str, RunConfig]]) -> str:
             "FLOP/token = 6 N + 12 layers x hidden x seq_len (N: non-embedding params incl. the output layer; "
             "attention over the full context, not halved for the causal mask)"
         )
+        if frozen:
+            lines.append(
+                "partly frozen arms (train.trainable) are counted as fully trainable: an upper bound (frozen "
+                "weights skip their weight gradients, about 2 of the 6 FLOPs per parameter and token)"
+            )
     lines.append(
         "train stage only: at scale=paper the LM is a given checkpoint (no pretrain cost); align is "
         "negligible; evaluation, checkpointing, queueing and requeues are not counted"
