@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
 from ablate.errors import AblateError
+from analysis.runs import init_label, label_rank
 from analysis.smoothing import ema
 
 EMA_ALPHA = 0.95  # the paper's smoothing
@@ -32,12 +33,12 @@ LABELS = {
 
 
 def _init_order(inits: Sequence[str]) -> list[str]:
-    """Pretrained first, random second, anything else after, in name order."""
-    rank = {"pretrained": 0, "random": 1}
-    return sorted(set(inits), key=lambda i: (rank.get(i, 2), i))
+    """Pretrained first, random second, anything else (contrastive variants) after, in name order."""
+    return sorted(set(inits), key=label_rank)
 
 
 def _colors(inits: Sequence[str]) -> dict[str, str]:
+    """A colour per initialisation label, in legend order; '<init> + contrastive' gets its own colour."""
     others = iter(_OTHER_COLORS * 4)
     return {i: INIT_COLORS.get(i) or next(others) for i in _init_order(inits)}
 
@@ -48,22 +49,31 @@ def plotted_points(
     alpha: float = EMA_ALPHA,
     max_points: int = MAX_POINTS,
     log_space: bool = False,
+    tasks: Sequence[str] | None = ("t2i",),
+    x: str = "tokens",
+    extra: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """The points a curve figure draws: per text-to-image run and metric, raw values and their EMA.
+    """The points a curve figure draws: per run (of one of `tasks`; None: any) and metric, raw values and
+    their EMA. The `init` column holds the initialisation label (analysis.runs.init_label).
 
-    Runs of another task (unconditional generation has its own figure) are left out; a run with no task
-    param counts as text-to-image; points with no `tokens` value are left out (x is tokens). The EMA is
+    A run with no task param counts as text-to-image; points with no `x` value are left out. The EMA is
     taken over every step, then each line is thinned to about `max_points` evenly spaced steps (first and
     last kept): a few hundred points fill a figure's width, and the CSV stays a sensible size.
     With `log_space` the EMA is taken over log(value) (for perplexity: an EMA of the loss), so the
-    first, huge values do not dominate the smoothed curve for hundreds of steps.
+    first, huge values do not dominate the smoothed curve for hundreds of steps. `extra`: frame columns
+    to keep in the result besides PLOT_COLUMNS.
     """
-    keep = frame["metric"].isin(metrics) & frame["tokens"].notna() & frame["value"].notna()
-    data = frame[keep & (frame["task"].isna() | (frame["task"] == "t2i"))]
+    columns = [*PLOT_COLUMNS, *extra]
+    keep = frame["metric"].isin(metrics) & frame[x].notna() & frame["value"].notna()
+    if tasks is not None:
+        keep &= frame["task"].isin(tasks) | (frame["task"].isna() if "t2i" in tasks else False)
+    data = frame[keep]
     if data.empty:
-        return pd.DataFrame(columns=PLOT_COLUMNS)
+        return pd.DataFrame(columns=columns)
     data = data.sort_values(["run_id", "metric", "step"], kind="stable")
-    data = data.assign(init=data["init"].fillna("unknown").astype(str))
+    image_init = data["image_init"] if "image_init" in data.columns else pd.Series(None, index=data.index)
+    labels = {(i, m): init_label(i, m) for i, m in set(zip(data["init"], image_init, strict=True))}
+    data = data.assign(init=[labels[k] for k in zip(data["init"], image_init, strict=True)])
     data = data.assign(arm=data["arm"].fillna(data["run_id"].str[:8]).astype(str))
     groups = data.groupby(["run_id", "metric"], sort=False)["value"]
     if log_space:
@@ -76,30 +86,43 @@ def plotted_points(
     raw = data[thin].assign(kind="raw")
     points = pd.concat([raw, raw.assign(kind="ema", value=smooth[thin])], ignore_index=True)
     points["series"] = points["init"] + "/" + points["arm"] + "/" + points["metric"] + "/" + points["kind"]
-    return points[PLOT_COLUMNS]
+    return points[columns]
 
 
-def _draw(ax: object, points: pd.DataFrame, colors: dict[str, str], legend: bool = True) -> None:
-    """Raw values as thin faint lines (rasterized in the PDF: thousands of points), EMA as thick lines."""
+def _draw(
+    ax: object,
+    points: pd.DataFrame,
+    colors: dict[str, str],
+    legend: bool = True,
+    x: str = "tokens",
+    by: str = "init",
+    title: str = "initialisation",
+) -> None:
+    """Raw values as thin faint lines (rasterized in the PDF: thousands of points), EMA as thick lines;
+    colour and legend entry per value of column `by` (legend in the order of `colors`)."""
     labelled: set[str] = set()
     for (_, kind), run in points.groupby(["run_id", "kind"], sort=False):
-        init = run["init"].iloc[0]
+        group = run[by].iloc[0]
         if kind == "raw":
-            ax.plot(run["tokens"], run["value"], lw=0.7, alpha=0.45, color=colors[init], rasterized=True)
+            ax.plot(run[x], run["value"], lw=0.7, alpha=0.45, color=colors[group], rasterized=True)
             continue
-        label = None if init in labelled else init
-        labelled.add(init)
-        ax.plot(run["tokens"], run["value"], lw=2.0, color=colors[init], label=label)
-    ax.set_xlabel("training tokens")
-    ax.xaxis.set_major_formatter(EngFormatter())  # 250 k, 1 G: token counts span many orders of magnitude
+        label = None if group in labelled else group
+        labelled.add(group)
+        ax.plot(run[x], run["value"], lw=2.0, color=colors[group], label=label)
+    if x == "tokens":
+        ax.set_xlabel("training tokens")
+        ax.xaxis.set_major_formatter(EngFormatter())  # 250 k, 1 G: token counts span orders of magnitude
+    else:
+        ax.set_xlabel(x)
     ax.grid(True, which="major", alpha=0.3)
     if legend:
         handles, labels = ax.get_legend_handles_labels()
-        order = [labels.index(i) for i in _init_order(labels)]
-        ax.legend([handles[i] for i in order], [labels[i] for i in order], title="initialisation")
+        order = [labels.index(g) for g in colors if g in labels]
+        ax.legend([handles[i] for i in order], [labels[i] for i in order], title=title, fontsize=8)
 
 
-def _save(fig: Figure, points: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
+def save(fig: Figure, points: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
+    """`<name>.png`, `.pdf` (the figure) and `.csv` (the points) into out_dir; the three paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf", out_dir / f"{name}.csv"]
@@ -127,7 +150,7 @@ def figure3_perplexity(frame: pd.DataFrame, out_dir: Path, alpha: float = EMA_AL
         ax.set_yscale("log")
     ax.set_ylabel("perplexity")
     ax.set_title(f"Perplexity through training (text-to-image; thick: EMA {alpha} of the loss)", fontsize=10)
-    return _save(fig, points, out_dir, "figure3_perplexity")
+    return save(fig, points, out_dir, "figure3_perplexity")
 
 
 def figure4_loss_split(frame: pd.DataFrame, out_dir: Path, alpha: float = EMA_ALPHA) -> list[Path]:
@@ -147,4 +170,4 @@ def figure4_loss_split(frame: pd.DataFrame, out_dir: Path, alpha: float = EMA_AL
         ax.set_ylabel(LABELS[metric])
         ax.set_title(LABELS[metric].capitalize(), fontsize=10)
     fig.suptitle(f"Loss split by target token type (text-to-image; thick: EMA {alpha})", fontsize=11)
-    return _save(fig, points, out_dir, "figure4_loss_split")
+    return save(fig, points, out_dir, "figure4_loss_split")

@@ -10,14 +10,20 @@ import pandas as pd
 from ablate import tracking
 
 TRAIN_STAGE = "train"  # the stage whose runs log the training curves
-CURVE_COLUMNS = ["run_id", "sweep", "arm", "init", "task", "step", "tokens", "metric", "value"]
+CURVE_COLUMNS = [
+    "run_id", "sweep", "arm", "init", "image_init", "task", "trainable", "step", "tokens", "metric", "value",
+]  # fmt: skip
 CURVE_METRICS = ("loss", "text_loss", "image_loss", "perplexity", "lr", "tokens_per_s")
+FINAL_COLUMNS = ["run_id", "key", "n", "last_step", "last", "tail_n", "tail_mean"]
+TAIL_FRACTION = 0.05  # "final" value of a curve: the mean over its last 5% of logged steps
 # Run metadata columns of the curves frame <- columns of tracking.fetch_runs.
 _META = {
     "sweep": f"tags.{tracking.TAG_SWEEP}",
     "arm": f"tags.{tracking.TAG_ARM}",
     "init": "params.model.init",
+    "image_init": "params.model.image_init",
     "task": "params.data.task",
+    "trainable": "params.train.trainable",
 }
 
 
@@ -29,7 +35,18 @@ def training_curves(
 
 
 def curves_from_runs(uri: str, runs: pd.DataFrame, metrics: Sequence[str] = CURVE_METRICS) -> pd.DataFrame:
-    """training_curves for the given rows of tracking.fetch_runs, ordered by run (as given), metric, step.
+    """training_curves for the given rows of tracking.fetch_runs, ordered by run (as given), metric, step."""
+    metrics = [m for m in dict.fromkeys(metrics) if m != "tokens"]
+    ids = runs["run_id"].drop_duplicates() if not runs.empty else []
+    hist = tracking.fetch_histories(uri, ids, [*metrics, "tokens"]) if len(ids) else None
+    return curves_from_histories(runs, hist, metrics)
+
+
+def curves_from_histories(
+    runs: pd.DataFrame, hist: pd.DataFrame | None, metrics: Sequence[str] = CURVE_METRICS
+) -> pd.DataFrame:
+    """The curves frame from tracking.fetch_histories rows (which may hold other runs and keys: those are
+    left out), with run metadata from the tracking.fetch_runs rows `runs`.
 
     Works on integer codes rather than string merges: at hundreds of runs x thousands of steps the
     frame has millions of rows, and string-keyed merges/sorts took longer than the fetch itself.
@@ -37,15 +54,18 @@ def curves_from_runs(uri: str, runs: pd.DataFrame, metrics: Sequence[str] = CURV
     empty = pd.DataFrame(
         {c: pd.Series(dtype="float64" if c in ("tokens", "value") else "object") for c in CURVE_COLUMNS}
     )
-    if runs.empty:
+    if runs.empty or hist is None or hist.empty:
         return empty
     runs = runs.drop_duplicates("run_id")
     metrics = [m for m in dict.fromkeys(metrics) if m != "tokens"]  # tokens is the x column, always fetched
-    hist = tracking.fetch_histories(uri, runs["run_id"], [*metrics, "tokens"])  # sorted: run, key, step, time
-    if hist.empty:
-        return empty
+    # hist is sorted by run, key (in fetch order), step, time; a subset of its rows stays so sorted.
     run = pd.Index(runs["run_id"]).get_indexer(hist["run_id"])
     key = pd.Index([*metrics, "tokens"]).get_indexer(hist["key"])
+    wanted = (run >= 0) & (key >= 0)
+    if not wanted.all():
+        hist, run, key = hist[wanted], run[wanted], key[wanted]
+    if hist.empty:
+        return empty
     step = hist["step"].to_numpy()
     # A step logged twice (possible only from outside MLflowTracker) counts once: its latest value.
     same = (run[1:] == run[:-1]) & (key[1:] == key[:-1]) & (step[1:] == step[:-1])
@@ -70,3 +90,42 @@ def curves_from_runs(uri: str, runs: pd.DataFrame, metrics: Sequence[str] = CURV
     columns["metric"] = np.asarray(metrics, dtype=object)[key]
     columns["value"] = value
     return pd.DataFrame(columns)[CURVE_COLUMNS]
+
+
+def final_values(hist: pd.DataFrame, fraction: float = TAIL_FRACTION) -> pd.DataFrame:
+    """Per run and metric key of tracking.fetch_histories rows (as it returns them: grouped by run and key,
+    each group sorted by step and time): the number of logged steps `n`, the last step and its value, and
+    `tail_mean`, the mean over the last `tail_n` = max(1, ceil(fraction * n)) steps (NaNs skipped): a
+    curve's final value, steadier than its last, noisy point. A step logged twice counts once (its latest).
+    """
+    if hist.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in FINAL_COLUMNS})
+    run, key = hist["run_id"].to_numpy(dtype=object), hist["key"].to_numpy(dtype=object)
+    step, value = hist["step"].to_numpy(dtype=np.int64), hist["value"].to_numpy(dtype=np.float64)
+    starts = np.ones(len(hist), dtype=bool)
+    starts[1:] = (run[1:] != run[:-1]) | (key[1:] != key[:-1])
+    keep = np.ones(len(hist), dtype=bool)
+    keep[:-1] = starts[1:] | (step[1:] != step[:-1])  # drop a row whose step the next row logs again
+    run, key, step, value, starts = run[keep], key[keep], step[keep], value[keep], starts[keep]
+    first = np.flatnonzero(starts)
+    end = np.append(first[1:], len(run))  # one past each group's last row
+    n = end - first
+    tail_n = np.maximum(1, np.ceil(fraction * n)).astype(np.int64)
+    group = np.cumsum(starts) - 1
+    in_tail = (end[group] - np.arange(len(run))) <= tail_n[group]
+    counted = in_tail & ~np.isnan(value)
+    total = np.bincount(group[counted], weights=value[counted], minlength=len(first))
+    count = np.bincount(group[counted], minlength=len(first))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tail_mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return pd.DataFrame(
+        {
+            "run_id": run[first],
+            "key": key[first],
+            "n": n,
+            "last_step": step[end - 1],
+            "last": value[end - 1],
+            "tail_n": tail_n,
+            "tail_mean": tail_mean,
+        }
+    )[FINAL_COLUMNS]

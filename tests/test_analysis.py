@@ -138,10 +138,16 @@ def test_figure_without_data_says_what_is_missing(demo_frame: pd.DataFrame, tmp_
 
 def test_plot_all_draws_every_figure(store: SimpleNamespace, tmp_path: Path) -> None:
     paths = plot_all(store.uri, tmp_path / "figures", sweep="demo")
+    # demo has t2i and uncond train runs, no evaluate/align runs, no probes: figures 3, 4, 6 and the summary.
+    names = ("3_perplexity", "4_loss_split", "6_freeze")
     assert sorted(p.name for p in paths) == sorted(
-        f"figure{n}.{ext}" for n in ("3_perplexity", "4_loss_split") for ext in ("png", "pdf", "csv")
+        [*(f"figure{n}.{ext}" for n in names for ext in ("png", "pdf", "csv")), "summary.csv"]
     )
     assert all(p.exists() for p in paths)
+    summary = pd.read_csv(tmp_path / "figures" / "summary.csv")
+    assert set(summary["train_run_id"]) == {
+        store.runs[("demo", a, "train")] for a in ("t2i-pretrained", "t2i-random", "uncond-pretrained")
+    }
 
 
 def test_plot_all_with_no_runs_explains_how_to_get_some(store: SimpleNamespace, tmp_path: Path) -> None:

@@ -1,0 +1,151 @@
+"""Figures 6 (partial freezing, unconditional) and 7 (contrastive alignment), and text ability through
+training: curves over the tidy frame of analysis.frames (curves_from_histories), written as figures.py's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter
+
+from ablate.errors import AblateError
+from analysis.figures import EMA_ALPHA, PLOT_COLUMNS, _colors, _draw, plotted_points, save
+from analysis.runs import label_rank
+
+# Figure 6's settings (train.trainable presets, ablate/model/freeze.py) in the paper's order.
+FREEZE_SETTINGS = {
+    "emb_out": "embedding + output",
+    "emb_out_norm": "+ norms + positional",
+    "emb_out_norm_half": "+ norms + first half of the layers",
+    "emb_out_norm_ffn": "+ norms + feed-forward layers",
+    "all": "all parameters",
+}
+NO_POSITIONAL = "none"  # ablate.positional_params starts so when the model has no positional parameters
+ROTARY_NOTE = (
+    "open_lm's rotary position embedding has no parameters (tag ablate.positional_params = {value!r}), "
+    "so the '+ positional' setting adds only the norms."
+)
+FREEZE_COLUMNS = ["series", "setting", "trainable", *PLOT_COLUMNS[1:], "positional_params"]
+TEXT_COLUMNS = ["series", "metric", "run_id", "arm", "init", "step", "tokens", "value"]
+
+
+def _setting(init: str, trainable: object) -> str:
+    preset = trainable if isinstance(trainable, str) and trainable else "all"
+    return f"{init}: {FREEZE_SETTINGS.get(preset, preset)}"
+
+
+def _setting_rank(init: str, trainable: str) -> tuple:
+    order = list(FREEZE_SETTINGS)
+    return (label_rank(init), order.index(trainable) if trainable in order else len(order), trainable)
+
+
+def positional_note(values: pd.Series) -> str:
+    """The figure's note on what '+ positional' added, from the runs' ablate.positional_params tags."""
+    given = sorted({str(v) for v in values.dropna()})
+    if not given:
+        return "Positional parameters not recorded (runs lack the tag ablate.positional_params)."
+    if all(v.startswith(NO_POSITIONAL) for v in given):
+        return ROTARY_NOTE.format(value=given[0])
+    return "Positional parameters trained with '+ positional': " + "; ".join(given) + "."
+
+
+def figure6_freeze(
+    frame: pd.DataFrame, runs: pd.DataFrame, out_dir: Path, alpha: float = EMA_ALPHA
+) -> list[Path]:
+    """Figure 6: unconditional generation, loss against tokens, one line per freeze setting (init and
+    train.trainable); raw thin and faint, EMA thick. `runs`: the run table (analysis.runs.run_table) rows
+    of those runs, for their ablate.positional_params tag (the note under the legend)."""
+    points = plotted_points(frame, ["loss"], alpha, tasks=("uncond",), extra=("trainable",))
+    if points.empty:
+        raise AblateError("figure 6: no unconditional training run has logged loss together with tokens")
+    points["trainable"] = points["trainable"].fillna("all").astype(str)
+    points["setting"] = [_setting(i, t) for i, t in zip(points["init"], points["trainable"], strict=True)]
+    points["series"] = points["setting"] + "/" + points["arm"] + "/" + points["kind"]
+    positional = runs.set_index("run_id")["positional_params"] if not runs.empty else pd.Series(dtype=object)
+    points["positional_params"] = points["run_id"].map(positional)
+    pairs = sorted(
+        set(zip(points["init"], points["trainable"], strict=True)), key=lambda p: _setting_rank(*p)
+    )
+    shades = colormaps["viridis"](np.linspace(0.0, 0.85, max(1, len(pairs))))
+    colors = {_setting(i, t): shades[k] for k, (i, t) in enumerate(pairs)}
+    for init, trainable in pairs:  # other inits (random) in their figure-3 colour when fully trained
+        if init != "pretrained" and trainable == "all":
+            colors[_setting(init, trainable)] = _colors([init])[init]
+    note = positional_note(points.drop_duplicates("run_id")["positional_params"])
+    fig = Figure(figsize=(7.6, 5.0))
+    ax = fig.subplots()
+    _draw(ax, points, colors, by="setting", title="trainable parameters")
+    ax.set_ylabel("loss (image tokens)")
+    ax.set_title(f"Unconditional generation, partly frozen language model (thick: EMA {alpha})", fontsize=10)
+    fig.text(0.01, -0.02, note, fontsize=7.5, ha="left", va="top", wrap=True)
+    return save(fig, points[FREEZE_COLUMNS], out_dir, "figure6_freeze")
+
+
+def figure7_contrastive(frame: pd.DataFrame, out_dir: Path, alpha: float = EMA_ALPHA) -> list[Path]:
+    """Figure 7: the align stage's CLIP loss (raw thin, EMA thick) and temperature against step, one
+    line per align run, two panels. `frame`: curves of align runs (metrics loss, temperature)."""
+    loss = plotted_points(frame, ["loss"], alpha, tasks=None, x="step")
+    temp = plotted_points(frame, ["temperature"], alpha, tasks=None, x="step")
+    temp = temp[temp["kind"] == "raw"]  # a learned scalar: no noise to smooth
+    if loss.empty and temp.empty:
+        raise AblateError("figure 7: no align run has logged loss or temperature")
+    points = pd.concat([p for p in (loss, temp) if not p.empty], ignore_index=True)
+    points["series"] = points["arm"] + "/" + points["metric"] + "/" + points["kind"]
+    arms = list(dict.fromkeys(points["arm"]))
+    palette = [*_colors(["pretrained", "random"]).values(), "tab:green", "tab:red", "tab:purple"]
+    colors = {a: palette[k % len(palette)] for k, a in enumerate(arms)}
+    fig = Figure(figsize=(11.0, 4.2))
+    axes = np.atleast_1d(fig.subplots(1, 2))
+    if loss.empty:
+        axes[0].text(0.5, 0.5, "no loss logged", ha="center", va="center", transform=axes[0].transAxes)
+    else:
+        _draw(axes[0], loss, colors, x="step", by="arm", title="align run")
+    for arm, run in temp.groupby("arm", sort=False):
+        axes[1].plot(run["step"], run["value"], lw=1.8, color=colors[arm], label=arm)
+    if temp.empty:
+        axes[1].text(0.5, 0.5, "no temperature logged", ha="center", va="center", transform=axes[1].transAxes)
+    axes[1].grid(True, alpha=0.3)
+    axes[0].set_ylabel("contrastive (CLIP) loss")
+    axes[1].set_ylabel("temperature (logit scale)")
+    for ax in axes:
+        ax.set_xlabel("step")
+    axes[0].set_title(f"Contrastive loss (thick: EMA {alpha})", fontsize=10)
+    axes[1].set_title("Temperature", fontsize=10)
+    fig.suptitle("Aligning image codes with text embeddings (align stage)", fontsize=11)
+    return save(fig, points, out_dir, "figure7_contrastive")
+
+
+def text_ability(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Held-out text perplexity (the text-ability probe) against training tokens, text-to-image runs,
+    one line per run coloured by initialisation, log y; the probe points as markers (no smoothing)."""
+    points = plotted_points(frame, ["heldout_text_ppl"], tasks=("t2i",))
+    points = points[points["kind"] == "raw"].copy()
+    if points.empty:
+        raise AblateError(
+            "text ability: no text-to-image training run has logged heldout_text_ppl with tokens"
+        )
+    points["series"] = points["init"] + "/" + points["arm"]
+    colors = _colors(points["init"].unique())
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
+    labelled: set[str] = set()
+    for _, run in points.groupby("run_id", sort=False):
+        init = run["init"].iloc[0]
+        ax.plot(run["tokens"], run["value"], marker="o", ms=3.5, lw=1.6, color=colors[init],
+                label=None if init in labelled else init)  # fmt: skip
+        labelled.add(init)
+    if (points["value"] > 0).all():
+        ax.set_yscale("log")
+    handles, labels = ax.get_legend_handles_labels()
+    order = [labels.index(i) for i in colors if i in labels]
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], title="initialisation")
+    ax.set_xlabel("training tokens")
+    ax.xaxis.set_major_formatter(EngFormatter())
+    ax.set_ylabel("held-out text perplexity")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.set_title("Text ability through text-to-image training", fontsize=10)
+    return save(fig, points[TEXT_COLUMNS], out_dir, "text_ability")

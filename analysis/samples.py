@@ -1,0 +1,77 @@
+"""Figure 5: generated samples of the text-to-image models, one panel per initialisation.
+
+The evaluate stage logs `samples.png` (a grid of generated images with their captions, green = the image
+matches its caption) and the caption-match fractions on seen and held-out captions. This module assembles
+the downloaded grids into one figure; which runs and where their files lie is plot.py's business.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.image import imread
+
+from ablate.errors import AblateError
+from analysis.runs import label_rank
+
+SAMPLES_ARTIFACT = "samples.png"
+PANEL_COLUMNS = [
+    "panel", "init", "arm", "train_run_id", "evaluate_run_id", "caption_match_seen", "caption_match_heldout",
+    "artifact", "local_path", "candidates",
+]  # fmt: skip
+
+
+def _fraction(value: object) -> str:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if math.isnan(number) else f"{number:.0%}"
+
+
+def panel_title(row: pd.Series) -> str:
+    """'<init> (<arm>)' over 'caption match: seen x%, held-out y%'."""
+    seen, held = _fraction(row.get("caption_match_seen")), _fraction(row.get("caption_match_heldout"))
+    return f"{row['init']}  ({row['arm']})\ncaption match: seen {seen}, held-out {held}"
+
+
+def figure5_samples(panels: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Figure 5 from `panels`, one row per panel: init (the label), arm, train_run_id, evaluate_run_id,
+    caption_match_seen, caption_match_heldout, artifact (its path in the evaluate run), local_path (the
+    downloaded image). Rows without a readable image are left out; none left raises AblateError.
+    Writes figure5_samples.png/.pdf and .csv (one row per panel drawn)."""
+    rows = panels.copy()
+    for column in PANEL_COLUMNS:
+        if column not in rows.columns:
+            rows[column] = None
+    rows = rows[rows["local_path"].map(lambda p: isinstance(p, (str, Path)) and Path(p).is_file())]
+    if rows.empty:
+        raise AblateError(f"figure 5: no evaluate run's {SAMPLES_ARTIFACT} could be read")
+    rows = rows.sort_values("init", key=lambda s: s.map(label_rank), kind="stable").reset_index(drop=True)
+    images = [imread(str(p)) for p in rows["local_path"]]
+    ncols = min(len(images), 2)
+    nrows = math.ceil(len(images) / ncols)
+    aspect = max(img.shape[0] / max(img.shape[1], 1) for img in images)  # height / width, tallest panel
+    width = 6.5
+    fig = Figure(figsize=(width * ncols, (width * aspect + 0.9) * nrows))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, img, (_, row) in zip(axes, images, rows.iterrows(), strict=False):
+        ax.imshow(img, interpolation="nearest")
+        ax.set_title(panel_title(row), fontsize=10)
+        ax.set_axis_off()
+    for ax in axes[len(images) :]:
+        ax.set_axis_off()
+    fig.suptitle("Generated samples (green caption: the image matches it)", fontsize=12)
+    rows["panel"] = np.arange(1, len(rows) + 1)
+    rows["local_path"] = rows["local_path"].map(str)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"figure5_samples.{ext}" for ext in ("png", "pdf", "csv")]
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    fig.savefig(paths[1], dpi=150, bbox_inches="tight")
+    rows[PANEL_COLUMNS].to_csv(paths[2], index=False)
+    return paths

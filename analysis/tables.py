@@ -1,0 +1,178 @@
+"""Table 1 (greedy completions before and after text-to-image training) and summary.csv (one row per
+training run with its final numbers). Pure functions over tidy frames; plot.py fetches what they need.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ablate.errors import AblateError
+from analysis.runs import label_rank
+
+COMPLETIONS_ARTIFACT = "completions.jsonl"  # ablate.evaluate.text_ability.COMPLETIONS_FILE
+PLACEHOLDER = "PLACEHOLDER"  # in a prompt: not the paper's text (ablate.evaluate.text_ability.PAPER_PROMPTS)
+COMPLETION_COLUMNS = ["init", "arm", "run_id", "step", "tokens", "prompt", "completion"]
+TABLE1_COLUMNS = [
+    "init", "arm", "run_id", "prompt", "before_step", "before_tokens", "before", "after_step", "after_tokens",
+    "after",
+]  # fmt: skip
+FINAL_METRICS = ("loss", "text_loss", "image_loss", "perplexity")
+EVAL_METRICS = ("caption_match_seen", "caption_match_heldout", "scene_valid")
+SUMMARY_COLUMNS = [
+    "sweeps", "arm", "init", "image_init", "task", "trainable", "lr", "batch_tokens", "scale", "status",
+    "steps", "tokens", *(f"final_{m}" for m in FINAL_METRICS), "heldout_text_ppl", *EVAL_METRICS,
+    "train_run_id", "evaluate_run_id",
+]  # fmt: skip
+
+
+def read_completions(path: Path, init: str, arm: str, run_id: str) -> pd.DataFrame:
+    """A completions.jsonl artifact ({"step", "tokens", "completions": [{"prompt", "completion"}]} per
+    line) as COMPLETION_COLUMNS rows, one per (probe, prompt)."""
+    rows = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            for item in record["completions"]:
+                rows.append(
+                    (init, arm, run_id, int(record["step"]), float(record.get("tokens", np.nan)),
+                     str(item["prompt"]), str(item["completion"]))
+                )  # fmt: skip
+        except (ValueError, KeyError, TypeError) as exc:
+            raise AblateError(f"{path}:{number}: not a completions record ({exc}): {line[:120]!r}") from exc
+    return pd.DataFrame(rows, columns=COMPLETION_COLUMNS)
+
+
+def human(tokens: float) -> str:
+    """A token count as people read it: 0, 950, 12.3k, 4.1M, 5.0B."""
+    if tokens is None or not np.isfinite(tokens):
+        return "?"
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(tokens) >= size:
+            return f"{tokens / size:.3g}{unit}"
+    return f"{tokens:.0f}"
+
+
+def table1_rows(completions: pd.DataFrame) -> pd.DataFrame:
+    """Per run and prompt: the completion at the first probe (step 0: before any update) and at the last."""
+    out = []
+    for run_id, run in completions.groupby("run_id", sort=False):
+        first, last = run["step"].min(), run["step"].max()
+        before = run[run["step"] == first].drop_duplicates("prompt", keep="last").set_index("prompt")
+        after = run[run["step"] == last].drop_duplicates("prompt", keep="last").set_index("prompt")
+        for prompt in dict.fromkeys([*before.index, *after.index]):
+            b = before.loc[prompt] if prompt in before.index else None
+            a = after.loc[prompt] if prompt in after.index and last != first else None
+            out.append(
+                {
+                    "init": run["init"].iloc[0],
+                    "arm": run["arm"].iloc[0],
+                    "run_id": run_id,
+                    "prompt": prompt,
+                    "before_step": first if b is not None else np.nan,
+                    "before_tokens": b["tokens"] if b is not None else np.nan,
+                    "before": b["completion"] if b is not None else None,
+                    "after_step": last if a is not None else np.nan,
+                    "after_tokens": a["tokens"] if a is not None else np.nan,
+                    "after": a["completion"] if a is not None else None,
+                }
+            )
+    table = pd.DataFrame(out, columns=TABLE1_COLUMNS)
+    return table.sort_values("init", key=lambda s: s.map(label_rank), kind="stable").reset_index(drop=True)
+
+
+def _cell(text: object) -> str:
+    if not isinstance(text, str):
+        return "—"
+    return (
+        text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", "").replace("\n", " ⏎ ").strip() or "∅"
+    )
+
+
+def table1_completions(completions: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Table 1: for each initialisation (one run each), the greedy completion of each probe prompt before
+    training (step 0) and after the last probe, with the tokens trained by then. Writes
+    table1_completions.md (markdown) and .csv (TABLE1_COLUMNS); the paths."""
+    if completions.empty:
+        raise AblateError(f"table 1: no {COMPLETIONS_ARTIFACT} record of a text-to-image training run")
+    table = table1_rows(completions)
+    lines = [
+        "# Table 1: greedy completions before and after text-to-image training",
+        "",
+        "*Before*: the probe at the first step logged (step 0: before the first update). *After*: the "
+        "run's last probe, after the tokens shown. Completions are greedy, text vocabulary only; "
+        "⏎ marks a line break.",
+        "",
+        "| initialisation | prompt | before training | after training | after (tokens, step) |",
+        "|---|---|---|---|---|",
+    ]
+    for _, row in table.iterrows():
+        when = "no later probe yet"
+        if np.isfinite(row["after_step"]):
+            when = f"{human(row['after_tokens'])} tokens, step {int(row['after_step'])}"
+        before = _cell(row["before"])
+        if np.isfinite(row["before_step"]) and row["before_step"] != 0:
+            before += f" (step {int(row['before_step'])}: no step-0 probe)"
+        lines.append(
+            f"| {row['init']} | {_cell(row['prompt'])} | {before} | {_cell(row['after'])} | {when} |"
+        )
+    runs = table.drop_duplicates("run_id")
+    lines += ["", "Runs: " + "; ".join(f"{r.init}: {r.arm} (`{r.run_id}`)" for r in runs.itertuples())]
+    if table["prompt"].str.contains(PLACEHOLDER, regex=False).any():
+        lines += [
+            "",
+            "> **Note:** the prompts are placeholders, not the paper's Table 1 prompts (they could not be "
+            "found; see `PAPER_PROMPTS` in ablate/evaluate/text_ability.py). Do not report this table as the "
+            "paper's until they are replaced.",
+        ]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, csv = out_dir / "table1_completions.md", out_dir / "table1_completions.csv"
+    md.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    table.to_csv(csv, index=False)
+    return [md, csv]
+
+
+def summary_frame(train: pd.DataFrame, finals: pd.DataFrame, evaluations: pd.Series) -> pd.DataFrame:
+    """One row per training run (rows of the run table `train`): its config, and from `finals`
+    (analysis.frames.final_values of its metrics and its evaluate run's): steps and tokens at the last
+    step, final_<metric> = the mean over the last TAIL_FRACTION (5%) of logged steps, heldout_text_ppl = the last probe,
+    the evaluate run's metrics. `evaluations`: train run id -> evaluate run id (analysis.runs.evaluations)."""
+    if finals.empty:
+        finals = pd.DataFrame(columns=["run_id", "key", "last_step", "last", "tail_mean"])
+    by = finals.set_index(["run_id", "key"])
+    summary = pd.DataFrame(
+        {c: train[c].to_numpy() for c in SUMMARY_COLUMNS[:10]}, index=train["run_id"].to_numpy()
+    )
+    summary["train_run_id"] = train["run_id"].to_numpy()
+    summary["evaluate_run_id"] = summary["train_run_id"].map(evaluations)
+
+    def column(ids: pd.Series, key: str, field: str) -> np.ndarray:
+        names = ids.astype(object).where(ids.notna(), "").to_numpy()
+        index = pd.MultiIndex.from_arrays([names, np.full(len(ids), key)])
+        if by.empty:
+            return np.full(len(ids), np.nan)
+        return by[field].reindex(index).to_numpy(dtype=np.float64)
+
+    summary["steps"] = column(summary["train_run_id"], "loss", "last_step")
+    summary["tokens"] = column(summary["train_run_id"], "tokens", "last")
+    for metric in FINAL_METRICS:
+        summary[f"final_{metric}"] = column(summary["train_run_id"], metric, "tail_mean")
+    summary["heldout_text_ppl"] = column(summary["train_run_id"], "heldout_text_ppl", "last")
+    for metric in EVAL_METRICS:
+        summary[metric] = column(summary["evaluate_run_id"], metric, "last")
+    return summary[SUMMARY_COLUMNS].reset_index(drop=True)
+
+
+def write_summary(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """summary.csv into out_dir (SUMMARY_COLUMNS; final_* are means over the last TAIL_FRACTION of steps)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "summary.csv"
+    summary.to_csv(path, index=False)
+    return [path]
