@@ -111,34 +111,116 @@ def test_invalid_value_in_an_arm_names_that_arm(tmp_path):
 
 
 # What each shipped sweep file promises (its comment): arm count and labels.
+INITS = ("pretrained", "random")
+FREEZE = [
+    *(
+        f"init=pretrained trainable={t}"
+        for t in ("emb_out", "emb_out_norm", "emb_out_norm_half", "emb_out_norm_ffn", "all")
+    ),
+    "init=random trainable=all",
+]
+CONTRASTIVE = ["init=pretrained", "init=random", "init=pretrained image_init=contrastive"]
+# What each file's header comment promises, at demo scale (the default) and at scale=paper.
 EXPECTED = {
-    "demo.yaml": ["init=pretrained", "init=random"],
+    "demo.yaml": [
+        "task=t2i init=pretrained",
+        "task=t2i init=random",
+        "task=t2i init=pretrained image_init=contrastive",
+        "task=uncond init=pretrained trainable=emb_out",
+    ],
     "t2i_init.yaml": ["init=pretrained", "init=random"],
-    "freeze.yaml": [
-        "init=pretrained trainable=emb_out",
-        "init=pretrained trainable=emb_out_norm",
-        "init=pretrained trainable=emb_out_norm_half",
-        "init=pretrained trainable=emb_out_norm_ffn",
-        "init=pretrained trainable=all",
-        "init=random trainable=all",
-    ],
-    "lr.yaml": [
-        f"init={i} lr={lr}"
-        for i in ("pretrained", "random")
-        for lr in ("5e-05", "0.0001", "0.0002", "0.0003")
-    ],
+    "freeze.yaml": FREEZE,
+    "lr.yaml": [f"init={i} lr={lr}" for i in INITS for lr in ("0.000167", "0.000333", "0.000667", "0.001")],
+    "batch.yaml": [f"init={i} batch_tokens={b}" for i in INITS for b in (1152, 2304, 4608)],
+    "contrastive.yaml": CONTRASTIVE,
+}
+EXPECTED["paper.yaml"] = [
+    label for f in ("t2i_init", "freeze", "lr", "batch", "contrastive") for label in EXPECTED[f + ".yaml"]
+]
+PAPER_SCALE = [
+    "scale=paper",
+    "model.checkpoint=/ckpt/open_lm_1b/epoch_1.pt",
+    "tokenizer.text_path=/ckpt/gpt-neox/tokenizer.json",
+    "tokenizer.image_path=/ckpt/movqgan",
+]
+EXPECTED_PAPER = {
+    "lr.yaml": [f"init={i} lr={lr}" for i in INITS for lr in ("5e-05", "0.0001", "0.0002", "0.0003")],
+    "batch.yaml": [f"init={i} batch_tokens={b}" for i in INITS for b in (500000, 1000000, 2000000)],
 }
 
 
-def test_shared_arms_are_the_same_run_across_sweep_files():
-    demo = {a.key for a in resolve_arms(load_sweep(SWEEPS / "demo.yaml"))}
-    t2i = {a.key for a in resolve_arms(load_sweep(SWEEPS / "t2i_init.yaml"))}
-    assert demo == t2i
+def keys(name: str, cli: list[str] | None = None) -> dict[str, str]:
+    return {a.label: a.key for a in resolve_arms(load_sweep(SWEEPS / name, cli))}
 
 
 @pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_sweep_expands_to_its_promised_arms(path):
-    arms = resolve_arms(load_sweep(path))
+    sweep = load_sweep(path)
     assert path.name in EXPECTED, f"add {path.name}'s promised arms to EXPECTED"
-    assert [a.label for a in arms] == EXPECTED[path.name]
-    assert len({a.key for a in arms}) == len(arms)
+    # Every arm the file lists, in order (before identical arms collapse)...
+    assert [a.label for a in sweep.arms] == EXPECTED[path.name]
+    arms = resolve_arms(sweep)
+    # ...and, within one file, distinct runs, except where the file says arms are shared (paper.yaml).
+    if path.name != "paper.yaml":
+        assert len({a.key for a in arms}) == len(arms) == len(EXPECTED[path.name])
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PAPER))
+def test_scale_grid_gives_the_papers_values_at_paper_scale(name):
+    arms = resolve_arms(load_sweep(SWEEPS / name, PAPER_SCALE))
+    assert [a.label for a in arms] == EXPECTED_PAPER[name]
+    lrs = sorted({a.config.optim.lr for a in arms})
+    batches = sorted({a.config.train.batch_tokens for a in arms})
+    if name == "lr.yaml":
+        assert lrs == [5e-5, 1e-4, 2e-4, 3e-4]
+    else:
+        assert batches == [500_000, 1_000_000, 2_000_000]
+
+
+@pytest.mark.parametrize("cli", [None, PAPER_SCALE], ids=["demo", "paper"])
+def test_shared_arms_are_the_same_run_across_sweep_files(cli):
+    t2i = keys("t2i_init.yaml", cli)
+    # The default LR and batch of each scale are points of the LR and batch grids: the t2i_init arms.
+    assert set(t2i.values()) < set(keys("lr.yaml", cli).values())
+    assert set(t2i.values()) < set(keys("batch.yaml", cli).values())
+    assert set(t2i.values()) < set(keys("contrastive.yaml", cli).values())
+    if cli is None:
+        assert set(t2i.values()) < set(keys("demo.yaml").values())
+        assert (
+            keys("demo.yaml")["task=uncond init=pretrained trainable=emb_out"]
+            == keys("freeze.yaml")["init=pretrained trainable=emb_out"]
+        )
+
+
+def test_paper_sweep_collapses_shared_arms_and_remembers_every_sweep():
+    arms = resolve_arms(load_sweep(SWEEPS / "paper.yaml"))
+    assert len(arms) == 19  # 2 + 6 + (8 - 2) + (6 - 2) + (3 - 2), as its header says
+    files = ("t2i_init", "freeze", "lr", "batch", "contrastive")
+    union = set().union(*(keys(f + ".yaml").values() for f in files))
+    assert {a.key for a in arms} == union
+    by_key = {a.key: a for a in arms}
+    pretrained = by_key[keys("t2i_init.yaml")["init=pretrained"]]
+    assert set(pretrained.sweeps) == {"t2i_init", "lr", "batch", "contrastive", "paper"}
+    frozen = by_key[keys("freeze.yaml")["init=pretrained trainable=emb_out"]]
+    assert set(frozen.sweeps) == {"freeze", "paper"}
+
+
+@pytest.mark.parametrize(
+    ("scale_grid", "needle"),
+    [
+        ("  huge: {optim.lr: [1.0]}\n", "unknown scale 'huge'"),
+        ("  demo: {train.seed: [1]}\n", "not a key of 'grid'"),
+        ("  demo: []\n", "give grid keys and their values"),
+    ],
+)
+def test_scale_grid_errors_name_the_problem(tmp_path, scale_grid, needle):
+    p = write(tmp_path, "name: s\ngrid:\n  optim.lr: [1.0e-3]\nscale_grid:\n" + scale_grid)
+    with pytest.raises(SweepError, match=needle):
+        load_sweep(p)
+
+
+def test_scale_grid_follows_the_last_scale_override(tmp_path):
+    p = write(tmp_path, "name: s\ngrid:\n  optim.lr: [3.0e-4]\nscale_grid:\n  demo: {optim.lr: [1.0e-3]}\n")
+    assert [a.label for a in load_sweep(p).arms] == ["lr=0.001"]
+    assert [a.label for a in load_sweep(p, ["scale=paper"]).arms] == ["lr=0.0003"]
+    assert [a.label for a in load_sweep(p, ["scale=paper", "scale=demo"]).arms] == ["lr=0.001"]

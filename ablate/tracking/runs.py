@@ -10,6 +10,7 @@ from typing import Any
 from ablate.errors import AblateError
 from ablate.tracking.store import (
     RUN_STATUSES,
+    TAG_ARM,
     TAG_KIND,
     TAG_PARENT,
     TAG_RUN_KEY,
