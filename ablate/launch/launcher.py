@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ablate.arms import ResolvedArm, resolve_arms
 from ablate.config.compose import flatten
-from ablate.launch.executor import arms_label, run_graph
+from ablate.launch.estimate import estimate_table
+from ablate.launch.executor import arms_label, make_executor, run_graph
 from ablate.launch.graph import Graph, Node, build_graph
 from ablate.launch.manifest import Manifest
 from ablate.rundir import git_commit
@@ -114,7 +115,11 @@ def launch(
     echo(f"sweep {sweep.name!r} from {sweep.path}")
     echo(dry_run_table(arms, graph))
     if dry_run:
+        echo("")
+        echo(estimate_table([(a.label, a.config) for a in arms]))
         return 0
+    if first.cluster.kind not in ("debug", "local"):
+        make_executor(first.cluster, results / "jobs" / sweep.name)  # fails here, before any run is created
 
     from ablate.tracking import default_tracking_uri, set_run_status
 
