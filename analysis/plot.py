@@ -3,8 +3,9 @@
 One fetch of the runs, one fetch of the metric histories of every run a figure needs, and downloads of
 only the artifacts drawn (one samples.png and one completions.jsonl per initialisation). Each figure
 draws the runs of the sweeps that produce it (docs/CONTRACTS.md "Figure -> sweeps"), restricted to the
-runs of `sweep` when given; a figure whose runs are missing is skipped with a message naming the sweep
-file that produces them.
+runs of `sweep` when given. A sweep that produces figures (lr) draws only those; one that produces none
+itself (paper, which includes the others) draws every figure its runs feed. A figure whose runs are
+missing is skipped with a message naming the sweep file that produces them.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ FIGURES: dict[str, tuple[tuple[str, ...], str]] = {
     "sensitivity_lr": (("lr",), "text-to-image train runs"),
     "sensitivity_batch": (("batch",), "text-to-image train runs"),
 }
+PRODUCERS = {sweep for sweeps, _ in FIGURES.values() for sweep in sweeps}
 CURVE_KEYS = ("loss", "text_loss", "image_loss", "perplexity", "heldout_text_ppl", "temperature")
 HISTORY_KEYS = (*CURVE_KEYS, "tokens", *tables.EVAL_METRICS)
 ARTIFACTS_DIR = "artifacts"  # under out_dir: the downloaded samples.png / completions.jsonl, per run id
@@ -132,16 +134,21 @@ def plot_report(uri: str, out_dir: Path, sweep: str | None = None) -> Report:
         among = f"of sweep {' or '.join(producers)}" + (
             f" among the runs of sweep '{sweep}'" if sweep else ""
         )
+        # A sweep that produces other figures (lr) draws only its own, even where it shares runs with the
+        # producers of this one; a sweep that produces none itself (paper includes the others) draws all.
+        other = sweep in PRODUCERS and sweep not in producers
         try:
+            if other:
+                raise AblateError(
+                    f"not drawn for sweep '{sweep}' (its runs come from sweep {' or '.join(producers)})"
+                )
             if selected[name].empty:
                 raise AblateError(f"no {what} {among}")
             report.paths += draw()
         except AblateError as exc:  # a figure whose runs are not in this store/sweep: draw the others
             message = f"{name}: {exc}; {how}"
             report.skipped[name] = message
-            # Asked for a sweep that does not produce this figure at all: expected, not worth a warning.
-            expected = sweep is not None and not runs.in_sweeps(table, producers).any()
-            log.log(logging.INFO if expected else logging.WARNING, "skipping %s", message)
+            log.log(logging.INFO if other else logging.WARNING, "skipping %s", message)
     if not report.paths and (hist.empty or not hist["run_id"].isin(train["run_id"]).any()):
         statuses = ", ".join(f"{n} {s}" for s, n in train["status"].value_counts().items())
         raise AblateError(

@@ -159,7 +159,7 @@ def summary_frame(train: pd.DataFrame, finals: pd.DataFrame, evaluations: pd.Ser
             return np.full(len(ids), np.nan)
         return by[field].reindex(index).to_numpy(dtype=np.float64)
 
-    summary["steps"] = column(summary["train_run_id"], "loss", "last_step")
+    summary["steps"] = pd.array(column(summary["train_run_id"], "loss", "last_step"), dtype="Int64")
     summary["tokens"] = column(summary["train_run_id"], "tokens", "last")
     for metric in FINAL_METRICS:
         summary[f"final_{metric}"] = column(summary["train_run_id"], metric, "tail_mean")
