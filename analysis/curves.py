@@ -62,6 +62,10 @@ def figure6_freeze(
     points = plotted_points(frame, ["loss"], alpha, tasks=("uncond",), extra=("trainable",))
     if points.empty:
         raise AblateError("figure 6: no unconditional training run has logged loss together with tokens")
+    if not runs.empty:  # the run table falls back to the ablate.trainable tag where the param is missing
+        points["trainable"] = (
+            points["run_id"].map(runs.set_index("run_id")["trainable"]).fillna(points["trainable"])
+        )
     points["trainable"] = points["trainable"].fillna("all").astype(str)
     points["setting"] = [_setting(i, t) for i, t in zip(points["init"], points["trainable"], strict=True)]
     points["series"] = points["setting"] + "/" + points["arm"] + "/" + points["kind"]

@@ -1,0 +1,110 @@
+"""analysis without MLflow: the figure and table functions from hand-made tidy frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.image import imsave
+
+from ablate.errors import AblateError
+from analysis import curves, runs, samples, sensitivity
+from analysis.frames import final_values
+
+
+def hist(rows: list[tuple[str, str, int, float]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])
+    return frame.assign(timestamp=np.arange(len(frame)))
+
+
+def test_final_values_tail_mean_last_and_duplicates() -> None:
+    rows = [("a", "image_loss", s, float(s)) for s in range(1, 41)]  # 40 steps: last 5% = 2 steps
+    rows += [("a", "tokens", 1, 10.0), ("a", "tokens", 2, 20.0), ("a", "tokens", 2, 25.0)]  # step 2 twice
+    rows += [("b", "image_loss", 0, 1.0), ("b", "image_loss", 1, np.nan)]
+    got = final_values(hist(rows)).set_index(["run_id", "key"])
+    assert got.loc[("a", "image_loss"), "tail_mean"] == 39.5 and got.loc[("a", "image_loss"), "tail_n"] == 2
+    assert got.loc[("a", "image_loss"), "last_step"] == 40 and got.loc[("a", "image_loss"), "n"] == 40
+    assert got.loc[("a", "tokens"), "last"] == 25.0 and got.loc[("a", "tokens"), "n"] == 2  # latest value
+    assert np.isnan(got.loc[("b", "image_loss"), "tail_mean"])  # the last step logged NaN
+    assert final_values(hist([])).empty
+
+
+def test_run_table_labels_sweeps_and_evaluations() -> None:
+    fetched = pd.DataFrame(
+        {
+            "run_id": ["t1", "t2", "e1", "e0"],
+            "status": ["FINISHED"] * 4,
+            "start_time": [1, 2, 4, 3],
+            "tags.ablate.stage": ["train", "train", "evaluate", "evaluate"],
+            "tags.ablate.run_key": ["k1", "k2", "ek1", "ek0"],
+            "tags.ablate.train_key": [None, None, "k1", "k1"],
+            "tags.ablate.sweeps.lr": ["true", None, "true", "true"],
+            "tags.ablate.sweeps.paper": ["true", "true", None, None],
+            "tags.ablate.trainable": [None, "emb_out", None, None],
+            "params.model.init": ["pretrained", "random", None, None],
+            "params.model.image_init": ["contrastive", "mean", None, None],
+            "params.optim.lr": ["3e-4", None, None, None],
+        }
+    )
+    table = runs.run_table(fetched)
+    assert table["label"].tolist()[:2] == ["pretrained + contrastive", "random"]
+    assert table["sweeps"].tolist() == ["lr;paper", "paper", "lr", "lr"]
+    assert runs.in_sweeps(table, ["lr", "demo"]).tolist() == [True, False, True, True]
+    assert table["lr"].iloc[0] == 3e-4 and np.isnan(table["lr"].iloc[1])
+    assert table["trainable"].iloc[1] == "emb_out"  # from the tag: no train.trainable param
+    assert runs.evaluations(table).to_dict() == {"t1": "e1"}  # the latest evaluate run of k1
+
+
+def sens_points(xs: list[float]) -> pd.DataFrame:
+    n = len(xs)
+    return pd.DataFrame(
+        {
+            "run_id": [f"r{i}" for i in range(n)],
+            "arm": [f"arm{i}" for i in range(n)],
+            "label": ["pretrained" if i % 2 == 0 else "random" for i in range(n)],
+            "lr": xs,
+            "y": np.arange(n, dtype=float),
+            "tail_steps": [3] * n,
+        }
+    )
+
+
+def test_sensitivity_averages_runs_per_x_and_needs_two_values(tmp_path: Path) -> None:
+    points = sens_points([1e-4, 1e-4, 3e-4, 3e-4, 1e-4])  # pretrained at 1e-4: runs r0 and r4 (y 0 and 4)
+    png, pdf, csv = sensitivity.sensitivity(points, "lr", tmp_path, "sensitivity_lr")
+    data = pd.read_csv(csv)
+    row = data[(data["init"] == "pretrained") & (data["x"] == 1e-4)].iloc[0]
+    assert row["y"] == 2.0 and row["n_runs"] == 2 and row["run_ids"] == "r0;r4"
+    assert data["init"].tolist() == ["pretrained", "pretrained", "random", "random"]
+    assert png.exists() and pdf.exists()
+    with pytest.raises(AblateError, match=r"only optim.lr = 0.0001; .*at least 2"):
+        sensitivity.sensitivity(sens_points([1e-4, 1e-4]), "lr", tmp_path, "sensitivity_lr")
+
+
+def test_figure5_leaves_out_missing_images(tmp_path: Path) -> None:
+    imsave(tmp_path / "a.png", np.zeros((8, 12, 3)))
+    panels = pd.DataFrame(
+        {
+            "init": ["random", "pretrained"],
+            "arm": ["r", "p"],
+            "caption_match_seen": [0.5, 0.25],
+            "caption_match_heldout": [0.0, np.nan],
+            "local_path": [str(tmp_path / "missing.png"), str(tmp_path / "a.png")],
+        }
+    )
+    paths = samples.figure5_samples(panels, tmp_path / "out")
+    data = pd.read_csv(paths[2])
+    assert data["init"].tolist() == ["pretrained"] and data["panel"].tolist() == [1]
+    assert samples.panel_title(panels.iloc[1]) == "pretrained  (p)\ncaption match: seen 25%, held-out n/a"
+    with pytest.raises(AblateError, match="samples.png"):
+        samples.figure5_samples(panels.iloc[:1], tmp_path / "out")
+
+
+def test_positional_note() -> None:
+    rotary = curves.positional_note(pd.Series(["none (rotary has no parameters)"] * 2))
+    assert "rotary" in rotary and "no parameters" in rotary and "only the norms" in rotary
+    learned = curves.positional_note(pd.Series(["pos_embed.weight", None]))
+    assert "pos_embed.weight" in learned and "only the norms" not in learned
+    assert "not recorded" in curves.positional_note(pd.Series([None]))
