@@ -143,20 +143,18 @@ def test_no_cache_forward_is_the_training_forward() -> None:
 
 
 def uncached_reference(model, prompts, n_codes, temperature, top_k, top_p, generator) -> torch.Tensor:
-    """sample_images as it was before the cache: re-run the whole prefix for every code."""
+    """sample_images without the cache: re-run the whole prefix for every code."""
     ids = torch.as_tensor(prompts, dtype=torch.long)  # (B, P)
     lo, hi = LAYOUT.image_offset, LAYOUT.size
     codes = []
     with torch.no_grad():
         for _ in range(n_codes):
-            logits = model(ids)[:, -1].float()  # (B, V)
-            masked = torch.full_like(logits, float("-inf"))
-            masked[:, lo:hi] = logits[:, lo:hi]
-            nxt = torch.multinomial(
-                filter_logits(masked, temperature, top_k, top_p).softmax(-1), 1, generator=generator
+            logits = model(ids)[:, -1, lo:hi].float()  # (B, K): image codes are the only candidates
+            code = torch.multinomial(
+                filter_logits(logits, temperature, top_k, top_p).softmax(-1), 1, generator=generator
             )
-            codes.append(nxt[:, 0] - lo)
-            ids = torch.cat([ids, nxt], 1)
+            codes.append(code[:, 0])
+            ids = torch.cat([ids, code + lo], 1)
     return torch.stack(codes, 1)
 
 

@@ -156,14 +156,11 @@ def sample_images(
                     f"model vocabulary ({logits.shape[-1]} ids) is smaller than the layout's ({hi}); "
                     "the model was not built for this text tokenizer / codebook"
                 )
-            # Mask before filtering: top-k / top-p must rank and renormalise image codes only.
-            masked = torch.full_like(logits, float("-inf"))  # (B, V)
-            masked[:, lo:hi] = logits[:, lo:hi]
-            probs = filter_logits(masked, temperature, top_k, top_p).softmax(dim=-1)  # (B, V)
-            nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
-            # softmax(-inf) is exactly 0 and multinomial never draws a zero-probability id, so this
-            # only fires on a broken invariant (e.g. NaN logits slipping through).
-            if bool(((nxt < lo) | (nxt >= hi)).any()):  # pragma: no cover
+            # Only image codes are candidates: top-k / top-p rank and renormalise over them alone. Drawing
+            # from the (B, K) slice (not a masked (B, V) row) is the mask, and K << V makes the sort cheap.
+            probs = filter_logits(logits[:, lo:hi], temperature, top_k, top_p).softmax(dim=-1)  # (B, K)
+            nxt = torch.multinomial(probs, 1, generator=generator) + lo  # (B, 1) vocabulary ids
+            if bool(((nxt < lo) | (nxt >= hi)).any()):  # pragma: no cover (a broken invariant)
                 raise RuntimeError("sampled a non-image id at an image position")
             codes[:, i] = nxt[:, 0] - lo
             if cache is None:
