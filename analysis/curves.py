@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
 from ablate.errors import AblateError
-from analysis.figures import EMA_ALPHA, PLOT_COLUMNS, _colors, _draw, plotted_points, save
+from analysis.figures import EMA_ALPHA, PLOT_COLUMNS, _colors, _draw, joined, plotted_points, save
 from analysis.runs import label_rank
 
 # Figure 6's settings (train.trainable presets, ablate/model/freeze.py) in the paper's order.
@@ -63,9 +63,8 @@ def figure6_freeze(
     if points.empty:
         raise AblateError("figure 6: no unconditional training run has logged loss together with tokens")
     if not runs.empty:  # the run table falls back to the ablate.trainable tag where the param is missing
-        points["trainable"] = (
-            points["run_id"].map(runs.set_index("run_id")["trainable"]).fillna(points["trainable"])
-        )
+        mapped = points["run_id"].map(runs.set_index("run_id")["trainable"]).astype(object)
+        points["trainable"] = mapped.where(mapped.notna(), points["trainable"])
     points["trainable"] = points["trainable"].fillna("all").astype(str)
     points["setting"] = [_setting(i, t) for i, t in zip(points["init"], points["trainable"], strict=True)]
     points["series"] = points["setting"] + "/" + points["arm"] + "/" + points["kind"]
@@ -108,8 +107,9 @@ def figure7_contrastive(frame: pd.DataFrame, out_dir: Path, alpha: float = EMA_A
         axes[0].text(0.5, 0.5, "no loss logged", ha="center", va="center", transform=axes[0].transAxes)
     else:
         _draw(axes[0], loss, colors, x="step", by="arm", title="align run")
-    for arm, run in temp.groupby("arm", sort=False):
-        axes[1].plot(run["step"], run["value"], lw=1.8, color=colors[arm], label=arm)
+    for arm, color in colors.items():
+        if (temp["arm"] == arm).any():
+            axes[1].plot(*joined(temp[temp["arm"] == arm], "step"), lw=1.8, color=color, label=arm)
     if temp.empty:
         axes[1].text(0.5, 0.5, "no temperature logged", ha="center", va="center", transform=axes[1].transAxes)
     axes[1].grid(True, alpha=0.3)
@@ -136,12 +136,9 @@ def text_ability(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     colors = _colors(points["init"].unique())
     fig = Figure(figsize=(6.4, 4.4))
     ax = fig.subplots()
-    labelled: set[str] = set()
-    for _, run in points.groupby("run_id", sort=False):
-        init = run["init"].iloc[0]
-        ax.plot(run["tokens"], run["value"], marker="o", ms=3.5, lw=1.6, color=colors[init],
-                label=None if init in labelled else init)  # fmt: skip
-        labelled.add(init)
+    for init, color in colors.items():  # one line per init: its runs joined with NaN breaks
+        xs, ys = joined(points[points["init"] == init], "tokens")
+        ax.plot(xs, ys, marker="o", ms=3.5, lw=1.6, color=color, label=init)
     if (points["value"] > 0).all():
         ax.set_yscale("log")
     handles, labels = ax.get_legend_handles_labels()

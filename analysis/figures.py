@@ -70,10 +70,16 @@ def plotted_points(
     data = frame[keep]
     if data.empty:
         return pd.DataFrame(columns=columns)
-    data = data.sort_values(["run_id", "metric", "step"], kind="stable")
+    # Grouped by run and metric, by step within: sorting integer codes, not millions of strings.
+    run_code, metric_code = pd.factorize(data["run_id"])[0], pd.factorize(data["metric"])[0]
+    data = data.iloc[np.lexsort((data["step"].to_numpy(), metric_code, run_code))]
     image_init = data["image_init"] if "image_init" in data.columns else pd.Series(None, index=data.index)
-    labels = {(i, m): init_label(i, m) for i, m in set(zip(data["init"], image_init, strict=True))}
-    data = data.assign(init=[labels[k] for k in zip(data["init"], image_init, strict=True)])
+    pairs = pd.MultiIndex.from_arrays(
+        [data["init"].to_numpy(dtype=object), image_init.to_numpy(dtype=object)]
+    )
+    codes, uniques = pd.factorize(pairs)
+    labels = np.array([init_label(i, m) for i, m in uniques], dtype=object)
+    data = data.assign(init=labels[codes])
     data = data.assign(arm=data["arm"].fillna(data["run_id"].str[:8]).astype(str))
     groups = data.groupby(["run_id", "metric"], sort=False)["value"]
     if log_space:
@@ -89,6 +95,16 @@ def plotted_points(
     return points[columns]
 
 
+def joined(points: pd.DataFrame, x: str, y: str = "value") -> tuple[np.ndarray, np.ndarray]:
+    """x and y of every run in `points` (rows grouped by run_id, in drawing order) end to end, a NaN
+    between runs: one matplotlib line that draws as the separate lines."""
+    run = points["run_id"].to_numpy(dtype=object)
+    breaks = np.flatnonzero(run[1:] != run[:-1]) + 1
+    xs = np.insert(points[x].to_numpy(dtype=np.float64), breaks, np.nan)
+    ys = np.insert(points[y].to_numpy(dtype=np.float64), breaks, np.nan)
+    return xs, ys
+
+
 def _draw(
     ax: object,
     points: pd.DataFrame,
@@ -99,16 +115,19 @@ def _draw(
     title: str = "initialisation",
 ) -> None:
     """Raw values as thin faint lines (rasterized in the PDF: thousands of points), EMA as thick lines;
-    colour and legend entry per value of column `by` (legend in the order of `colors`)."""
-    labelled: set[str] = set()
-    for (_, kind), run in points.groupby(["run_id", "kind"], sort=False):
-        group = run[by].iloc[0]
-        if kind == "raw":
-            ax.plot(run[x], run["value"], lw=0.7, alpha=0.45, color=colors[group], rasterized=True)
-            continue
-        label = None if group in labelled else group
-        labelled.add(group)
-        ax.plot(run[x], run["value"], lw=2.0, color=colors[group], label=label)
+    colour and legend entry per value of column `by` (legend in the order of `colors`). Drawn as one line
+    per colour and kind, runs separated by NaN breaks: hundreds of runs would otherwise be hundreds of
+    artists, and drawing each costs more than its points (raw under every EMA)."""
+    for kind in ("raw", "ema"):
+        for group, color in colors.items():
+            lines = points[(points["kind"] == kind) & (points[by] == group)]
+            if lines.empty:
+                continue
+            xs, ys = joined(lines, x)
+            if kind == "raw":
+                ax.plot(xs, ys, lw=0.7, alpha=0.45, color=color, rasterized=True)
+            else:
+                ax.plot(xs, ys, lw=2.0, color=color, label=group)
     if x == "tokens":
         ax.set_xlabel("training tokens")
         ax.xaxis.set_major_formatter(EngFormatter())  # 250 k, 1 G: token counts span orders of magnitude
