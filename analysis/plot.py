@@ -149,7 +149,7 @@ def plot_report(uri: str, out_dir: Path, sweep: str | None = None) -> Report:
             message = f"{name}: {exc}; {how}"
             report.skipped[name] = message
             log.log(logging.INFO if other else logging.WARNING, "skipping %s", message)
-    if not report.paths and (hist.empty or not hist["run_id"].isin(train["run_id"]).any()):
+    if not report.paths and not train.empty and not hist["run_id"].isin(train["run_id"]).any():
         statuses = ", ".join(f"{n} {s}" for s, n in train["status"].value_counts().items())
         raise AblateError(
             f"{len(train)} training run(s) {which} in the {store} ({statuses}), but none has logged metrics "
