@@ -35,7 +35,9 @@ TEXT_COLUMNS = ["series", "metric", "run_id", "arm", "init", "step", "tokens", "
 
 def _setting(init: str, trainable: object) -> str:
     preset = trainable if isinstance(trainable, str) and trainable else "all"
-    return f"{init}: {FREEZE_SETTINGS.get(preset, preset)}"
+    return (
+        f"{init}: {FREEZE_SETTINGS[preset]} ({preset})" if preset in FREEZE_SETTINGS else f"{init}: {preset}"
+    )
 
 
 def _setting_rank(init: str, trainable: str) -> tuple:

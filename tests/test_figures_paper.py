@@ -189,10 +189,10 @@ def test_figure5_has_a_panel_per_init_with_its_evaluate_run(
 def test_figure6_one_line_per_freeze_setting(everything: SimpleNamespace, store: Store) -> None:
     data = everything.csv("figure6_freeze")
     assert set(data["setting"]) == {
-        "pretrained: embedding + output",
-        "pretrained: + norms + positional",
-        "pretrained: all parameters",
-        "random: all parameters",
+        "pretrained: embedding + output (emb_out)",
+        "pretrained: + norms + positional (emb_out_norm)",
+        "pretrained: all parameters (all)",
+        "random: all parameters (all)",
     }
     assert set(data["positional_params"]) == {ROTARY}
     for name in ("freeze-pretrained-emb_out", "freeze-random-all"):
