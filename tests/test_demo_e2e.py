@@ -1,5 +1,6 @@
 """End to end through the real pieces: a tiny demo sweep on `cluster=local` (submitit subprocesses) into a
-temporary MLflow SQLite store, then `ablate status`, a relaunch that runs nothing, and `ablate plot`."""
+temporary MLflow SQLite store, then `ablate status`, a relaunch that runs nothing, a second sweep sharing
+its arms, small LR and batch sweeps, and `ablate plot` drawing every figure and table from them."""
 
 from __future__ import annotations
 
@@ -32,6 +33,17 @@ TINY = [
     "optim.warmup_tokens=2304",
     "model.hidden_dim=32",
     "model.n_layers=2",
+    "align.steps=20",
+    "align.batch_size=32",
+    "evaluate.n_samples=8",
+    "evaluate.probe_every_tokens=4608",
+    "evaluate.probe_sequences=8",
+]
+DEMO_ARMS = [
+    "task=t2i init=pretrained",
+    "task=t2i init=random",
+    "task=t2i init=pretrained image_init=contrastive",
+    "task=uncond init=pretrained trainable=emb_out",
 ]
 
 
@@ -64,16 +76,79 @@ def test_sweep_runs_every_stage_once_and_tracks_it(demo):
         "JOIN tags t2 ON t2.run_uuid = r.run_uuid AND t2.key = 'ablate.run_key'"
     ).fetchall()
     stages = sorted(r[0] for r in rows)
-    # Shared stages ran once for both arms; pretrain only for the pretrained arm; one train run per arm.
-    assert stages == ["image_tokenizer", "prepare", "pretrain", "synth", "text_tokenizer", "train", "train"]
+    # Shared stages ran once for all arms; prepare once per task; pretrain once for the three arms that
+    # start from the LM; align only for the contrastive arm; train and evaluate once per arm.
+    assert stages == sorted(
+        ["synth", "text_tokenizer", "image_tokenizer", "prepare", "prepare", "pretrain", "align"]
+        + ["train"] * 4
+        + ["evaluate"] * 4
+    )
     assert all(r[2] == "FINISHED" for r in rows)
     dup = db.execute(
         "SELECT run_uuid, key, step, COUNT(*) FROM metrics GROUP BY run_uuid, key, step HAVING COUNT(*) > 1"
     ).fetchall()
     assert dup == []
     manifest = json.loads((results / "sweeps" / "demo" / "manifest.json").read_text())
-    assert {a["label"] for a in manifest["arms"]} == {"init=pretrained", "init=random"}
+    assert [a["label"] for a in manifest["arms"]] == DEMO_ARMS
     assert all(j["state"] == "done" for j in manifest["jobs"].values())
+
+
+def _runs(results: Path, stage: str) -> pd.DataFrame:
+    from ablate import tracking
+
+    return tracking.fetch_runs(f"sqlite:///{results / 'mlflow.db'}", stage=stage)
+
+
+def _history(results: Path, run_id: str, key: str) -> list[tuple[int, float]]:
+    db = sqlite3.connect(results / "mlflow.db")
+    return db.execute(
+        "SELECT step, value FROM metrics WHERE run_uuid = ? AND key = ? ORDER BY step", (run_id, key)
+    ).fetchall()
+
+
+@pytest.mark.slow
+def test_forgetting_is_measured_from_step_0_on_pretrained_text_to_image_runs(demo):
+    results, _ = demo
+    train = _runs(results, "train").set_index("tags.ablate.arm")
+    pretrained = train.loc["task=t2i init=pretrained", "run_id"]
+    ppl = _history(results, pretrained, "heldout_text_ppl")
+    tokens = dict(_history(results, pretrained, "tokens"))
+    steps = [s for s, _ in ppl]
+    # Before the first update, every 4,608 tokens (2 steps of 2,304) and after the last step (7).
+    assert steps == [0, 2, 4, 6, 7]
+    assert tokens[0] == 0 and tokens[2] == 4608
+    assert all(v > 1 for _, v in ppl)
+    probe_file = next((results / "cache" / "train").glob("*/completions.jsonl"))
+    completions = [json.loads(line) for line in probe_file.read_text().splitlines()]
+    assert completions[0]["step"] == 0 and len(completions[0]["completions"]) == 4
+    # No text ability to lose: random init and unconditional runs have no probe.
+    for arm in ("task=t2i init=random", "task=uncond init=pretrained trainable=emb_out"):
+        assert _history(results, train.loc[arm, "run_id"], "heldout_text_ppl") == []
+
+
+@pytest.mark.slow
+def test_evaluate_and_align_runs_log_their_metrics_and_artifacts(demo):
+    results, _ = demo
+    train = _runs(results, "train")
+    evals = _runs(results, "evaluate")
+    # One evaluate run per train run, naming it.
+    assert sorted(evals["tags.ablate.train_key"]) == sorted(train["tags.ablate.run_key"])
+    for _, run in evals.iterrows():
+        keys = (
+            ["scene_valid"]
+            if "uncond" in run["tags.ablate.arm"]
+            else ["caption_match_seen", "caption_match_heldout"]
+        )
+        for key in keys:
+            ((step, value),) = _history(results, run["run_id"], key)
+            assert step == 0 and 0.0 <= value <= 1.0
+    for d in (results / "cache" / "evaluate").iterdir():
+        assert (d / "samples.png").stat().st_size > 0
+        rows = pd.read_csv(d / "samples.csv")
+        assert len(rows) in (8, 16) and set(rows["split"]) <= {"seen", "heldout", "uncond"}
+    (align,) = _runs(results, "align")["run_id"]
+    loss = [v for _, v in _history(results, align, "loss")]
+    assert len(loss) == 20 and len(_history(results, align, "temperature")) == 20
 
 
 @pytest.mark.slow
@@ -84,7 +159,8 @@ def test_run_directories_describe_themselves(demo):
         prov = json.loads((train_dir / "provenance.json").read_text())
         assert prov["stage"] == "train" and prov["git_commit"] and prov["mlflow_run_id"]
         steps = [json.loads(line)["step"] for line in (train_dir / "metrics.jsonl").read_text().splitlines()]
-        assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 5
+        first = steps[0]  # 0: the text-ability probe's row before the first update (pretrained t2i arms)
+        assert first in (0, 1) and steps == list(range(first, first + len(steps))) and len(steps) >= 5
 
 
 @pytest.mark.slow
@@ -92,28 +168,76 @@ def test_status_and_relaunch_runs_nothing(demo):
     results, _ = demo
     status = ablate(results, "status", "demo")
     assert status.returncode == 0
-    lines = [line for line in status.stdout.splitlines() if line.startswith("init=")]
-    assert len(lines) == 2 and all(" train " in line and " done " in line for line in lines)
+    lines = [line for line in status.stdout.splitlines() if line.startswith("task=")]
+    assert len(lines) == 4 and all(" train " in line and " done " in line for line in lines)
     again = ablate(results, "launch", "sweeps/demo.yaml", *TINY)
     assert again.returncode == 0
-    assert "submitted" not in again.stdout and again.stdout.count("skipped") == 7
+    assert "submitted" not in again.stdout and again.stdout.count("skipped") == 15
 
 
 @pytest.mark.slow
-def test_plot_draws_figures_3_and_4_with_both_arms(demo):
+def test_a_sweep_sharing_the_arms_trains_nothing_and_plots_them(demo, tmp_path):
     results, _ = demo
-    proc = ablate(results, "plot", "--sweep", "demo")
+    proc = ablate(results, "launch", "sweeps/t2i_init.yaml", *TINY)
+    assert proc.returncode == 0 and "submitted" not in proc.stdout
+    out = tmp_path / "t2i_figures"
+    proc = ablate(results, "plot", "--sweep", "t2i_init", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    figures = results / "figures"
-    for name in ("figure3_perplexity", "figure4_loss_split"):
+    fig3 = pd.read_csv(out / "figure3_perplexity.csv")
+    assert set(fig3["init"]) == {"pretrained", "random"}  # the demo's runs, found through the shared tag
+    assert not (out / "figure6_freeze.png").exists()  # t2i_init does not produce Figure 6
+
+
+SMALL_SWEEPS = {
+    "lr": "grid:\n  model.init: [random]\n  optim.lr: [5.0e-4, 1.0e-3]\n",
+    "batch": "grid:\n  model.init: [random]\n  train.batch_tokens: [1152, 2304]\n",
+}
+
+
+@pytest.mark.slow
+def test_plot_draws_every_figure_and_table(demo, tmp_path):
+    results, _ = demo
+    for name, grid in SMALL_SWEEPS.items():  # one new arm each: the other is the demo's random arm
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(f"name: {name}\nbase: [data.task=t2i]\n{grid}")
+        proc = ablate(results, "launch", str(path), *TINY)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert proc.stdout.count("submitted train") == 1
+    out = results / "figures"
+    proc = ablate(results, "plot", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in (
+        "figure3_perplexity",
+        "figure4_loss_split",
+        "figure5_samples",
+        "figure6_freeze",
+        "figure7_contrastive",
+        "text_ability",
+        "sensitivity_lr",
+        "sensitivity_batch",
+    ):
         for ext in ("png", "pdf", "csv"):
-            assert (figures / f"{name}.{ext}").stat().st_size > 0
-    fig3 = pd.read_csv(figures / "figure3_perplexity.csv")
-    assert set(fig3["init"]) == {"pretrained", "random"} and set(fig3["kind"]) == {"raw", "ema"}
-    fig4 = pd.read_csv(figures / "figure4_loss_split.csv")
-    assert {(i, m) for i, m in zip(fig4["init"], fig4["metric"], strict=True)} == {
-        (i, m) for i in ("pretrained", "random") for m in ("text_loss", "image_loss")
-    }
+            assert (out / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext}"
+    fig3 = pd.read_csv(out / "figure3_perplexity.csv")
+    assert {"pretrained", "random"} <= set(fig3["init"]) and set(fig3["kind"]) == {"raw", "ema"}
+    fig4 = pd.read_csv(out / "figure4_loss_split.csv")
+    assert {"text_loss", "image_loss"} == set(fig4["metric"])
+    # Figure 6: the one freeze setting of the demo; Figure 7: the align run's 20 steps of both metrics.
+    fig6 = pd.read_csv(out / "figure6_freeze.csv")
+    assert fig6["series"].str.contains("emb_out").all()
+    fig7 = pd.read_csv(out / "figure7_contrastive.csv")
+    assert set(fig7["metric"]) == {"loss", "temperature"}
+    # Sensitivity: one point per value of the swept setting for the random init.
+    lr = pd.read_csv(out / "sensitivity_lr.csv")
+    assert list(lr["x_param"].unique()) == ["optim.lr"] and sorted(lr["x"]) == [5e-4, 1e-3]
+    batch = pd.read_csv(out / "sensitivity_batch.csv")
+    assert sorted(batch["x"]) == [1152, 2304] and set(batch["init"]) == {"random"}
+    table1 = (out / "table1_completions.md").read_text()
+    assert "The list data type has some more methods." in table1  # a demo prompt, before and after
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 6  # the demo's 4 arms + one new LR arm + one new batch arm
+    assert summary["final_image_loss"].notna().all()
+    assert summary["caption_match_seen"].notna().sum() == 5 and summary["scene_valid"].notna().sum() == 1
 
 
 def test_bad_override_fails_before_anything_is_written(tmp_path):
