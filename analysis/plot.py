@@ -204,7 +204,7 @@ def sample_panels(
                 "arm": row["arm"],
                 "train_run_id": row["run_id"],
                 "evaluate_run_id": evaluate_id,
-                **{m: last.get((evaluate_id, m)) for m in ("caption_match_seen", "caption_match_heldout")},
+                **{m: last.get((evaluate_id, m)) for m in samples.PANEL_METRICS},
                 "artifact": samples.SAMPLES_ARTIFACT,
                 "local_path": str(local),
                 "candidates": len(candidates),

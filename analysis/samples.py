@@ -19,9 +19,13 @@ from ablate.errors import AblateError
 from analysis.runs import label_rank
 
 SAMPLES_ARTIFACT = "samples.png"
+PANEL_METRICS = (
+    "caption_match_seen", "caption_match_heldout", "colour_match_seen", "colour_match_heldout",
+    "colour_match_chance",
+)  # fmt: skip
 PANEL_COLUMNS = [
-    "panel", "init", "arm", "train_run_id", "evaluate_run_id", "caption_match_seen", "caption_match_heldout",
-    "artifact", "local_path", "candidates",
+    "panel", "init", "arm", "train_run_id", "evaluate_run_id", *PANEL_METRICS, "artifact", "local_path",
+    "candidates",
 ]  # fmt: skip
 
 
@@ -34,9 +38,13 @@ def _fraction(value: object) -> str:
 
 
 def panel_title(row: pd.Series) -> str:
-    """'<init> (<arm>)' over 'caption match: seen x%, held-out y%'."""
+    """'<init> (<arm>)' over 'caption match: seen x%, held-out y%' (and the colour match, when logged)."""
     seen, held = _fraction(row.get("caption_match_seen")), _fraction(row.get("caption_match_heldout"))
-    return f"{row['init']}  ({row['arm']})\ncaption match: seen {seen}, held-out {held}"
+    title = f"{row['init']}  ({row['arm']})\ncaption match: seen {seen}, held-out {held}"
+    colours = [_fraction(row.get(f"colour_match_{k}")) for k in ("seen", "heldout", "chance")]
+    if colours[0] != "n/a":
+        title += f"\ncaption's colours drawn: seen {colours[0]}, held-out {colours[1]} (chance {colours[2]})"
+    return title
 
 
 def figure5_samples(panels: pd.DataFrame, out_dir: Path) -> list[Path]:

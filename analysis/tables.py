@@ -21,7 +21,14 @@ TABLE1_COLUMNS = [
     "after",
 ]  # fmt: skip
 FINAL_METRICS = ("loss", "text_loss", "image_loss", "perplexity")
-EVAL_METRICS = ("caption_match_seen", "caption_match_heldout", "scene_valid")
+EVAL_METRICS = (
+    "caption_match_seen",
+    "caption_match_heldout",
+    "colour_match_seen",
+    "colour_match_heldout",
+    "colour_match_chance",
+    "scene_valid",
+)
 SUMMARY_COLUMNS = [
     "sweeps", "arm", "init", "image_init", "task", "trainable", "lr", "batch_tokens", "scale", "status",
     "steps", "tokens", *(f"final_{m}" for m in FINAL_METRICS), "heldout_text_ppl", *EVAL_METRICS,

@@ -20,6 +20,7 @@ from ablate.evaluate import (
     load_feature_extractor,
     sample_grid,
 )
+from ablate.evaluate.image_metrics import colours_present, scene_valid
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,25 @@ def test_shuffled_images_are_near_chance(data):
     perm = np.random.default_rng(0).permutation(len(images))
     assert caption_match_accuracy(images[perm], captions) < 0.3
     assert caption_match_accuracy(np.zeros_like(images), captions) == 0.0  # blank images match nothing
+
+
+def test_colour_match_is_partial_credit_with_a_chance_level(data):
+    images, captions, scenes = data
+    assert colours_present(images, scenes).all() and colours_present(images, captions).all()
+    shuffled = colours_present(np.roll(images, 1, axis=0), captions).mean()
+    assert 0.0 < shuffled < 0.5  # some images happen to hold another caption's colours: the chance level
+    # Extra shapes do not remove the credit (exact caption match would): two scenes' pixels overlaid.
+    both = np.maximum(images, np.roll(images, 1, axis=0))
+    assert colours_present(both, captions).mean() > 0.9
+    assert not colours_present(np.zeros_like(images), captions).any()
+
+
+def test_scene_valid_accepts_renders_and_rejects_blank_or_noise(data):
+    images, _, _ = data
+    assert scene_valid(images, max_shapes=2).all()
+    assert not scene_valid(np.zeros_like(images), max_shapes=2).any()
+    noise = np.random.default_rng(0).integers(0, 256, images.shape, dtype=np.uint8)
+    assert scene_valid(noise, max_shapes=2).mean() < 0.1
 
 
 def test_caption_match_input_errors(data):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ablate.data.synthetic import MIN_IOU, Scene, matches_caption, parse_image
+from ablate.data.synthetic import MIN_IOU, Scene, matches_caption, parse_caption, parse_image
 from ablate.errors import AssetMissingError, ConfigError, DataError
 
 FID_WEIGHTS_KEY = "evaluate.fid_weights"
@@ -56,6 +56,25 @@ def caption_match_accuracy(images: Any, scenes: Sequence[Scene | str]) -> float:
     if matches.size == 0:
         raise DataError("caption_match_accuracy needs at least one image")
     return float(matches.mean())
+
+
+def colours_present(images: Any, scenes: Sequence[Scene | str]) -> np.ndarray:
+    """Per image: does every colour its scene or caption names appear as a shape? ``(N,)`` bool.
+
+    A partial credit below caption_matches (which also needs no extra shapes, the right kinds, sizes and
+    position): undertrained models (the demo's) draw the right colours long before the exact scene.
+    Compare it with the same measure against shuffled captions, its chance level for these images.
+    """
+    arr = _as_images(images)
+    if len(arr) != len(scenes):
+        raise DataError(f"{len(arr)} images but {len(scenes)} scenes/captions; they must pair one to one")
+    out = []
+    for img, sc in zip(arr, scenes, strict=True):
+        want = (
+            {s.colour for s in sc.shapes} if isinstance(sc, Scene) else {a[0] for a in parse_caption(sc)[0]}
+        )
+        out.append(want <= {d.colour for d in parse_image(img)})
+    return np.array(out, dtype=bool)
 
 
 def scene_valid(images: Any, max_shapes: int) -> np.ndarray:

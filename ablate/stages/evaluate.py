@@ -3,7 +3,9 @@
 Text-to-image: the captions of the first `evaluate.n_samples` validation pairs (attribute combinations
 seen in training) and held-out pairs (combinations never seen) are the prompts; each generated image is
 decoded through the image tokenizer and checked against its caption exactly (the synthetic grammar), giving
-`caption_match_seen` and `caption_match_heldout`. Unconditional: `n_samples` images from `<doc> <image>`,
+`caption_match_seen` and `caption_match_heldout`; as partial credit, `colour_match_seen` /
+`colour_match_heldout` (every colour the caption names is drawn) and `colour_match_chance` (the same
+against shuffled captions: what the images score whatever they were asked for). Unconditional: `n_samples` images from `<doc> <image>`,
 scored by `scene_valid` (the fraction that reads as a scene of the grammar at all).
 
 Outputs (and MLflow artifacts): `samples.png` (grid of the first `evaluate.grid_images`, captions green
@@ -24,7 +26,7 @@ from ablate.cache import atomic_write_bytes, atomic_write_text
 from ablate.data.sequence import VocabLayout, caption_ids, prompt_t2i, prompt_uncond
 from ablate.data.shards import ShardDataset
 from ablate.data.synthetic import Scene
-from ablate.evaluate.image_metrics import caption_matches, sample_grid, scene_valid
+from ablate.evaluate.image_metrics import caption_matches, colours_present, sample_grid, scene_valid
 from ablate.evaluate.sampling import sample_from_prompts
 from ablate.model.checkpoint_io import load_into, load_open_lm_state_dict
 from ablate.model.transformer import ModelArgs, Transformer
@@ -66,12 +68,15 @@ def run(ctx: StageContext) -> None:
     all_codes, all_images, marks, labels = [], [], [], []
     metrics: dict[str, float] = {}
     if ctx.cfg.data.task == "t2i":
+        all_scenes: list[Scene] = []
         for split, name in T2I_SPLITS.items():
             prompts, captions, scenes = _t2i_prompts(ctx, split, layout, e.n_samples, n_codes)
             codes = sample_from_prompts(model, prompts, layout, n_codes, generator=generator, **sample)
             images = image_tok.decode(codes)  # (n, H, W, 3) uint8
             match = caption_matches(images, scenes)
             metrics[f"caption_match_{name}"] = float(match.mean())
+            metrics[f"colour_match_{name}"] = float(colours_present(images, scenes).mean())
+            all_scenes += scenes
             rows += [
                 {"split": name, "caption": c, "match": bool(m)} for c, m in zip(captions, match, strict=True)
             ]
@@ -79,7 +84,13 @@ def run(ctx: StageContext) -> None:
             all_images.append(images)
             marks += match.tolist()
             labels += captions
-            ctx.log(f"{name}: {match.mean():.3f} of {len(match)} samples match their caption")
+            ctx.log(
+                f"{name}: {match.mean():.3f} of {len(match)} samples match their caption, "
+                f"{metrics[f'colour_match_{name}']:.3f} draw its colours"
+            )
+        shuffled = np.random.default_rng(e.seed).permutation(len(all_scenes))
+        chance = colours_present(np.concatenate(all_images), [all_scenes[i] for i in shuffled])
+        metrics["colour_match_chance"] = float(chance.mean())
     else:
         prompts = [prompt_uncond(layout)] * e.n_samples
         codes = sample_from_prompts(model, prompts, layout, n_codes, generator=generator, **sample)

@@ -36,7 +36,7 @@ VERSION = {
     "pretrain": 1,
     "align": 1,
     "train": 2,
-    "evaluate": 1,
+    "evaluate": 2,
 }
 # evaluate.* fields that change what `train` computes (the probe runs inside training); the others
 # (sampling) are read by `evaluate` only, so changing them re-evaluates without retraining.
