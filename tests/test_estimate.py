@@ -47,10 +47,11 @@ def test_rounding_stays_within_half_a_unit():
         (10_000, 65_536, 1_000_000), (100, 1152), (1, 3, 8), (1, 4, 64)
     ):
         p = plan_batch(tokens, seq_len, micro, world)
-        unit = micro * world
+        unit = p.micro_batch_size * world  # the micro-batch shrinks (never grows) for small batches
+        assert 1 <= p.micro_batch_size <= micro
         assert p.sequences_per_step % unit == 0 and p.sequences_per_step >= unit
         assert p.sequences_per_step == p.micro_batch_size * p.accum_steps * p.world_size
-        if tokens / seq_len >= unit:
+        if tokens / seq_len >= world:  # at least one sequence per rank: within half a unit of the request
             assert abs(p.sequences_per_step - tokens / seq_len) <= unit / 2
 
 

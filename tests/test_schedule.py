@@ -44,8 +44,13 @@ def test_plan_batch_arithmetic():
     # 50 sequences requested, unit 16: nearest multiple is 48; 56 rounds (half) up to 64.
     assert plan_batch(50 * 128, 128, 16).sequences_per_step == 48
     assert plan_batch(56 * 128, 128, 16).sequences_per_step == 64
-    # Smaller than one unit: one unit.
-    assert plan_batch(128, 128, 16).sequences_per_step == 16
+    # Smaller than one micro-batch: the micro-batch (a ceiling) shrinks, the batch stays as asked.
+    p = plan_batch(128, 128, 16)
+    assert (p.sequences_per_step, p.micro_batch_size, p.accum_steps) == (1, 1, 1)
+    p = plan_batch(1152, 288, 8)  # sweeps/batch.yaml's half batch at demo scale: 4 sequences
+    assert (p.sequences_per_step, p.micro_batch_size, p.tokens_per_step) == (4, 4, 1152)
+    p = plan_batch(3 * 128, 128, 4, world_size=2)  # 1.5 per rank rounds to micro 2: 4 sequences
+    assert (p.sequences_per_step, p.sequences_per_rank, p.micro_batch_size) == (4, 2, 2)
     with pytest.raises(ConfigError, match="batch_tokens"):
         plan_batch(127, 128, 1)
 

@@ -81,9 +81,10 @@ def plan_batch(batch_tokens: int, seq_len: int, micro_batch_size: int, world_siz
     steps, not a bigger batch. Rounding rule: ``batch_tokens / seq_len`` sequences, rounded to the *nearest*
     multiple of one unit, ``micro_batch_size * world_size`` sequences (halves round up), and never below one
     unit; ``accum_steps`` is the number of units. Every rank thus runs the same whole number of full
-    micro-batches (``micro_batch_size`` is fixed, never shrunk). The effective batch (``tokens_per_step``)
-    can therefore differ from the request, by less than half a unit, or more when the request is smaller
-    than one unit: read ``tokens_per_step`` / ``deviation`` and log it. A large unit (many ranks x a big
+    micro-batches. ``micro_batch_size`` is a ceiling: when the request holds fewer sequences per rank than
+    one micro-batch, the micro-batch shrinks to that many (rounded, at least 1) instead of the batch
+    growing. The effective batch (``tokens_per_step``) can differ from the request by less than half a
+    unit (more only below one sequence per rank): read ``tokens_per_step`` / ``deviation`` and log it. A large unit (many ranks x a big
     micro-batch) rounds coarsely: at 1M tokens of 1,152-token sequences (868.06 sequences) over 64 ranks,
     micro 8 gives 1,024 sequences (+18%), micro 7 gives 896 (+3.2%); see ``closest_micro_batch_size``.
     ConfigError if ``batch_tokens`` is smaller than one sequence.
@@ -102,6 +103,11 @@ def plan_batch(batch_tokens: int, seq_len: int, micro_batch_size: int, world_siz
         raise ConfigError(
             "batch_tokens", batch_tokens, f">= seq_len ({seq_len}): a batch must hold at least one sequence"
         )
+    # micro_batch_size is a ceiling (what fits in memory): a batch smaller than one unit shrinks it rather
+    # than growing the batch (sweeps/batch.yaml at demo scale asks for 4 sequences with micro-batches of 8).
+    per_rank = batch_tokens / seq_len / world_size
+    if per_rank < micro_batch_size:
+        micro_batch_size = max(1, min(micro_batch_size, int(per_rank + 0.5)))
     unit = micro_batch_size * world_size
     span = seq_len * unit  # tokens in one unit
     units = max(1, (2 * batch_tokens + span) // (2 * span))  # round half up, in exact integer arithmetic
