@@ -210,3 +210,37 @@ def test_reading_a_missing_store_creates_nothing(tmp_path: Path) -> None:
     assert tracking.fetch_runs(uri).empty
     assert tracking.fetch_histories(uri, ["r"], ["loss"]).empty
     assert not (tmp_path / "none").exists()
+
+
+def test_a_stage_recomputed_from_nothing_gets_a_new_run(store: SimpleNamespace) -> None:
+    def get(key: str, fresh: bool, experiment_id: str | None = None) -> str:
+        return tracking.get_or_create_stage_run(
+            store.uri,
+            experiment_id or store.experiment_id,
+            store.sweep_run,
+            key,
+            "train",
+            key,
+            {},
+            {},
+            fresh=fresh,
+        )
+
+    key = uuid.uuid4().hex[:12]
+    first = get(key, fresh=True)
+    assert get(key, fresh=True) == first  # scheduled, never finished: still the same run
+    tracker = tracking.MLflowTracker(store.uri, first)
+    tracker.log_metrics({"loss": 2.0}, step=1)
+    tracker.close("FINISHED")
+    assert get(key, fresh=False) == first  # a relaunch of a finished or resumable stage: same run
+    # Found from another sweep's experiment too (a shared arm), and reused there.
+    other = tracking.ensure_experiment(store.uri, "another-sweep")
+    assert get(key, fresh=False, experiment_id=other) == first
+    # Its output deleted and recomputed: the old run, whose metrics would block the new ones, goes.
+    second = get(key, fresh=True)
+    assert second != first
+    runs = tracking.fetch_runs(store.uri, stage="train")
+    assert second in set(runs["run_id"]) and first not in set(runs["run_id"])
+    # A failed run is resumed, never replaced.
+    tracking.set_run_status(store.uri, second, "FAILED")
+    assert get(key, fresh=True) == second

@@ -94,6 +94,7 @@ def _create_runs(
             run_name=f"{job.stage} {', '.join(job.labels)}"[:200],
             tags=tags,
             params=params,
+            fresh=not (Path(job.out_dir) / "provenance.json").exists(),  # nothing of an earlier attempt
         )
         job.tracking_uri = uri
         job.sweep = sweep_name

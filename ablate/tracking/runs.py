@@ -74,6 +74,7 @@ def get_or_create_stage_run(
     tags: Mapping[str, Any],
     params: Mapping[str, Any],
     create: bool = True,
+    fresh: bool = False,
 ) -> str | None:
     """The run of one stage job, found by (ablate.run_key, ablate.stage) in any experiment, else created.
 
@@ -81,6 +82,11 @@ def get_or_create_stage_run(
     arm, reuses it (tags added or refreshed, e.g. the sweep's ablate.sweeps.<name>; missing params added).
     A new run lives in `experiment_id`, is a child of `parent_run_id` and has status SCHEDULED until its job
     attaches a tracker. With create=False a missing run is not created and None is returned.
+
+    fresh=True says the stage starts from nothing (its output directory was deleted, or never existed
+    here). A FINISHED run found for it then describes output that is gone: it is deleted (MLflow's trash,
+    restorable) and a new run is created, because the recomputed metrics would otherwise be dropped as
+    steps already logged, leaving the old values in the store.
     """
     client = _client(uri, create=True)
     key_tags = {TAG_RUN_KEY: run_key, TAG_STAGE: stage}
@@ -90,6 +96,13 @@ def get_or_create_stage_run(
     ids = all_experiment_ids(client)
     found = [r for chunk in _chunks(ids, 100) for r in _search_runs(client, list(chunk), key_tags)]
     found.sort(key=lambda r: r.info.start_time or 0)
+    if found and fresh and found[0].info.status == "FINISHED":
+        for old in found:
+            log.warning(
+                "%s/%s: output gone, recomputing; MLflow run %s deleted", stage, run_key, old.info.run_id
+            )
+            client.delete_run(old.info.run_id)
+        found = []
     if found:
         run = found[0]
         if len(found) > 1:
