@@ -34,7 +34,8 @@ def resend(run_dir: Path, uri: str) -> tuple[str, int]:
     sweep = prov.get("sweep") or "resent"
     run_id = prov.get("mlflow_run_id")
     try:
-        exists = bool(run_id) and tracking.run_info(uri, run_id)["run_id"] == run_id
+        info = tracking.run_info(uri, run_id) if run_id else {}
+        exists = info.get("run_id") == run_id and not info.get("deleted")
     except Exception:  # not in this store (another server, or a lost database)
         exists = False
     if not exists:
@@ -46,7 +47,10 @@ def resend(run_dir: Path, uri: str) -> tuple[str, int]:
             "ablate.run_key": prov["key"],
             "ablate.stage": prov["stage"],
             "ablate.git_commit": prov.get("git_commit", "unknown"),
+            tracking.sweep_tag(sweep): "true",
         }
+        if prov["stage"] == "evaluate" and prov.get("inputs", {}).get("train"):
+            tags["ablate.train_key"] = Path(prov["inputs"]["train"]).name
         run_id = tracking.get_or_create_stage_run(
             uri,
             experiment,

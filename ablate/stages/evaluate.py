@@ -10,7 +10,7 @@ scored by `scene_valid` (the fraction that reads as a scene of the grammar at al
 
 Outputs (and MLflow artifacts): `samples.png` (grid of the first `evaluate.grid_images`, captions green
 where matched), `samples.csv` (index, split, caption, match), `samples.npz` (codes and images), and
-`metrics.json`. Sampling is seeded (`evaluate.seed`), so a rerun draws the same images.
+`metrics.json` (and the same as metrics.jsonl's one row). Sampling is seeded (`evaluate.seed`), so a rerun draws the same images.
 """
 
 from __future__ import annotations
@@ -128,6 +128,8 @@ def run(ctx: StageContext) -> None:
     np.savez_compressed(npz, codes=np.concatenate(all_codes), images=images)
     atomic_write_bytes(ctx.out_dir / "samples.npz", npz.getvalue())
     atomic_write_text(ctx.out_dir / "metrics.json", json.dumps(metrics, indent=2))
+    # metrics.jsonl as every stage writes it, so `ablate resend` can rebuild this run from the directory.
+    atomic_write_text(ctx.out_dir / "metrics.jsonl", json.dumps({"step": 0, **metrics}) + "\n")
 
     ctx.tracker.log_metrics(metrics, step=0)
     for path in (grid, ctx.out_dir / "samples.csv"):

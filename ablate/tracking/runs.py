@@ -143,6 +143,7 @@ def run_info(uri: str, run_id: str) -> dict[str, Any]:
         "run_id": run.info.run_id,
         "run_name": run.info.run_name,
         "status": run.info.status,
+        "deleted": run.info.lifecycle_stage == "deleted",
         "start_time": run.info.start_time,
         "end_time": run.info.end_time,
         "tags": {k: v for k, v in run.data.tags.items() if k.startswith("ablate.")},
