@@ -68,23 +68,14 @@ def _create_runs(
             stage, _, key = dep.partition("/")
             if job.stage == "evaluate" and stage == "train":
                 tags["ablate.train_key"] = key
-        if node.done:
-            job.run_id = tracking.get_or_create_stage_run(
-                uri,
-                experiment_id,
-                parent,
-                run_key=job.key,
-                stage=job.stage,
-                run_name="",
-                tags=tags,
-                params={},
-                create=False,
+        params: dict = {}
+        if not node.done:  # a done stage keeps its run: only this sweep's tags are added
+            tags["ablate.git_commit"] = commit
+            flat = flatten(job.config)
+            sections = STAGE_PARAMS.get(job.stage)
+            params = (
+                flat if sections is None else {k: v for k, v in flat.items() if k.split(".")[0] in sections}
             )
-            continue
-        tags["ablate.git_commit"] = commit
-        flat = flatten(job.config)
-        sections = STAGE_PARAMS.get(job.stage)
-        params = flat if sections is None else {k: v for k, v in flat.items() if k.split(".")[0] in sections}
         job.run_id = tracking.get_or_create_stage_run(
             uri,
             experiment_id,
@@ -94,8 +85,11 @@ def _create_runs(
             run_name=f"{job.stage} {', '.join(job.labels)}"[:200],
             tags=tags,
             params=params,
+            create=not node.done,
             fresh=not (Path(job.out_dir) / "provenance.json").exists(),  # nothing of an earlier attempt
         )
+        if node.done:
+            continue
         job.tracking_uri = uri
         job.sweep = sweep_name
     return experiment_id, parent

@@ -71,8 +71,9 @@ def text_probe(ctx: StageContext, model: Transformer, layout: VocabLayout):
     cfg, e = ctx.cfg, ctx.cfg.evaluate
     if cfg.data.task != "t2i" or cfg.model.init != "pretrained" or not e.probe_every_tokens:
         return None  # text ability is lost only where there was some: a pretrained LM trained on t2i
-    heldout = ctx.inputs.get("pretrain", Path("/nonexistent")) / "data" / "heldout"
-    if not (heldout / "meta.json").exists():
+    pretrain = ctx.inputs.get("pretrain")
+    heldout = pretrain / "data" / "heldout" if pretrain else None
+    if heldout is None or not (heldout / "meta.json").exists():
         ctx.log(
             "text-ability probe off: no held-out pretraining text (the demo's `pretrain` stage writes it; "
             "with model.checkpoint there is none)"
