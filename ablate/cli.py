@@ -1,4 +1,4 @@
-"""The `ablate` command: launch, status, plot, ui, resend, config."""
+"""The `ablate` command: launch, status, cancel, plot, ui, resend, config."""
 
 from __future__ import annotations
 
@@ -25,6 +25,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     from ablate.status import format_status
 
     print(format_status(Manifest.load(_results(args), args.name)))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from ablate.launch.manifest import Manifest
+    from ablate.status import cancel_sweep
+
+    cancelled = cancel_sweep(Manifest.load(_results(args), args.name))
+    if cancelled:
+        print(f"cancelled {len(cancelled)} job(s): {' '.join(cancelled)}")
+        print("`ablate launch` on the sweep file again resubmits them from their last checkpoints")
+    else:
+        print(f"sweep {args.name!r} has no queued or running jobs")
     return 0
 
 
@@ -87,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="state and progress of each arm of a launched sweep")
     s.add_argument("name", help="sweep name (the `name:` in its file)")
     s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("cancel", help="cancel a SLURM sweep's queued and running jobs")
+    s.add_argument("name", help="sweep name (the `name:` in its file)")
+    s.set_defaults(func=cmd_cancel)
 
     s = sub.add_parser("plot", help="draw the paper's figures from the tracked runs into results/figures/")
     s.add_argument("--sweep", help="only runs of this sweep")

@@ -1,6 +1,8 @@
-"""`ablate status NAME`: each arm's current stage, state, tokens done/total, last loss and MLflow run id.
+"""`ablate status NAME`: each arm's current stage, state, tokens done/total, last loss, job and MLflow run.
 
-Reads the sweep manifest and the run directories only (no tracking server, no scheduler needed).
+Combines the sweep manifest, the run directories, one batched `sacct` call for all of the sweep's SLURM
+jobs, and the runs' progress from MLflow (falling back to each run directory's progress.json when the
+store is unreachable). A failed job shows the last lines of its error log.
 """
 
 from __future__ import annotations
@@ -11,8 +13,28 @@ from pathlib import Path
 from typing import Any
 
 from ablate.cache import is_complete
+from ablate.errors import AblateError
 from ablate.launch.manifest import Manifest
 from ablate.rundir import read_progress, read_status
+
+# SLURM state -> what status shows (anything else is shown lower-cased as SLURM says it).
+_SLURM_STATE = {
+    "PENDING": "queued",
+    "REQUEUED": "requeued",
+    "REQUEUE_HOLD": "requeued",
+    "PREEMPTED": "requeued",
+    "RUNNING": "running",
+    "COMPLETING": "running",
+    "CONFIGURING": "running",
+    "CANCELLED": "cancelled",
+    "FAILED": "failed",
+    "TIMEOUT": "failed",
+    "NODE_FAIL": "failed",
+    "OUT_OF_MEMORY": "failed",
+    "BOOT_FAIL": "failed",
+    "DEADLINE": "failed",
+}
+PROBLEM_STATES = ("failed", "lost", "stopped", "cancelled")
 
 
 def _alive(pid: int) -> bool:
@@ -25,11 +47,19 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def job_state(job: dict[str, Any]) -> str:
-    """done | running | failed | stopped (checkpointed on a signal) | lost (process gone, no marker) | pending."""
+def job_state(job: dict[str, Any], slurm: Any | None = None) -> str:
+    """done | queued | running | requeued | failed | cancelled | stopped | lost | pending.
+
+    `slurm` is the job's sacct row (ablate.launch.slurm.JobState) for SLURM sweeps; a job SLURM says
+    COMPLETED without a complete output, or one whose local process is gone, is `lost`.
+    """
     out = Path(job["dir"])
     if is_complete(out):
         return "done"
+    if slurm is not None:
+        if slurm.state == "COMPLETED":
+            return "lost"
+        return _SLURM_STATE.get(slurm.state, slurm.state.lower())
     st = read_status(out)
     if st.get("state") in ("failed", "stopped"):
         return st["state"]
@@ -40,67 +70,154 @@ def job_state(job: dict[str, Any]) -> str:
     return job.get("state") or "pending"
 
 
-def arm_rows(manifest: Manifest) -> list[dict[str, Any]]:
-    """One row per arm: the first stage that is not done (or train), and its state and progress."""
-    rows = []
+def _slurm_states(manifest: Manifest) -> dict[str, Any]:
+    if manifest.data.get("cluster") != "slurm":
+        return {}
+    from ablate.launch import slurm
+
+    ids = [
+        j["job_id"]
+        for j in manifest.data["jobs"].values()
+        if j.get("job_id") and not is_complete(Path(j["dir"]))
+    ]
+    return slurm.sacct(ids)
+
+
+def _mlflow_progress(manifest: Manifest, run_ids: list[str]) -> tuple[dict[str, dict[str, Any]], str]:
+    """Latest metrics per run from the store, and a note if it could not be read."""
+    from ablate.tracking.read import latest_metrics
+
+    try:
+        return latest_metrics(manifest.data["tracking_uri"], run_ids), ""
+    except Exception as e:  # an unreachable server must not hide the rest of the status
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return {}, f"(tracking store unreachable: {first[:200]}; progress read from the run directories)"
+
+
+def arm_rows(manifest: Manifest, slurm_states: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per arm: the first stage that is not done (or train), its state, progress and job."""
+    slurm_states = _slurm_states(manifest) if slurm_states is None else slurm_states
     jobs = manifest.data["jobs"]
+    rows = []
     for arm in manifest.data["arms"]:
         stages = arm["stages"]
         current, state = "train", "done"
         for stage, name in stages.items():
-            s = job_state(jobs[name])
+            s = job_state(jobs[name], slurm_states.get(jobs[name].get("job_id") or ""))
             if s != "done":
                 current, state = stage, s
                 break
         job = jobs[stages[current]]
-        prog = read_progress(Path(job["dir"]))
-        err = read_status(Path(job["dir"])).get("error", "") if state == "failed" else ""
         rows.append(
             {
                 "arm": arm["label"],
                 "stage": current,
                 "state": state,
-                "tokens": prog.get("tokens"),
-                "total_tokens": prog.get("total_tokens"),
-                "loss": prog.get("loss"),
-                "run_id": jobs[stages["train"]].get("run_id") or "",
+                "run_id": job.get("run_id") or "",
+                "train_run_id": jobs[stages["train"]].get("run_id") or "",
                 "job_id": job.get("job_id") or "",
-                "error": "\n".join(err.strip().splitlines()[-3:]),
+                "slurm": slurm_states.get(job.get("job_id") or ""),
                 "dir": job["dir"],
             }
         )
     return rows
 
 
+def _progress(row: dict[str, Any], mlflow: dict[str, dict[str, Any]]) -> tuple[Any, Any, Any]:
+    """(tokens, total tokens, last loss) of the row's current stage: MLflow first, then progress.json."""
+    prog = read_progress(Path(row["dir"]))
+    run = mlflow.get(row["run_id"], {})
+    metrics = run.get("metrics", {})
+    tokens = metrics.get("tokens", prog.get("tokens"))
+    total = run.get("total_tokens") or prog.get("total_tokens")
+    loss = metrics.get("loss", prog.get("loss"))
+    return tokens, total, loss
+
+
 def _tok(n: Any) -> str:
     return "-" if n is None else f"{n / 1e6:.2f}M"
 
 
+def _error_tail(manifest: Manifest, row: dict[str, Any], lines: int = 6) -> str:
+    """The end of the job's error log (SLURM), else the error the stage recorded in its directory."""
+    if row["job_id"] and manifest.data.get("cluster") == "slurm":
+        from ablate.launch import slurm
+
+        text = slurm.tail(slurm.log_paths(Path(manifest.data["job_folder"]), row["job_id"])[1], lines)
+        if text:
+            return text
+    err = read_status(Path(row["dir"])).get("error", "")
+    return "\n".join(err.strip().splitlines()[-lines:])
+
+
 def format_status(manifest: Manifest) -> str:
-    """The status table, then the tail of each failed job's error."""
-    rows = arm_rows(manifest)
+    """The status table, then for each problem the SLURM state, log location and the tail of its error."""
+    try:
+        slurm_states = _slurm_states(manifest)
+        slurm_note = ""
+    except AblateError as e:
+        slurm_states, slurm_note = {}, f"(SLURM not reachable: {e}; states read from the run directories)"
+    rows = arm_rows(manifest, slurm_states)
+    mlflow, mlflow_note = _mlflow_progress(manifest, [r["run_id"] for r in rows])
     header = ("arm", "stage", "state", "tokens", "last loss", "job", "mlflow run")
-    table = [header] + [
-        (
-            r["arm"],
-            r["stage"],
-            r["state"],
-            f"{_tok(r['tokens'])}/{_tok(r['total_tokens'])}",
-            "-" if r["loss"] is None else f"{r['loss']:.4f}",
-            str(r["job_id"]),
-            r["run_id"],
+    table = [header]
+    for r in rows:
+        tokens, total, loss = _progress(r, mlflow)
+        state = r["state"]
+        if r["slurm"] is not None and r["slurm"].state == "PENDING" and r["slurm"].reason not in ("", "None"):
+            state += f" ({r['slurm'].reason})"
+        table.append(
+            (
+                r["arm"],
+                r["stage"],
+                state,
+                f"{_tok(tokens)}/{_tok(total)}",
+                "-" if loss is None else f"{loss:.4f}",
+                str(r["job_id"]),
+                r["train_run_id"],
+            )
         )
-        for r in rows
-    ]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     lines = [
-        f"sweep {manifest.data['name']} ({manifest.data['file']}), tracking {manifest.data['tracking_uri']}"
+        f"sweep {manifest.data['name']} ({manifest.data['file']}), cluster {manifest.data.get('cluster', '?')}, "
+        f"tracking {manifest.data['tracking_uri']}"
     ]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    lines += [note for note in (slurm_note, mlflow_note) if note]
     for r in rows:
-        if r["state"] in ("failed", "lost", "stopped"):
-            lines.append(f"\n{r['arm']}: {r['stage']} {r['state']} ({r['dir']})")
-            if r["error"]:
-                lines.append("  " + r["error"].replace("\n", "\n  "))
+        if r["state"] not in PROBLEM_STATES:
+            continue
+        why = f" (SLURM: {r['slurm'].state}, exit {r['slurm'].exit_code})" if r["slurm"] is not None else ""
+        lines.append(f"\n{r['arm']}: {r['stage']} {r['state']}{why}  output: {r['dir']}")
+        tail = _error_tail(manifest, r)
+        if tail:
+            lines.append("  " + tail.replace("\n", "\n  "))
+        if r["job_id"]:
             lines.append(f"  job logs: {manifest.data['job_folder']}/{r['job_id']}/")
+    if any(r["state"] in PROBLEM_STATES for r in rows):
+        lines.append(
+            f"\n`ablate launch {manifest.data['file']}` resubmits these from their last checkpoints."
+        )
     return "\n".join(lines)
+
+
+def cancel_sweep(manifest: Manifest) -> list[str]:
+    """Cancel the sweep's SLURM jobs that are queued or running; returns the job ids cancelled."""
+    if manifest.data.get("cluster") != "slurm":
+        raise AblateError(
+            f"sweep {manifest.data['name']!r} ran with cluster={manifest.data.get('cluster')}: its jobs belong "
+            "to the `ablate launch` process; stop it with Ctrl-C (it checkpoints first)"
+        )
+    from ablate.launch import slurm
+
+    states = _slurm_states(manifest)
+    names = {
+        name: j["job_id"]
+        for name, j in manifest.data["jobs"].items()
+        if j.get("job_id") in states and states[j["job_id"]].state in slurm.ACTIVE_STATES
+    }
+    slurm.cancel(sorted(set(names.values())))
+    manifest.record_many(
+        [(name, "cancelled", f"ablate cancel (was job {jid})") for name, jid in names.items()]
+    )
+    return sorted(set(names.values()))

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 
 from ablate.config.compose import compose_config, run_key, to_run_config
-from ablate.config.schema import CLUSTER_KINDS, ClusterConfig
+from ablate.config.schema import CLUSTER_KINDS
 from ablate.config.validate import validate
-from ablate.errors import ConfigError, LaunchError
+from ablate.errors import ConfigError
 from ablate.launch.estimate import cluster_gpus, cluster_world_size
-from ablate.launch.executor import make_executor
 
 
 def config(*overrides: str):
@@ -114,9 +113,3 @@ def test_bad_cluster_settings_are_config_errors(overrides, key, needle):
 def test_unknown_cluster_option_lists_the_choices():
     with pytest.raises(ConfigError, match="slurm_a100"):
         config("cluster=slurm_h100")
-
-
-def test_slurm_executor_says_it_is_not_built_and_points_at_dry_run(tmp_path):
-    with pytest.raises(LaunchError, match="not built yet") as info:
-        make_executor(ClusterConfig(kind="slurm"), tmp_path / "jobs")
-    assert "--dry-run" in str(info.value)

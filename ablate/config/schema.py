@@ -261,6 +261,12 @@ class ClusterConfig:
     checkpoint and be requeued; also the lead time of a preemption notice."""
     array_parallelism: int = 256
     """slurm: at most this many tasks of one job array run at once (sbatch --array=...%N)."""
+    max_array_size: int = 0
+    """slurm: largest job array to submit; larger stages are split into several arrays. 0: the cluster's
+    MaxArraySize (read with `scontrol show config`)."""
+    max_timeouts: int = 5
+    """slurm: how many times a job that hits its time limit is requeued from its checkpoint before it is
+    left failed (preemptions do not count)."""
     additional_parameters: dict[str, str] = field(default_factory=dict)
     """slurm: further sbatch options, name (without --) -> value (strings), e.g.
     `+cluster.additional_parameters.mail-type=END` or `++cluster.additional_parameters={exclusive:user}`

@@ -1,4 +1,4 @@
-"""Run a job graph through submitit: DebugExecutor (in-process) or LocalExecutor (subprocesses).
+"""Run a job graph and wait: submitit's DebugExecutor (in-process) or LocalExecutor (subprocesses).
 
 Jobs start once the jobs they depend on are done, at most cluster.max_concurrent at a time; while they
 run, a status line per running job is printed every cluster.poll_s seconds (tokens, loss, ETA).
@@ -30,15 +30,8 @@ def make_executor(cluster: ClusterConfig, folder: Path) -> submitit.Executor:
         ex = submitit.LocalExecutor(folder=folder / "%j")
         ex.update_parameters(timeout_min=cluster.timeout_min)
         return ex
-    if cluster.kind == "slurm":
-        # Not submitit's SlurmExecutor yet: run_graph waits on jobs in this process, and the trainer runs one
-        # process (no torch.distributed), so a multi-task job would train the same arm once per task.
-        raise LaunchError(
-            "cluster.kind='slurm': the SLURM launcher is not built yet (sbatch job arrays, dependencies, "
-            "requeue, multi-node ranks). `ablate launch <sweep> cluster=... --dry-run` works: it validates "
-            "the arms and prints the plan and cost estimate; run now with cluster=local or cluster=debug"
-        )
-    raise LaunchError(f"cluster.kind={cluster.kind!r} has no executor here; use debug or local")
+    # cluster.kind=slurm never waits here: ablate.launch.slurm submits job arrays and returns.
+    raise LaunchError(f"cluster.kind={cluster.kind!r} does not run in-process; use debug or local")
 
 
 def _fmt_eta(seconds: float) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ablate.arms import ResolvedArm, resolve_arms
 from ablate.config.compose import flatten
+from ablate.config.schema import ClusterConfig
 from ablate.launch.estimate import estimate_table
 from ablate.launch.executor import arms_label, make_executor, run_graph
 from ablate.launch.graph import Graph, Node, build_graph
@@ -113,7 +114,11 @@ def launch(
         echo("")
         echo(estimate_table([(a.label, a.config) for a in arms]))
         return 0
-    if first.cluster.kind not in ("debug", "local"):
+    previous = Manifest.load_if_exists(results, sweep.name)
+    active: dict[str, str] = {}
+    if first.cluster.kind == "slurm":
+        active = _active_slurm_jobs(graph, previous)  # fails here if SLURM is unreachable, before any run
+    elif first.cluster.kind not in ("debug", "local"):
         make_executor(first.cluster, results / "jobs" / sweep.name)  # fails here, before any run is created
 
     from ablate.tracking import default_tracking_uri, set_run_status
@@ -132,10 +137,15 @@ def launch(
         tracking_uri=uri,
         experiment_id=experiment_id,
         parent_run_id=parent,
+        previous=previous,
     )
     echo(
         f"tracking: {uri} (experiment {first.tracking.experiment_prefix}{sweep.name}); manifest: {manifest.path}"
     )
+    if first.cluster.kind == "slurm":
+        return _submit_slurm(
+            graph, first.cluster, results / "jobs" / sweep.name, sweep.name, manifest, active, echo
+        )
 
     start = time.monotonic()
 
@@ -161,3 +171,57 @@ def launch(
         "which and their logs; `ablate launch` again resumes from the last checkpoints"
     )
     return 1
+
+
+def _active_slurm_jobs(graph: Graph, previous: Manifest | None) -> dict[str, str]:
+    """Jobs of an earlier launch still queued or running (job name -> SLURM job id): not submitted again."""
+    from ablate.launch import slurm
+
+    slurm.check_reachable()
+    if previous is None:
+        return {}
+    last = {
+        name: job["job_id"]
+        for name, job in previous.data.get("jobs", {}).items()
+        if job.get("job_id") and name in graph.nodes and not graph.nodes[name].done
+    }
+    states = slurm.sacct(list(last.values()))
+    return {
+        name: jid for name, jid in last.items() if jid in states and states[jid].state in slurm.ACTIVE_STATES
+    }
+
+
+def _submit_slurm(
+    graph: Graph,
+    cluster: ClusterConfig,
+    folder: Path,
+    sweep_name: str,
+    manifest: Manifest,
+    active: dict[str, str],
+    echo: Callable[[str], None],
+) -> int:
+    """Submit the pending stages as job arrays and return (no waiting); the manifest records each sbatch."""
+    from ablate.launch import slurm
+
+    for name, job_id in active.items():
+        n = graph.nodes[name]
+        echo(
+            f"queued or running: {n.job.stage:<15} {arms_label(n.job.labels)}  (job {job_id}, not resubmitted)"
+        )
+
+    def on_submitted(sub: slurm.Submitted) -> None:
+        manifest.record_many([(name, "submitted", job_id) for name, job_id in sub.jobs.items()])
+        labels = [label for name in sub.jobs for label in graph.nodes[name].job.labels]
+        echo(
+            f"[{time.strftime('%H:%M:%S')}] submitted {sub.stage:<15} array {sub.array_id} "
+            f"({len(sub.jobs)} job(s): {arms_label(sorted(set(labels)))})"
+        )
+
+    subs = slurm.submit_graph(graph, cluster, folder, sweep_name, active=active, on_submitted=on_submitted)
+    n_jobs = sum(len(s.jobs) for s in subs)
+    echo(
+        f"sweep {sweep_name!r}: {n_jobs} job(s) in {len(subs)} array(s) submitted, {len(active)} still queued "
+        f"or running. Follow with `ablate status {sweep_name}`; stop with `ablate cancel {sweep_name}`; job "
+        f"logs in {folder}/<job id>/"
+    )
+    return 0

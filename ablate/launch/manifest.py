@@ -37,7 +37,9 @@ class Manifest:
         tracking_uri: str,
         experiment_id: str,
         parent_run_id: str,
+        previous: Manifest | None = None,
     ) -> Manifest:
+        """A new manifest for this launch; a relaunch's `previous` manifest lends its jobs' SLURM history."""
         jobs = {
             name: {
                 "stage": n.job.stage,
@@ -52,6 +54,14 @@ class Manifest:
             }
             for name, n in graph.nodes.items()
         }
+        old_jobs = previous.data.get("jobs", {}) if previous is not None else {}
+        for name, job in jobs.items():
+            before = old_jobs.get(name, {})
+            job["attempts"] = list(before.get("attempts", []))
+            if job["state"] != "done" and before.get("job_id"):
+                # Until this launch decides (still queued/running, or resubmitted), it is the last job.
+                for k in ("job_id", "submitted_at", "state", "detail"):
+                    job[k] = before.get(k, job[k])
         data = {
             "name": sweep.name,
             "file": str(sweep.path),
@@ -73,6 +83,9 @@ class Manifest:
             "jobs": jobs,
         }
         m = cls(manifest_path(results, sweep.name), data)
+        if previous is not None:
+            data["created_at"] = previous.data.get("created_at", data["created_at"])
+            data["launches"] = [*previous.data.get("launches", []), time.time()]
         m.save()
         return m
 
@@ -92,16 +105,34 @@ class Manifest:
             )
         return cls(path, data)
 
-    def record(self, job_name: str, event: str, detail: str = "") -> None:
+    @classmethod
+    def load_if_exists(cls, results: Path, sweep_name: str) -> Manifest | None:
+        """The sweep's manifest, or None before its first launch."""
+        data = read_json(manifest_path(results, sweep_name))
+        return None if data is None else cls(manifest_path(results, sweep_name), data)
+
+    def record_many(self, events: list[tuple[str, str, str]]) -> None:
+        """Record (job name, event, detail) for several jobs, then save once (one atomic write)."""
+        for name, event, detail in events:
+            self.record(name, event, detail, save=False)
+        self.save()
+
+    def record(self, job_name: str, event: str, detail: str = "", save: bool = True) -> None:
         job = self.data["jobs"][job_name]
-        job["state"] = {"submitted": "submitted", "done": "done", "skipped": "done", "failed": "failed"}[
-            event
-        ]
+        job["state"] = {
+            "submitted": "submitted",
+            "done": "done",
+            "skipped": "done",
+            "failed": "failed",
+            "cancelled": "cancelled",
+        }[event]
         if event == "submitted":
             job["job_id"], job["submitted_at"] = detail, time.time()
+            job.setdefault("attempts", []).append({"job_id": detail, "submitted_at": job["submitted_at"]})
         else:
             job["detail"] = detail
-        self.save()
+        if save:
+            self.save()
 
     def save(self) -> None:
         self.data["updated_at"] = time.time()

@@ -18,6 +18,7 @@ from ablate.tracking.store import (
     _search_runs,
     _sqlite_path,
     _store_missing,
+    all_experiment_ids,
     redact_uri,
     sweep_tag,
 )
@@ -211,3 +212,28 @@ def download_artifact(uri: str, run_id: str, path: str, dst_dir: str | Path) -> 
             os.environ.pop(_PROGRESS_BAR, None)
         else:
             os.environ[_PROGRESS_BAR] = quiet
+
+
+def latest_metrics(uri: str, run_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Each run's status, latest value of every metric and planned tokens (run id -> {"status", "metrics",
+    "total_tokens"}), in one search per 100 runs.
+
+    For `ablate status`: a run missing from the store is absent from the result; an unreachable store
+    raises (the caller falls back to the run directories' progress.json).
+    """
+    run_ids = list(dict.fromkeys(r for r in run_ids if r))
+    if not run_ids or _store_missing(uri):
+        return {}
+    client = _client(uri)
+    experiments = all_experiment_ids(client)
+    out: dict[str, dict[str, Any]] = {}
+    for chunk in _chunks(run_ids, 100):
+        quoted = ", ".join(f"'{r}'" for r in chunk)
+        for run in client.search_runs(experiments, filter_string=f"attributes.run_id IN ({quoted})"):
+            total = run.data.params.get("loop.total_tokens")
+            out[run.info.run_id] = {
+                "status": run.info.status,
+                "metrics": dict(run.data.metrics),
+                "total_tokens": int(total) if total else None,
+            }
+    return out
