@@ -132,3 +132,27 @@ def test_launch_with_slurm_unreachable_fails_before_creating_runs(tmp_path):
     assert proc.returncode == 2
     assert "error: SLURM is unreachable" in proc.stderr and "Traceback" not in proc.stderr
     assert not (results / "mlflow.db").exists() and not (results / "sweeps").exists()
+
+
+def _node(name: str, deps: list[str]):
+    from ablate.launch.graph import Node
+    from ablate.stages.runner import Job
+
+    stage, _, key = name.partition("/")
+    return Node(job=Job(stage=stage, key=key, out_dir="", inputs={}, config={}), deps=deps)
+
+
+def test_evaluate_tasks_wait_for_their_own_train_task_only():
+    tasks_of = {"50": ["train/a", "train/b"], "40": ["prepare/p"]}
+    eb = _node("evaluate/b", ["prepare/p", "train/b"])
+    ea = _node("evaluate/a", ["prepare/p", "train/a"])
+    groups = slurm._groups([eb, ea], tasks_of, limit=10)
+    # Reordered to match the train array's tasks: evaluate task i needs train task i.
+    assert groups == [("50", [ea, eb])]
+    # An extra evaluate with no train task of its own goes in an ordinary array.
+    ec = _node("evaluate/c", ["prepare/p", "train/old"])
+    groups = slurm._groups([eb, ec, ea], tasks_of, limit=10)
+    assert groups == [("50", [ea, eb]), ("", [ec])]
+    # Two evaluates of one train: no one-to-one correspondence, so the whole array is waited for.
+    ea2 = _node("evaluate/a2", ["train/a"])
+    assert slurm._groups([ea, ea2], {"50": ["train/a", "train/b"]}, limit=1) == [("", [ea]), ("", [ea2])]

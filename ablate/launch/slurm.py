@@ -24,7 +24,7 @@ import submitit
 
 from ablate.config.schema import ClusterConfig
 from ablate.errors import LaunchError
-from ablate.launch.graph import Graph
+from ablate.launch.graph import Graph, Node
 from ablate.launch.slurm_job import StageJob
 from ablate.stages.plan import STAGE_ORDER
 
@@ -158,21 +158,23 @@ def submit_graph(
     """
     executor = make_executor(cluster, folder)
     limit = max_array_size(cluster)
-    job_of: dict[str, str] = dict(active)  # node name -> job id, for dependencies
-    array_of: dict[str, str] = {n: j.split("_")[0] for n, j in active.items()}
+    # What a node waits for: a job of an earlier launch by its own id (its array may hold failures), a job
+    # of this launch by its whole array.
+    wait_for: dict[str, str] = dict(active)
+    tasks_of: dict[str, list[str]] = {}  # array id of this launch -> node names in task order
     done: list[Submitted] = []
     for stage in STAGE_ORDER:
         nodes = [
             n for n in graph.ordered() if n.job.stage == stage and not n.done and n.job.name not in active
         ]
-        for part in chunks(nodes, limit):
-            deps = sorted({array_of[d] for n in part for d in n.deps if d in array_of}, key=int)
+        for corr, part in _groups(nodes, tasks_of, limit):
+            deps = sorted({wait_for[d] for n in part for d in n.deps if d in wait_for} - {corr})
+            spec = ",".join(
+                ([f"afterok:{':'.join(deps)}"] if deps else []) + ([f"aftercorr:{corr}"] if corr else [])
+            )
             params = job_parameters(cluster, stage, f"{sweep_name}:{stage}")
-            if deps:
-                params["additional_parameters"] = {
-                    **params["additional_parameters"],
-                    "dependency": "afterok:" + ":".join(deps),
-                }
+            if spec:
+                params["additional_parameters"] = {**params["additional_parameters"], "dependency": spec}
             executor.update_parameters(**params)
             try:
                 jobs = executor.map_array(StageJob(), [n.job for n in part])
@@ -181,11 +183,33 @@ def submit_graph(
             sub = Submitted(stage, str(jobs[0].job_id).split("_")[0], {})
             for node, job in zip(part, jobs, strict=True):
                 sub.jobs[node.job.name] = str(job.job_id)
-                job_of[node.job.name] = str(job.job_id)
-                array_of[node.job.name] = sub.array_id
+                wait_for[node.job.name] = sub.array_id
+            tasks_of[sub.array_id] = [n.job.name for n in part]
             done.append(sub)
             on_submitted(sub)
     return done
+
+
+def _groups(nodes: list[Node], tasks_of: dict[str, list[str]], limit: int) -> list[tuple[str, list[Node]]]:
+    """Split one stage's nodes into arrays: (array they correspond to task by task, or '', nodes).
+
+    When each task i of an earlier array feeds exactly task i of this one (train -> evaluate, one arm
+    each), the array waits with `aftercorr`, so one arm's failed or cancelled training holds back only
+    that arm's evaluation; otherwise the array waits for the whole earlier array (`afterok`).
+    """
+    rest = list(nodes)
+    groups: list[tuple[str, list[Node]]] = []
+    for array_id, names in tasks_of.items():
+        fed = {}
+        for n in rest:
+            hits = [d for d in n.deps if d in names]
+            if len(hits) == 1 and hits[0] not in fed:
+                fed[hits[0]] = n
+        if len(fed) == len(names) > 1:  # a one-task array gains nothing from aftercorr
+            ordered = [fed[name] for name in names]
+            groups.append((array_id, ordered))
+            rest = [n for n in rest if all(n is not m for m in ordered)]
+    return groups + [("", part) for part in chunks(rest, limit)]
 
 
 def _sbatch_error(e: BaseException, stage: str, done: list[Submitted]) -> str:
