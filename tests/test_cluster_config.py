@@ -31,8 +31,12 @@ def test_generic_slurm_is_one_cpu_task():
     assert (cluster_world_size(c), cluster_gpus(c)) == (1, 0)
 
 
+# 64 ranks need at least 64 sequences per step; the demo's batch holds 8 (see test_demo_batch_on_64_ranks).
+BATCH_FOR_64_RANKS = ("train.batch_tokens=18432", "pretrain.batch_tokens=18432")
+
+
 def test_slurm_a100_is_the_papers_64_gpus():
-    cfg = config("cluster=slurm_a100")
+    cfg = config("cluster=slurm_a100", *BATCH_FOR_64_RANKS)
     validate(cfg)
     c = cfg.cluster
     assert (c.nodes, c.gpus_per_node, c.tasks_per_node) == (8, 8, 8)
@@ -46,6 +50,7 @@ def test_slurm_a100_is_the_papers_64_gpus():
 def test_site_settings_by_override():
     cfg = config(
         "cluster=slurm_a100",
+        *BATCH_FOR_64_RANKS,
         "cluster.partition=gpu",
         "cluster.constraint=a100-80gb",
         "cluster.account=proj",
@@ -59,6 +64,15 @@ def test_site_settings_by_override():
     assert c.additional_parameters == {"mail-type": "END", "exclusive": "1"}
     whole = config("cluster=slurm", '++cluster.additional_parameters={exclusive:user,gres:"gpu:2"}')
     assert whole.cluster.additional_parameters == {"exclusive": "user", "gres": "gpu:2"}
+
+
+def test_demo_batch_on_64_ranks():
+    """8 sequences per step cannot feed 64 ranks: the error names the key, the ranks and the fix."""
+    with pytest.raises(ConfigError, match=r"train\.batch_tokens.*>= 18432.*64 ranks.*tasks_per_node=8"):
+        validate(config("cluster=slurm_a100"), arm="demo")
+    with pytest.raises(ConfigError, match=r"pretrain\.batch_tokens"):
+        validate(config("cluster=slurm_a100", "train.batch_tokens=18432"))
+    validate(config("cluster=slurm", "cluster.tasks_per_node=8"))  # 8 sequences, 8 ranks: one each
 
 
 def test_cluster_settings_are_not_part_of_the_run_key():

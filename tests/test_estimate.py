@@ -9,6 +9,7 @@ import pytest
 
 from ablate.config.compose import compose_config, to_run_config
 from ablate.config.validate import validate
+from ablate.errors import ConfigError
 from ablate.launch.estimate import (
     A100_BF16_PEAK_FLOPS,
     ASSUMED_MFU,
@@ -42,35 +43,39 @@ def test_global_batch_is_the_same_whatever_the_ranks(world, accum):
     assert p.sequences_per_rank * world == 64 and p.deviation == 0.0 and p.requested_tokens == 8192
 
 
-def test_rounding_stays_within_half_a_unit():
-    for tokens, seq_len, micro, world in itertools.product(
-        (10_000, 65_536, 1_000_000), (100, 1152), (1, 3, 8), (1, 4, 64)
-    ):
-        p = plan_batch(tokens, seq_len, micro, world)
-        unit = p.micro_batch_size * world  # the micro-batch shrinks (never grows) for small batches
-        assert 1 <= p.micro_batch_size <= micro
-        assert p.sequences_per_step % unit == 0 and p.sequences_per_step >= unit
-        assert p.sequences_per_step == p.micro_batch_size * p.accum_steps * p.world_size
-        if tokens / seq_len >= world:  # at least one sequence per rank: within half a unit of the request
-            assert abs(p.sequences_per_step - tokens / seq_len) <= unit / 2
+def test_rounding_is_to_whole_sequences_whatever_the_micro_batch_and_ranks():
+    for tokens, seq_len in itertools.product((10_000, 65_536, 1_000_000), (100, 1152)):
+        sequences = None
+        for micro, world in itertools.product((1, 3, 8), (1, 4, 64)):
+            if round(tokens / seq_len) < world:  # fewer sequences than ranks: a ConfigError
+                with pytest.raises(ConfigError, match="one sequence per rank"):
+                    plan_batch(tokens, seq_len, micro, world)
+                continue
+            p = plan_batch(tokens, seq_len, micro, world)
+            sequences = sequences or p.sequences_per_step
+            assert p.sequences_per_step == sequences  # the same global batch for every micro and world
+            assert abs(p.sequences_per_step - tokens / seq_len) <= 0.5
+            assert 1 <= p.micro_batch_size <= micro
+            assert sum(p.rank_sequences(r) for r in range(world)) == p.sequences_per_step
+            assert max(p.rank_sequences(r) for r in range(world)) == p.sequences_per_rank
+            assert p.accum_steps == math.ceil(p.sequences_per_rank / p.micro_batch_size)
 
 
 def test_paper_batch_on_64_ranks():
-    # 1,000,000 / 1152 = 868.06 sequences; unit = micro x 64.
-    p8 = plan_batch(1_000_000, 1152, micro_batch_size=8, world_size=64)  # unit 512: 1.70 units -> 2
-    assert (p8.sequences_per_step, p8.accum_steps, p8.tokens_per_step) == (1024, 2, 1_179_648)
-    assert p8.deviation == pytest.approx(1_179_648 / 1e6 - 1)
-    p7 = plan_batch(1_000_000, 1152, micro_batch_size=7, world_size=64)  # unit 448: 1.94 units -> 2
-    assert (p7.sequences_per_step, p7.accum_steps, p7.tokens_per_step) == (896, 2, 1_032_192)
-    assert closest_micro_batch_size(1_000_000, 1152, 8, world_size=64) == 7
-    # One rank, micro 8: 868.06 / 8 = 108.5 units -> 109 (half up) = 872 sequences.
+    # 1,000,000 / 1152 = 868.06 sequences -> 868 whatever the micro-batch; 13 or 14 per rank.
+    for micro in (7, 8):
+        p = plan_batch(1_000_000, 1152, micro_batch_size=micro, world_size=64)
+        assert (p.sequences_per_step, p.accum_steps, p.tokens_per_step) == (868, 2, 999_936)
+        assert p.deviation == pytest.approx(999_936 / 1e6 - 1)
+    assert closest_micro_batch_size(1_000_000, 1152, 8, world_size=64) == 8
+    # One rank, micro 8: 868 / 8 = 108.5 -> 109 micro-batches, the last of 4.
     p1 = plan_batch(1_000_000, 1152, micro_batch_size=8)
-    assert (p1.sequences_per_step, p1.accum_steps) == (872, 109)
+    assert (p1.sequences_per_step, p1.accum_steps) == (868, 109)
 
 
-def test_closest_micro_batch_keeps_an_exact_fit_and_prefers_fewer_accumulations():
-    assert closest_micro_batch_size(8192, 128, 16) == 16  # 64 sequences: 16 x 4, exact
-    assert closest_micro_batch_size(8192, 128, 12, world_size=2) == 8  # 64 = 8 x 4 x 2; 12 is not exact
+def test_closest_micro_batch_is_the_ceiling_since_the_batch_no_longer_depends_on_it():
+    assert closest_micro_batch_size(8192, 128, 16) == 16
+    assert closest_micro_batch_size(8192, 128, 12, world_size=2) == 12
     assert closest_micro_batch_size(8192, 128, 1) == 1
 
 
@@ -87,11 +92,11 @@ def open_lm_1b_matmul_params(vocab: int) -> int:
 def test_paper_arm_on_slurm_a100():
     e = estimate_arm(config(*PAPER, "train.micro_batch_size=8"))
     assert (e.nodes, e.gpus_per_node, e.gpus, e.world_size) == (8, 8, 64, 64)
-    assert (e.micro_batch_size, e.accum_steps, e.sequences_per_step) == (8, 2, 1024)
-    assert e.tokens_per_step == 1024 * 1152 == 1_179_648
-    assert e.steps == math.ceil(100e9 / 1_179_648) == 84_772  # ~100B / 1.18M (1M asked, rounded up)
+    assert (e.micro_batch_size, e.accum_steps, e.sequences_per_step) == (8, 2, 868)
+    assert e.tokens_per_step == 868 * 1152 == 999_936
+    assert e.steps == math.ceil(100e9 / 999_936) == 100_007  # 1M asked, rounded to whole sequences
     assert e.tokens == e.steps * e.tokens_per_step and 100e9 <= e.tokens < 100e9 + e.tokens_per_step
-    assert e.suggested_micro_batch_size == 7
+    assert e.suggested_micro_batch_size == 8
 
     vocab = 50_432 + 7 + 16_384
     assert e.vocab_size == vocab == 66_823
@@ -112,10 +117,10 @@ def test_paper_arm_on_slurm_a100():
     assert (e.mfu, e.peak_flops) == (ASSUMED_MFU, A100_BF16_PEAK_FLOPS) == (0.40, 312e12)
 
 
-def test_paper_scale_default_micro_7_matches_the_paper_batch_better():
+def test_paper_scale_default_micro_7_gives_the_same_batch():
     e = estimate_arm(config(*PAPER))  # conf/train/paper.yaml: micro_batch_size 7
-    assert (e.tokens_per_step, e.accum_steps) == (1_032_192, 2)
-    assert e.steps == tokens_to_steps(100_000_000_000, 1_032_192) == 96_882
+    assert (e.tokens_per_step, e.micro_batch_size, e.accum_steps) == (999_936, 7, 2)
+    assert e.steps == tokens_to_steps(100_000_000_000, 999_936) == 100_007
 
 
 def test_cpu_clusters_give_steps_and_no_gpu_hours():
@@ -129,7 +134,7 @@ def test_cpu_clusters_give_steps_and_no_gpu_hours():
 
 
 def test_estimate_table_rows_total_and_assumptions():
-    micro8 = (*PAPER, "train.micro_batch_size=8")  # off the asked batch by 18%: the table says so
+    micro8 = (*PAPER, "train.micro_batch_size=8")  # the micro-batch no longer changes the batch
     paper = config(*micro8)
     rows = [
         ("init=pretrained", paper),
@@ -146,9 +151,8 @@ def test_estimate_table_rows_total_and_assumptions():
     one = estimate_arm(paper).gpu_hours
     assert f"{2 * one:,.0f}" in total and "200.0B" in total
     assert "MFU 0.40" in text and "312 TFLOP/s" in text
-    # The +18% batch is flagged once for the arms it concerns, with a better micro-batch.
-    assert "note: init=pretrained, init=random: effective batch 1,179,648" in text
-    assert "train.micro_batch_size=7 would give 1,032,192 (+3.2%)" in text
+    # 999,936 tokens is -0.006% off the 1M asked: nothing to flag.
+    assert "999,936 (-0.0%)" in text and "note:" not in text
     assert "partly frozen" not in text
     assert "pretrain" in text  # the footer says the LM is a given checkpoint
 
@@ -163,3 +167,9 @@ def test_estimate_table_on_cpu_has_no_gpu_hours():
     row = next(line for line in text.splitlines() if line.startswith("demo"))
     assert "local (CPU)" in row and row.rstrip().endswith("-")
     assert "note:" not in text
+
+
+def test_estimate_table_flags_a_batch_far_from_whole_sequences():
+    text = estimate_table([("tiny", config("train.batch_tokens=400"))])  # 1.39 sequences of 288 -> 1
+    assert "note: tiny: effective batch 288 tokens is -28.0% off train.batch_tokens=400" in text
+    assert "would give" not in text  # no micro-batch would do better: it does not change the batch

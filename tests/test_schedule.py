@@ -41,18 +41,24 @@ def test_plan_batch_arithmetic():
     assert (p.sequences_per_step, p.accum_steps, p.tokens_per_step) == (64, 4, 8192)
     p = plan_batch(8192, 128, micro_batch_size=8, world_size=2)
     assert (p.sequences_per_step, p.accum_steps, p.sequences_per_rank) == (64, 4, 32)
-    # 50 sequences requested, unit 16: nearest multiple is 48; 56 rounds (half) up to 64.
-    assert plan_batch(50 * 128, 128, 16).sequences_per_step == 48
-    assert plan_batch(56 * 128, 128, 16).sequences_per_step == 64
+    # The batch is rounded to whole sequences only (not to micro-batches): 50 stays 50 (4 micro-batches,
+    # the last of 2); 50.4 rounds down, 50.5 (half) up.
+    p = plan_batch(50 * 128, 128, 16)
+    assert (p.sequences_per_step, p.micro_batch_size, p.accum_steps) == (50, 16, 4)
+    assert plan_batch(50 * 128 + 51, 128, 16).sequences_per_step == 50
+    assert plan_batch(50 * 128 + 64, 128, 16).sequences_per_step == 51
     # Smaller than one micro-batch: the micro-batch (a ceiling) shrinks, the batch stays as asked.
     p = plan_batch(128, 128, 16)
     assert (p.sequences_per_step, p.micro_batch_size, p.accum_steps) == (1, 1, 1)
     p = plan_batch(1152, 288, 8)  # sweeps/batch.yaml's half batch at demo scale: 4 sequences
     assert (p.sequences_per_step, p.micro_batch_size, p.tokens_per_step) == (4, 4, 1152)
-    p = plan_batch(3 * 128, 128, 4, world_size=2)  # 1.5 per rank rounds to micro 2: 4 sequences
-    assert (p.sequences_per_step, p.sequences_per_rank, p.micro_batch_size) == (4, 2, 2)
+    p = plan_batch(3 * 128, 128, 4, world_size=2)  # 3 sequences over 2 ranks: 2 + 1, micro 2
+    assert (p.sequences_per_step, p.sequences_per_rank, p.micro_batch_size) == (3, 2, 2)
+    assert [p.rank_sequences(r) for r in range(2)] == [2, 1]
     with pytest.raises(ConfigError, match="batch_tokens"):
         plan_batch(127, 128, 1)
+    with pytest.raises(ConfigError, match="one sequence per rank"):
+        plan_batch(3 * 128, 128, 4, world_size=4)
 
 
 def test_tokens_to_steps_ceil():
@@ -67,16 +73,17 @@ def test_tokens_to_steps_ceil():
 def test_paper_numbers():
     """100B tokens, 1M-token batches, 1,152-token sequences, 2K warm-up steps, 64 GPUs.
 
-    1M / 1152 = 868.06 sequences. One sequence per GPU (unit 64) rounds to 896 sequences = 1,032,192
-    tokens per step, so 100B tokens take 96,882 steps and the paper's 2K warm-up steps (2B tokens at the
-    nominal 1M) take 1,938. With 4 ranks the rounding is to 868 sequences (999,936 tokens): 100,007 steps.
+    1M / 1152 = 868.06 sequences, rounded to 868 = 999,936 tokens per step whatever the ranks and the
+    micro-batch, so 100B tokens take 100,007 steps and the paper's 2K warm-up steps (2B tokens at the
+    nominal 1M) take 2,001. Over 64 ranks, 36 take 14 sequences and 28 take 13.
     """
+    for world, micro in ((64, 1), (64, 7), (4, 1), (1, 8)):
+        p = plan_batch(1_000_000, 1152, micro_batch_size=micro, world_size=world)
+        assert (p.sequences_per_step, p.tokens_per_step) == (868, 999_936)
     p = plan_batch(1_000_000, 1152, micro_batch_size=1, world_size=64)
-    assert (p.sequences_per_step, p.accum_steps, p.tokens_per_step) == (896, 14, 1_032_192)
+    assert (p.sequences_per_rank, p.accum_steps) == (14, 14)
+    assert sorted({p.rank_sequences(r) for r in range(64)}) == [13, 14]
+    assert sum(p.rank_sequences(r) for r in range(64)) == 868
     total = tokens_to_steps(100_000_000_000, p.tokens_per_step)
-    assert total == 96_882
-    assert warmup_tokens_to_steps(2_000 * 1_000_000, p.tokens_per_step, total) == 1_938
-
-    p4 = plan_batch(1_000_000, 1152, micro_batch_size=1, world_size=4)
-    assert (p4.sequences_per_step, p4.tokens_per_step) == (868, 999_936)
-    assert tokens_to_steps(100_000_000_000, p4.tokens_per_step) == 100_007
+    assert total == 100_007
+    assert warmup_tokens_to_steps(2_000 * 1_000_000, p.tokens_per_step, total) == 2_001

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ablate.config import schema as S
 from ablate.config.schema import RunConfig
 from ablate.errors import ConfigError
+from ablate.train.schedule import sequences_per_step
 
 SPECIALS_T2I = 6  # <doc> <text> </text> <image> </image> </doc>
 SPECIALS_UNCOND = 4  # <doc> <image> </image> </doc>
@@ -21,6 +22,42 @@ def min_seq_len(cfg: RunConfig) -> int:
     if cfg.data.task == "uncond":
         return image_tokens(cfg) + SPECIALS_UNCOND
     return image_tokens(cfg) + cfg.data.caption_tokens + SPECIALS_T2I
+
+
+def training_world_size(c: S.ClusterConfig) -> int:
+    """Ranks a training job runs on: nodes x tasks_per_node under slurm, else 1 (one local process).
+
+    The same rule as ablate.launch.estimate.cluster_world_size, repeated here because config must not
+    import launch.
+    """
+    return c.nodes * c.tasks_per_node if c.kind == "slurm" else 1
+
+
+def validate_batch_over_ranks(cfg: RunConfig, arm: str | None = None) -> None:
+    """ConfigError if a training stage's batch has fewer sequences than the cluster has ranks.
+
+    The global batch is batch_tokens / seq_len sequences whatever the ranks (ablate.train.schedule.plan_batch);
+    every rank needs at least one of them.
+    """
+    world, seq_len = training_world_size(cfg.cluster), cfg.data.seq_len
+    if world == 1:
+        return
+    batches = [("train.batch_tokens", cfg.train.batch_tokens)]
+    if cfg.model.init == "pretrained" and not cfg.model.checkpoint:  # the demo's pretrain stage runs too
+        batches.append(("pretrain.batch_tokens", cfg.pretrain.batch_tokens))
+    for key, tokens in batches:
+        sequences = sequences_per_step(tokens, seq_len)
+        if sequences < world:
+            raise ConfigError(
+                key,
+                tokens,
+                f">= {world * seq_len} (one sequence of data.seq_len={seq_len} tokens for each of the "
+                f"{world} ranks)",
+                arm=arm,
+                hint=f"it gives {sequences} sequence(s) per step for {world} ranks "
+                f"(cluster.nodes={cfg.cluster.nodes} x cluster.tasks_per_node={cfg.cluster.tasks_per_node}); "
+                f"raise {key} to at least {world * seq_len} or use fewer ranks",
+            )
 
 
 # sbatch options that ClusterConfig sets itself (or submitit does): not allowed in additional_parameters.
@@ -185,6 +222,7 @@ def validate(cfg: RunConfig, arm: str | None = None) -> None:
     for key, batch in (("train.batch_tokens", tr.batch_tokens), ("pretrain.batch_tokens", p.batch_tokens)):
         if batch < d.seq_len:
             raise ConfigError(key, batch, f">= one sequence (data.seq_len={d.seq_len} tokens)", arm=arm)
+    validate_batch_over_ranks(cfg, arm=arm)
     if tr.total_tokens < tr.batch_tokens:
         raise ConfigError(
             "train.total_tokens", tr.total_tokens, f">= train.batch_tokens={tr.batch_tokens}", arm=arm

@@ -4,6 +4,12 @@ Token budgets become steps (ablate.train.schedule); each optimizer step reads it
 reader at an exact sample position, accumulates gradients over micro-batches (token-weighted, so the result
 equals one large batch), logs the loss split, and checkpoints at a token interval. Resuming restores model,
 optimizer, step, RNG and data position, so an interrupted run's curve equals an uninterrupted one's.
+
+Data parallel (inside ablate.train.distributed.init_distributed, WORLD_SIZE > 1): each step's global
+sample positions are dealt to the ranks (strided), each rank weights its loss by the *global* count of
+targets and the gradients are summed over ranks, so a step equals a one-process step over the same global
+batch. Only rank 0 logs, writes metrics.jsonl / progress.json and checkpoints; every rank resumes from the
+same checkpoint, and a stop asked of any rank stops all of them after the same step.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from ablate.data.sequence import VocabLayout
 from ablate.data.shards import ShardDataset, ShardSampler, read_batch
 from ablate.rundir import MetricsLog, write_progress
 from ablate.tracking import Tracker
+from ablate.train import distributed as dist
 from ablate.train.checkpoint import load_checkpoint, save_checkpoint
 from ablate.train.loss import LossParts, shift_targets, split_loss
 from ablate.train.schedule import lr_at, plan_batch, tokens_to_steps, warmup_tokens_to_steps
@@ -92,11 +99,16 @@ def train_loop(
     """Train `model` on `dataset` to cfg.total_tokens; returns the last step's metrics.
 
     `evaluate(step, tokens)` (optional) runs before the first step, every eval_every_tokens and after the last; its metrics
-    are logged at that step. Checkpoints go to out_dir/checkpoints/last.pt.
+    are logged at that step. Checkpoints go to out_dir/checkpoints/last.pt. Under torch.distributed every rank
+    calls this with the same arguments; `evaluate` and the outputs run on rank 0 only.
     """
+    env = dist.require_group_if_launched()
+    main = env.is_main
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plan = plan_batch(cfg.batch_tokens, cfg.seq_len, cfg.micro_batch_size)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    # The global batch depends on (batch_tokens, seq_len) only; the world size sets each rank's share.
+    plan = plan_batch(cfg.batch_tokens, cfg.seq_len, cfg.micro_batch_size, env.world_size)
     tokens_per_step = plan.tokens_per_step
     total_steps = tokens_to_steps(cfg.total_tokens, tokens_per_step)
     warmup_steps = warmup_tokens_to_steps(cfg.warmup_tokens, tokens_per_step, total_steps)
@@ -112,17 +124,22 @@ def train_loop(
     ckpt_path = out_dir / "checkpoints" / "last.pt"
     metrics_log = MetricsLog(out_dir / "metrics.jsonl")
     step = 0
+    # Every rank reads the same file: nothing writes it until a step, which needs every rank, is done.
     state = load_checkpoint(ckpt_path)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"])
         step = state["step"]
-    metrics_log.truncate_after(step)
+    else:
+        dist.broadcast_model(model)  # ranks build the same init from the seed; this makes sure of it
+    if main:
+        metrics_log.truncate_after(step)
 
+    # The whole stream, not a rank's: positions are global (step x sequences_per_step + i), so a checkpoint
+    # holds no rank-specific position and a resume may even change the world size.
     sampler = ShardSampler(len(dataset), seed=cfg.seed)
-    # start_sample is a global position (all ranks), so a resume may even change the world size.
-    batches = sampler.batches(plan.sequences_per_rank, start_sample=step * plan.sequences_per_step)
+    device = next(model.parameters()).device
     trainable = [p for p in model.parameters() if p.requires_grad]
     info = {
         "total_steps": total_steps,
@@ -130,13 +147,15 @@ def train_loop(
         "accum_steps": plan.accum_steps,
         "total_tokens": total_steps * tokens_per_step,
     }
-    tracker.log_params({f"loop.{k}": v for k, v in info.items()})
+    if main:
+        tracker.log_params({f"loop.{k}": v for k, v in info.items()})
 
     def log(step: int, metrics: dict[str, float]) -> None:
-        tracker.log_metrics(metrics, step)
-        metrics_log.append(step, metrics)
+        if main:
+            tracker.log_metrics(metrics, step)
+            metrics_log.append(step, metrics)
 
-    if evaluate is not None and step == 0:
+    if evaluate is not None and step == 0 and main:
         log(0, evaluate(0, 0))
 
     last: dict[str, float] = {}
@@ -149,16 +168,27 @@ def train_loop(
         lr = lr_at(step, cfg.lr, warmup_steps, total_steps, cfg.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = read_batch(dataset, next(batches))  # (S, L) for the whole step on this rank
-        inputs, targets = shift_targets(batch)
-        # Token-weighted accumulation: each micro-batch's mean is scaled by its share of the step's targets.
-        n_used = int((targets != layout.pad).sum().clamp(min=1))
+        # This rank's strided share of the step's global positions: rank r takes r, r + W, r + 2W, ...
+        first = step * plan.sequences_per_step
+        positions = np.arange(first + env.rank, first + plan.sequences_per_step, env.world_size)
+        batch = read_batch(dataset, sampler.indices_at(positions)).to(device)  # (S_rank, L)
+        inputs, targets = shift_targets(batch)  # (S_rank, L-1) each
+        # Token-weighted accumulation: each micro-batch's mean is scaled by its share of the *global* step's
+        # targets, so summing over micro-batches and ranks gives the mean over the whole global batch.
+        n_used = max(1, dist.global_sum(int((targets != layout.pad).sum())))
         parts: list[LossParts] = []
-        for i in range(0, batch.shape[0], cfg.micro_batch_size):
-            x, y = inputs[i : i + cfg.micro_batch_size], targets[i : i + cfg.micro_batch_size]
+        for i in range(0, batch.shape[0], plan.micro_batch_size):
+            x, y = inputs[i : i + plan.micro_batch_size], targets[i : i + plan.micro_batch_size]
             p = split_loss(model(x), y, layout)  # logits (b, L-1, V)
             (p.loss * ((p.n_text + p.n_image) / n_used)).backward()
             parts.append(p)
+        # One plain all-reduce of the accumulated gradients per step rather than a DDP wrapper: DDP would
+        # reduce during every micro-batch's backward (or need no_sync), averages where the token weighting
+        # needs a sum, and expects every rank to run the same number of backward passes, which an uneven
+        # split does not. What it would add, overlap of communication with backward, matters little with
+        # one reduction per step over few micro-batches.
+        dist.sum_gradients(trainable)
+        # The reduced gradients are identical on every rank, so the norm, the clipping and the step are too.
         grad_norm = torch.nn.utils.clip_grad_norm_(
             trainable, cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         )
@@ -168,7 +198,7 @@ def train_loop(
         tokens_this_session += tokens_per_step
         dt = time.perf_counter() - t0
 
-        merged = LossParts.merge(parts).to_metrics()
+        merged = dist.reduce_loss_parts(LossParts.merge(parts)).to_metrics()  # the global batch's loss
         last = {
             "loss": merged["loss"],
             "text_loss": merged["text_loss"],
@@ -179,23 +209,26 @@ def train_loop(
             "tokens_per_s": tokens_per_step / dt,
             "grad_norm": float(grad_norm),
         }
-        if evaluate is not None and ((eval_every and step % eval_every == 0) or step == total_steps):
+        eval_now = (eval_every and step % eval_every == 0) or step == total_steps
+        if evaluate is not None and eval_now and main:
             last.update(evaluate(step, step * tokens_per_step))
         log(step, last)
 
-        stop = should_stop()
+        stop = dist.any_rank(should_stop())  # one rank's preemption notice stops all after this step
         if stop or step == total_steps or (ckpt_every and step % ckpt_every == 0):
-            save_checkpoint(
-                ckpt_path,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "rng": _rng_state(),
-                    "step": step,
-                },
-            )
+            if main:
+                save_checkpoint(
+                    ckpt_path,
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "rng": _rng_state(),
+                        "step": step,
+                    },
+                )
+            dist.barrier()  # no rank goes on (or exits, on a stop) before the checkpoint is on disk
         now = time.perf_counter()
-        if now - last_progress >= cfg.progress_every_s or step == total_steps:
+        if main and (now - last_progress >= cfg.progress_every_s or step == total_steps):
             last_progress = now
             rate = tokens_this_session / (now - t_start)
             write_progress(

@@ -43,15 +43,20 @@ def lr_at(step: int, peak_lr: float, warmup_steps: int, total_steps: int, min_lr
 class BatchPlan:
     """How one optimizer step's sequences are split over ranks and gradient-accumulation micro-batches.
 
-    ``sequences_per_step == micro_batch_size * accum_steps * world_size``: every rank runs ``accum_steps``
-    micro-batches of exactly ``micro_batch_size`` sequences (no ragged last micro-batch), so a step's
-    gradient is the mean over equally sized pieces.
+    ``sequences_per_step`` depends on the requested batch and the sequence length only (never on the
+    micro-batch or the number of ranks), so a run key, which leaves the cluster out, always means the same
+    effective batch. Rank ``r`` takes the step's positions ``r, r + world_size, ...`` (strided), so ranks
+    hold ``ceil`` or ``floor`` of ``sequences_per_step / world_size`` sequences; the loop weights every
+    micro-batch by its share of the *global* count of targets, so an uneven split (and a ragged last
+    micro-batch) still gives exactly the one-large-batch gradient.
     """
 
     seq_len: int
     sequences_per_step: int
     micro_batch_size: int
+    """Sequences per forward pass on one rank: min(the configured ceiling, sequences_per_rank)."""
     accum_steps: int
+    """Micro-batches of the fullest rank: ceil(sequences_per_rank / micro_batch_size)."""
     world_size: int
     requested_tokens: int = 0
     """The batch size asked for (``batch_tokens``); 0 when unknown."""
@@ -63,8 +68,12 @@ class BatchPlan:
 
     @property
     def sequences_per_rank(self) -> int:
-        """Sequences each rank processes per optimizer step."""
-        return self.micro_batch_size * self.accum_steps
+        """Sequences the fullest rank processes per optimizer step (ceil of an even share)."""
+        return -(-self.sequences_per_step // self.world_size)
+
+    def rank_sequences(self, rank: int) -> int:
+        """Sequences rank ``rank`` processes per step: its strided share of the step's positions."""
+        return len(range(rank, self.sequences_per_step, self.world_size))
 
     @property
     def deviation(self) -> float:
@@ -74,20 +83,24 @@ class BatchPlan:
         return self.tokens_per_step / self.requested_tokens - 1.0
 
 
+def sequences_per_step(batch_tokens: int, seq_len: int) -> int:
+    """``batch_tokens / seq_len`` rounded to the nearest whole sequence (halves up), at least 1."""
+    return max(1, (2 * int(batch_tokens) + int(seq_len)) // (2 * int(seq_len)))  # exact integer rounding
+
+
 def plan_batch(batch_tokens: int, seq_len: int, micro_batch_size: int, world_size: int = 1) -> BatchPlan:
     """Convert a global batch size in tokens into sequences per optimizer step, split over ``world_size`` ranks.
 
-    The global batch is ``batch_tokens`` whatever the number of ranks: more ranks mean fewer accumulation
-    steps, not a bigger batch. Rounding rule: ``batch_tokens / seq_len`` sequences, rounded to the *nearest*
-    multiple of one unit, ``micro_batch_size * world_size`` sequences (halves round up), and never below one
-    unit; ``accum_steps`` is the number of units. Every rank thus runs the same whole number of full
-    micro-batches. ``micro_batch_size`` is a ceiling: when the request holds fewer sequences per rank than
-    one micro-batch, the micro-batch shrinks to that many (rounded, at least 1) instead of the batch
-    growing. The effective batch (``tokens_per_step``) can differ from the request by less than half a
-    unit (more only below one sequence per rank): read ``tokens_per_step`` / ``deviation`` and log it. A large unit (many ranks x a big
-    micro-batch) rounds coarsely: at 1M tokens of 1,152-token sequences (868.06 sequences) over 64 ranks,
-    micro 8 gives 1,024 sequences (+18%), micro 7 gives 896 (+3.2%); see ``closest_micro_batch_size``.
-    ConfigError if ``batch_tokens`` is smaller than one sequence.
+    The global batch is ``batch_tokens / seq_len`` sequences rounded to the nearest whole sequence (halves
+    up), whatever the micro-batch and the number of ranks: more ranks mean fewer sequences per rank, never
+    another batch. The effective batch (``tokens_per_step``) thus differs from the request by less than
+    half a sequence (1M tokens of 1,152-token sequences: 868 sequences, 999,936 tokens, -0.006%).
+    Each rank takes ``sequences_per_step / world_size`` sequences, rounded up or down when the division is
+    not exact (868 over 64 ranks: 36 ranks take 14, 28 take 13); ``micro_batch_size`` is a ceiling (what
+    fits in memory) and shrinks to the fullest rank's share when that is smaller; ``accum_steps`` is the
+    fullest rank's number of micro-batches (ceil: the last one may be smaller).
+    ConfigError if ``batch_tokens`` is smaller than one sequence, or the step has fewer sequences than
+    ranks (a rank with nothing to do).
     """
     for key, value in (
         ("seq_len", seq_len),
@@ -103,19 +116,21 @@ def plan_batch(batch_tokens: int, seq_len: int, micro_batch_size: int, world_siz
         raise ConfigError(
             "batch_tokens", batch_tokens, f">= seq_len ({seq_len}): a batch must hold at least one sequence"
         )
-    # micro_batch_size is a ceiling (what fits in memory): a batch smaller than one unit shrinks it rather
-    # than growing the batch (sweeps/batch.yaml at demo scale asks for 4 sequences with micro-batches of 8).
-    per_rank = batch_tokens / seq_len / world_size
-    if per_rank < micro_batch_size:
-        micro_batch_size = max(1, min(micro_batch_size, int(per_rank + 0.5)))
-    unit = micro_batch_size * world_size
-    span = seq_len * unit  # tokens in one unit
-    units = max(1, (2 * batch_tokens + span) // (2 * span))  # round half up, in exact integer arithmetic
+    sequences = sequences_per_step(batch_tokens, seq_len)
+    if sequences < world_size:
+        raise ConfigError(
+            "batch_tokens",
+            batch_tokens,
+            f">= one sequence per rank ({world_size} ranks x seq_len {seq_len} = {world_size * seq_len} tokens)",
+            hint=f"it gives {sequences} sequences per step; use fewer ranks or a larger batch",
+        )
+    per_rank = -(-sequences // world_size)  # the fullest rank
+    micro = min(int(micro_batch_size), per_rank)
     return BatchPlan(
         seq_len=seq_len,
-        sequences_per_step=units * unit,
-        micro_batch_size=micro_batch_size,
-        accum_steps=units,
+        sequences_per_step=sequences,
+        micro_batch_size=micro,
+        accum_steps=-(-per_rank // micro),
         world_size=world_size,
         requested_tokens=batch_tokens,
     )
@@ -126,15 +141,11 @@ def closest_micro_batch_size(
 ) -> int:
     """The micro-batch size in ``1..max_micro_batch_size`` whose plan_batch comes closest to ``batch_tokens``.
 
-    Ties go to the larger micro-batch (fewer accumulation steps). A suggestion for configs whose unit rounds
-    coarsely; plan_batch itself never changes the micro-batch it is given.
+    The effective batch no longer depends on the micro-batch (see plan_batch), so every size ties and the
+    largest that plan_batch uses (fewest accumulation steps) wins: the micro-batch of plan_batch's own plan,
+    so the cost estimate never suggests a change.
     """
-    best, best_err = 1, None
-    for micro in range(1, int(max_micro_batch_size) + 1):
-        err = abs(plan_batch(batch_tokens, seq_len, micro, world_size).tokens_per_step - batch_tokens)
-        if best_err is None or err <= best_err:
-            best, best_err = micro, err
-    return best
+    return plan_batch(batch_tokens, seq_len, max_micro_batch_size, world_size).micro_batch_size
 
 
 def tokens_to_steps(total_tokens: int, tokens_per_step: int) -> int:
