@@ -283,6 +283,9 @@ class TrackingConfig:
     """Experiment name = prefix + sweep name."""
     flush_interval_s: float = 2.0
     """Seconds between metric batches sent by the background logger."""
+    close_timeout_s: float = 300.0
+    """Seconds a job waits at its end for an unreachable tracking store before it gives up (with a warning
+    naming metrics.jsonl and `ablate resend`); docs/TRACKING_SERVER.md."""
 
 
 @dataclass

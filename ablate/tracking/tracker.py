@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -26,6 +27,10 @@ from ablate.tracking.store import (
 )
 
 log = logging.getLogger(__name__)
+
+# How long close() waits for a store that does not answer. Minutes, not seconds: a tracking server restart
+# (or PostgreSQL failover) takes that long, and an undelivered run needs a manual `ablate resend`.
+DEFAULT_CLOSE_TIMEOUT_S = 300.0
 
 
 class Tracker(Protocol):
@@ -81,6 +86,12 @@ class MLflowTracker:
     A failed send (store down, SQLite locked) is retried with exponential backoff; a permanent error
     (deleted run, invalid value) drops that batch with a warning. Nothing raises into the caller but the
     constructor when the run does not exist, and log_metrics given a value float() cannot convert.
+
+    Outages (docs/TRACKING_SERVER.md): while the store or tracking server is down, training goes on and
+    everything is kept in memory, in order, and delivered when it answers again. Re-sending a batch the
+    store already applied adds nothing (MLflow keys metric rows by key, timestamp, step and value, and the
+    timestamp is fixed when the value is logged). close() waits up to `close_timeout_s`; what it still
+    cannot deliver is named in a warning with the command that re-sends it from `run_dir`'s metrics.jsonl.
     """
 
     def __init__(
@@ -92,9 +103,15 @@ class MLflowTracker:
         init_wait_s: float = 5.0,
         max_backoff_s: float = 60.0,
         mark_running: bool = True,
+        close_timeout_s: float = DEFAULT_CLOSE_TIMEOUT_S,
+        run_dir: str | Path | None = None,
     ) -> None:
+        """Start the sending thread; waits up to `init_wait_s` to read the run (a store that does not
+        answer by then is retried in the background). `close_timeout_s` is close()'s default wait;
+        `run_dir` is the stage directory whose metrics.jsonl close()'s warning points at."""
         self.uri, self.run_id, self.flush_interval_s = uri, run_id, flush_interval_s
         self.max_backoff_s, self.mark_running = max_backoff_s, mark_running
+        self.close_timeout_s, self.run_dir = close_timeout_s, (Path(run_dir) if run_dir else None)
         self.dropped_steps = 0  # metric values dropped as already logged (resume) or out of order
         self._cond = threading.Condition()
         self._incoming: deque[tuple] = deque()  # what callers queued; guarded by _cond
@@ -104,6 +121,7 @@ class MLflowTracker:
         self._last_step: dict[str, int] = {}
         self._params: dict[str, str] = {}
         self._failing_since: float | None = None
+        self._last_error: BaseException | None = None
         self._ready = threading.Event()
         self._init_error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name=f"mlflow-tracker-{run_id[:8]}", daemon=True)
@@ -150,8 +168,12 @@ class MLflowTracker:
                 self._cond.wait(remaining)
             return not (self._incoming or self._pending)
 
-    def close(self, status: str = "FINISHED", timeout: float | None = 60.0) -> None:
-        """Flush (up to `timeout` s), then set the run's status; later calls do nothing."""
+    def close(self, status: str = "FINISHED", timeout: float | None = None) -> None:
+        """Flush, then set the run's status; later calls do nothing.
+
+        Waits up to `timeout` s (default: the tracker's close_timeout_s; math.inf: until delivered). What
+        is still queued then is given up on with a warning naming metrics.jsonl and `ablate resend`.
+        """
         if status not in TERMINAL_STATUSES:
             raise ValueError(f"status must be one of {TERMINAL_STATUSES}, got {status!r}")
         with self._cond:
@@ -160,21 +182,35 @@ class MLflowTracker:
                 return
             self._incoming.append(("status", status))
             self._closed = True
-        if not self.flush(timeout):
-            with self._cond:
-                left = len(self._incoming) + len(self._pending)
-            log.warning(
-                "MLflow run %s: %d queued items not delivered to %s within %ss; giving up on them",
-                self.run_id, left, redact_uri(self.uri), timeout,
-            )  # fmt: skip
+        timeout = self.close_timeout_s if timeout is None else timeout
+        if not self.flush(None if math.isinf(timeout) else timeout):
+            self._warn_undelivered(f"within {timeout:g}s")
         with self._cond:
             self._stop = True
             self._cond.notify_all()
         atexit.unregister(self._at_exit)
 
+    def _warn_undelivered(self, when: str) -> None:
+        """Say what is being given up on, that metrics.jsonl still has it, and how to re-send it."""
+        with self._cond:
+            items = list(self._incoming) + list(self._pending)
+        # Queued: ("metrics", step, {key: value}, ts); built into ops: ("metrics", [Metric, ...]).
+        values = sum(len(i[1] if len(i) == 2 else i[2]) for i in items if i[0] == "metrics")
+        artifacts = [i[1] for i in items if i[0] == "artifact"]
+        run_dir = str(self.run_dir) if self.run_dir else "results/cache/<stage>/<key>"
+        log.warning(
+            "MLflow run %s: %d queued items (%d metric values%s) not delivered to %s %s (last error: %s). "
+            "They are not lost: %s/metrics.jsonl holds every logged step. Once the store answers, re-send "
+            "them with `ablate resend %s --tracking-uri %s` (steps already in the run are skipped)%s.",
+            self.run_id, len(items), values, f", {len(artifacts)} artifacts" if artifacts else "",
+            redact_uri(self.uri), when, self._last_error, run_dir, run_dir, redact_uri(self.uri),
+            f"; artifacts are not re-sent, log them again: {', '.join(artifacts)}" if artifacts else "",
+        )  # fmt: skip
+
     def _at_exit(self) -> None:
         # A job that forgets close() still delivers its last metrics (daemon threads die at exit).
-        self.flush(timeout=10.0)
+        if not self.flush(timeout=10.0):
+            self._warn_undelivered("by interpreter exit (close() was not called)")
 
     # -- background thread
     def _loop(self) -> None:
@@ -241,20 +277,30 @@ class MLflowTracker:
                 if not _is_permanent(exc):
                     return self._failed(exc)
                 log.warning(
-                    "MLflow run %s: dropped a %s batch the store rejected: %s", self.run_id, op[0], exc
-                )
+                    "MLflow run %s: dropped a %s batch the store rejected: %s (metrics.jsonl keeps metrics; "
+                    "`ablate resend <run_dir>` re-sends them, to a new run if this one is gone)",
+                    self.run_id, op[0], exc,
+                )  # fmt: skip
             with self._cond:
                 self._pending.popleft()
                 self._cond.notify_all()
         if self._failing_since is not None:
-            log.info("MLflow store %s reachable again; queued items delivered", redact_uri(self.uri))
+            log.warning(
+                "MLflow store %s reachable again after %.0fs; queued items delivered",
+                redact_uri(self.uri), time.monotonic() - self._failing_since,
+            )  # fmt: skip
             self._failing_since = None
         return True
 
     def _failed(self, exc: BaseException) -> bool:
+        """Note a transient failure (store or server down, SQLite locked); the loop backs off and retries."""
+        self._last_error = exc
         if self._failing_since is None:  # warn once per outage, not once per retry
             self._failing_since = time.monotonic()
-            log.warning("MLflow store %s unavailable (%s); queueing and retrying", redact_uri(self.uri), exc)
+            log.warning(
+                "MLflow store %s unavailable (%s); training goes on, items are queued in memory and retried",
+                redact_uri(self.uri), exc,
+            )  # fmt: skip
         return False
 
     def _to_ops(self, items: list[tuple]) -> list[tuple]:
