@@ -1,0 +1,265 @@
+"""Many jobs logging to a real `mlflow server` over a real PostgreSQL cluster, and outages of either.
+
+One server for the whole file (session fixture, ~20 s to start: initdb + schema migration). Skipped, with
+the reason, where PostgreSQL's binaries are missing (Debian: apt-get install postgresql) or, as root, there
+is no `postgres` user to run them as.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ablate.tracking import server as srv
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A job's logging, as its own OS process: at least `steps` steps of `keys` metrics, then (if a stop file is
+# given) more until the file appears, then close(FINISHED). Prints what it did as one JSON line.
+WORKER = """
+import json, logging, sys, time
+from pathlib import Path
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+from ablate.tracking import MLflowTracker
+
+uri, run_id, steps, keys, sleep_s, stop_file = sys.argv[1:7]
+steps, keys, sleep_s = int(steps), int(keys), float(sleep_s)
+started = time.time()
+tracker = MLflowTracker(uri, run_id, flush_interval_s=0.2, max_backoff_s=1.0)
+step = 0
+while step < steps or (stop_file and not Path(stop_file).exists()):
+    tracker.log_metrics({f"m{k}": step + k / 10 for k in range(keys)}, step)
+    step += 1
+    time.sleep(sleep_s)
+logged = time.time() - started
+tracker.close("FINISHED")
+print(json.dumps({"steps": step, "log_s": logged, "total_s": time.time() - started}))
+"""
+
+
+@dataclass
+class Stack:
+    """The running PostgreSQL cluster and mlflow server the tests share."""
+
+    pg_dir: Path
+    pg_port: int
+    backend_uri: str
+    server: srv.ServerProcess
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def restore(self) -> None:
+        """Bring back whatever a test stopped."""
+        srv.start_postgres(self.pg_dir, self.pg_port)
+        if not srv.health(self.url):
+            self.server.start()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _skip_reason() -> str | None:
+    if srv.pg_bindir() is None:
+        return "PostgreSQL binaries not found (apt-get install postgresql)"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root and there is no postgres user to run PostgreSQL as"
+        if shutil.which("runuser") is None:
+            return "running as root and runuser is missing"
+    return None
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    reason = _skip_reason()
+    if reason:
+        print(f"skipping tracking-server tests: {reason}")
+        pytest.skip(reason)
+    base = Path(tempfile.mkdtemp(prefix="ablate-tracking-server-"))
+    base.chmod(0o755)  # the postgres user must reach the data directory inside (mkdtemp makes it 0700)
+    pg_dir, pg_port = base / "postgres", _free_port()
+    server = None
+    try:
+        backend = srv.start_postgres(pg_dir, pg_port)
+        server = srv.start_server(backend, base / "artifacts", _free_port(), log_file=base / "mlflow.log")
+        yield Stack(pg_dir, pg_port, backend, server)
+    finally:
+        if server is not None:
+            server.stop()
+        srv.stop_postgres(pg_dir)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _client(url: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(url)
+
+
+def _new_runs(url: str, n: int) -> list[str]:
+    client = _client(url)
+    experiment = client.create_experiment(f"test-{uuid.uuid4().hex[:8]}")
+    return [client.create_run(experiment).info.run_id for _ in range(n)]
+
+
+def _spawn(url: str, run_id: str, steps: int, keys: int, sleep_s: float = 0.0, stop_file: str = ""):
+    cmd = [sys.executable, "-c", WORKER, url, run_id, str(steps), str(keys), str(sleep_s), stop_file]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float) -> tuple[dict, str]:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1]), err
+
+
+def _assert_every_step_once(url: str, run_id: str, steps: int, keys: int) -> None:
+    client = _client(url)
+    for k in range(keys):
+        history = client.get_metric_history(run_id, f"m{k}")
+        got = sorted(m.step for m in history)
+        assert got == list(range(steps)), f"run {run_id} m{k}: {len(got)} rows for {steps} steps"
+        assert all(m.value == m.step + k / 10 for m in history)
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_eight_processes_log_every_step_exactly_once(stack: Stack) -> None:
+    n, steps, keys = 8, 200, 4
+    runs = _new_runs(stack.url, n)
+    started = time.monotonic()
+    procs = [_spawn(stack.url, run_id, steps, keys) for run_id in runs]
+    results = [_finish(p, timeout=300)[0] for p in procs]
+    elapsed = time.monotonic() - started
+    for run_id in runs:
+        _assert_every_step_once(stack.url, run_id, steps, keys)
+    values = n * steps * keys
+    print(
+        f"\n{n} processes x {steps} steps x {keys} metrics = {values} values in {elapsed:.1f}s wall "
+        f"(process start, mlflow import, logging, close); slowest close after "
+        f"{max(r['total_s'] - r['log_s'] for r in results):.2f}s; {values / elapsed:.0f} values/s overall"
+    )
+
+
+def test_exact_resend_of_a_batch_is_idempotent(stack: Stack) -> None:
+    # What the tracker's retry of a batch the server applied but whose answer was lost amounts to.
+    from mlflow.entities import Metric
+
+    (run_id,) = _new_runs(stack.url, 1)
+    client = _client(stack.url)
+    batch = [Metric("m0", float(step), 1_700_000_000_000 + step, step) for step in range(50)]
+    client.log_batch(run_id, metrics=batch)
+    client.log_batch(run_id, metrics=batch)
+    assert sorted(m.step for m in client.get_metric_history(run_id, "m0")) == list(range(50))
+
+
+def _wait_for_steps(url: str, run_id: str, at_least: int, timeout: float = 120) -> None:
+    client, deadline = _client(url), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(client.get_metric_history(run_id, "m0")) >= at_least:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"run {run_id}: fewer than {at_least} steps logged after {timeout}s")
+
+
+@pytest.mark.slow
+def test_server_and_database_outage_loses_nothing(stack: Stack, tmp_path: Path) -> None:
+    (run_id,) = _new_runs(stack.url, 1)
+    stop_file = tmp_path / "stop"
+    proc = _spawn(stack.url, run_id, steps=100, keys=2, sleep_s=0.02, stop_file=str(stop_file))
+    try:
+        _wait_for_steps(stack.url, run_id, 20)
+        stack.server.stop()  # the mlflow server goes away mid-run; the job keeps logging
+        time.sleep(4)
+        stack.server.start()  # same port
+        _wait_for_steps(stack.url, run_id, 150)
+        srv.stop_postgres(stack.pg_dir)  # then the database: the server answers 500s
+        time.sleep(4)
+        srv.start_postgres(stack.pg_dir, stack.pg_port)
+        stop_file.touch()
+        result, err = _finish(proc, timeout=420)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stack.restore()
+    assert "unavailable" in err and "reachable again" in err  # the outage did reach the tracker
+    _assert_every_step_once(stack.url, run_id, result["steps"], 2)
+
+
+def test_close_with_server_down_warns_and_resend_restores(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ablate.cache import atomic_write_json, mark_complete
+    from ablate.resend import resend
+    from ablate.rundir import MetricsLog
+    from ablate.tracking import MLflowTracker
+
+    (run_id,) = _new_runs(stack.url, 1)
+    run_dir = tmp_path / "train" / "k1"
+    run_dir.mkdir(parents=True)
+    atomic_write_json(
+        run_dir / "provenance.json",
+        {"stage": "train", "key": "k1", "mlflow_run_id": run_id, "sweep": "outage", "arms": ["a"]},
+    )
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl")
+    # No in-client retries: the tracker's calls fail at once, so its thread stops when close() gives up.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    stack.server.stop()
+    try:
+        started = time.monotonic()
+        tracker = MLflowTracker(
+            stack.url, run_id, flush_interval_s=0.1, init_wait_s=1.0, close_timeout_s=2.0, run_dir=run_dir
+        )
+        assert time.monotonic() - started < 10  # a server down at job start does not hold the job up
+        for step in range(50):
+            values = {"m0": step + 0.0, "m1": step + 0.1}
+            metrics_log.append(step, values)
+            tracker.log_metrics(values, step)
+        mark_complete(run_dir)
+        with caplog.at_level(logging.WARNING, logger="ablate.tracking.tracker"):
+            tracker.close("FINISHED")
+    finally:
+        monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+        stack.restore()
+    warning = "\n".join(r.getMessage() for r in caplog.records if "not delivered" in r.getMessage())
+    assert f"ablate resend {run_dir}" in warning and f"{run_dir}/metrics.jsonl" in warning
+    assert "100 metric values" in warning
+
+    assert resend(run_dir, stack.url) == (run_id, 50)
+    assert resend(run_dir, stack.url) == (run_id, 50)  # twice adds nothing: steps it has are skipped
+    _assert_every_step_once(stack.url, run_id, 50, 2)
+
+
+def test_unreachable_server_is_transient_and_does_not_fail_the_job(caplog: pytest.LogCaptureFixture) -> None:
+    """No PostgreSQL needed: nothing listens on the port; mlflow's own HTTP retries are left as they are."""
+    from ablate.tracking import MLflowTracker
+
+    url = f"http://127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    tracker = MLflowTracker(url, uuid.uuid4().hex, init_wait_s=0.5)  # does not raise: run unknown, not wrong
+    assert time.monotonic() - started < 5
+    tracker.log_metrics({"m0": 1.0}, 0)
+    with caplog.at_level(logging.WARNING, logger="ablate.tracking.tracker"):
+        tracker.close("FINISHED", timeout=0.5)
+    assert "ablate resend results/cache/<stage>/<key>" in caplog.text
