@@ -308,17 +308,13 @@ def _ensure_mariadb(info: ClusterInfo, deadline: float, password: str, fresh: bo
         log.info("starting MariaDB")
         logfile = info.log_dir / "mariadb.log"
         console = info.log_dir / "mariadb.console.log"
+        Path("/run/mysqld").mkdir(exist_ok=True)
+        logfile.touch()
         for path in (Path("/run/mysqld"), logfile):  # MariaDB runs as mysql and must write both
-            path.mkdir(exist_ok=True) if path.suffix != ".log" else path.touch()
             shutil.chown(path, "mysql", "mysql")
         proc = _spawn(["mysqld_safe", f"--log-error={logfile}"], console, wait_s=1)
-        _wait(
-            "MariaDB",
-            ok,
-            deadline,
-            logfile if logfile.stat().st_size else console,
-            alive=lambda: proc.poll() is None,
-        )
+        failed_log = logfile if logfile.stat().st_size else console  # mysqld_safe's own errors go to console
+        _wait("MariaDB", ok, deadline, failed_log, alive=lambda: proc.poll() is None)
     if fresh:  # new slurm state: old job records would clash with restarted job ids
         _sql(f"DROP DATABASE IF EXISTS {DATABASE}")
     setup = (
