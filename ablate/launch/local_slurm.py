@@ -13,6 +13,7 @@ See docs/LOCAL_SLURM.md. Pure Python: no submitit or mlflow here.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
 import os
 import secrets
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -93,13 +95,14 @@ def _run(cmd: list[str], timeout: float = 30, check: bool = False) -> subprocess
     except (OSError, subprocess.TimeoutExpired) as e:
         proc = subprocess.CompletedProcess(cmd, 127, "", str(e))
     if check and proc.returncode != 0:
-        raise LaunchError(
-            f"`{' '.join(cmd)}` failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}"
-        )
+        raise LaunchError(f"`{' '.join(cmd)}` failed: {(proc.stderr or proc.stdout).strip()}")
     return proc
 
 
 def _tail(path: Path, lines: int = 20) -> str:
+    console = path.with_name(path.stem + ".console.log")  # early errors go to the console, not the log
+    if (not path.exists() or not path.stat().st_size) and console.exists():
+        path = console
     try:
         text = path.read_text(errors="replace").splitlines()[-lines:]
     except OSError:
@@ -141,10 +144,29 @@ def _answering(info: ClusterInfo) -> bool:
     return _node_state(info.node) in READY_NODE_STATES and _sacct_ok()
 
 
+PIDFILE_KEYS = {
+    "slurmctld": (SLURM_CONF, "SlurmctldPidFile"),
+    "slurmd": (SLURM_CONF, "SlurmdPidFile"),
+    "slurmdbd": (DBD_CONF, "PidFile"),
+}
+
+
+def _pidfile(info: ClusterInfo, daemon: str) -> Path:
+    """A daemon's pid file as the config on disk names it: a running cluster may use another root."""
+    conf, key = PIDFILE_KEYS[daemon]
+    try:
+        for line in conf.read_text().splitlines():
+            if line.startswith(key + "="):
+                return Path(line.split("=", 1)[1].strip())
+    except OSError:
+        pass
+    return info.run_dir / f"{daemon}.pid"
+
+
 def _pid(info: ClusterInfo, daemon: str) -> int | None:
     """Pid of a daemon this module started, if it is still that daemon (pids get reused)."""
     try:
-        pid = int((info.run_dir / f"{daemon}.pid").read_text().split()[0])
+        pid = int(_pidfile(info, daemon).read_text().split()[0])
         comm = Path(f"/proc/{pid}/comm").read_text().strip()
     except (OSError, ValueError, IndexError):
         return None
@@ -263,7 +285,9 @@ def _spawn(cmd: list[str], logfile: Path, wait_s: float = 60) -> subprocess.Pope
     return proc
 
 
-def _wait(what: str, ok, deadline: float, logfile: Path, alive=None) -> None:  # noqa: ANN001
+def _wait(
+    what: str, ok: Callable[[], bool], deadline: float, logfile: Path, alive: Callable[[], bool] | None = None
+) -> None:
     """Poll `ok()` until true; fail with the log's tail at the deadline or when `alive()` turns false."""
     while not ok():
         if alive is not None and not alive():
@@ -276,7 +300,8 @@ def _wait(what: str, ok, deadline: float, logfile: Path, alive=None) -> None:  #
 def _ensure_munge(info: ClusterInfo, deadline: float) -> None:
     def ok() -> bool:
         munge = subprocess.run(["munge", "-n"], capture_output=True, timeout=10)
-        return munge.returncode == 0 and _run_input(["unmunge"], munge.stdout) == 0
+        unmunge = subprocess.run(["unmunge"], input=munge.stdout, capture_output=True, timeout=10)
+        return munge.returncode == 0 and unmunge.returncode == 0
 
     if ok():
         return
@@ -289,10 +314,6 @@ def _ensure_munge(info: ClusterInfo, deadline: float) -> None:
         shutil.chown(d, "munge", "munge")
     _spawn(["runuser", "-u", "munge", "--", "munged"], info.log_dir / "munged.console.log")
     _wait("munge", ok, deadline, Path("/var/log/munge/munged.log"))
-
-
-def _run_input(cmd: list[str], data: bytes) -> int:
-    return subprocess.run(cmd, input=data, capture_output=True, timeout=10).returncode
 
 
 def _sql(statement: str) -> subprocess.CompletedProcess[str]:
@@ -328,7 +349,7 @@ def _ensure_mariadb(info: ClusterInfo, deadline: float, password: str, fresh: bo
         raise LaunchError(f"could not set up the accounting database in MariaDB: {proc.stderr.strip()}")
 
 
-def _start(info: ClusterInfo, daemon: str, deadline: float, ready) -> None:  # noqa: ANN001
+def _start(info: ClusterInfo, daemon: str, deadline: float, ready: Callable[[], bool]) -> None:
     logfile = info.log_dir / f"{daemon}.log"
     if _pid(info, daemon) is None:
         log.info("starting %s", daemon)
@@ -377,6 +398,10 @@ def _node_ready(info: ClusterInfo) -> bool:
     return False
 
 
+def _current(confs: dict[Path, str]) -> bool:
+    return all(p.exists() and p.read_text() == text for p, text in confs.items())
+
+
 def up(root: Path | None = None, *, install: bool = True, timeout_s: float = 120) -> ClusterInfo:
     """Bring the local cluster up (or reuse the one that is up) and return what it is; LaunchError on failure."""
     info = _info(_root(root))
@@ -384,8 +409,7 @@ def up(root: Path | None = None, *, install: bool = True, timeout_s: float = 120
     secret = info.root / "db.secret"
     password = secret.read_text().strip() if secret.exists() else secrets.token_hex(16)
     confs = {SLURM_CONF: _slurm_conf(info), DBD_CONF: _dbd_conf(info, password)}
-    unchanged = all(p.exists() and p.read_text() == text for p, text in confs.items())
-    if unchanged and not _missing_binaries() and _answering(info):
+    if _current(confs) and not _missing_binaries() and _answering(info):
         return info
     reason = unavailable_reason()
     if reason:
@@ -396,12 +420,26 @@ def up(root: Path | None = None, *, install: bool = True, timeout_s: float = 120
         _install()
     for d in ("state", "spool", "log", "run"):
         (info.root / d).mkdir(parents=True, exist_ok=True)
+    with open(info.root / "up.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent `up`s (parallel test sessions) start the daemons once
+        if _current(confs) and _answering(info):  # another process brought it up while we waited
+            return info
+        _start_all(info, secret, password, confs, deadline)
+    log.info("cluster %r is up: node %s, %d CPUs, partition %r", CLUSTER, info.node, CPUS, PARTITION)
+    return info
+
+
+def _start_all(
+    info: ClusterInfo, secret: Path, password: str, confs: dict[Path, str], deadline: float
+) -> None:
+    """Write configs, (re)start what is not running, wait until jobs can run and be accounted."""
     _write(secret, password + "\n", 0o600)
-    changed = [p for p, text in confs.items() if _write(p, text, 0o600 if p == DBD_CONF else 0o644)]
-    if changed:  # daemons read their config only at start
-        log.info("configuration written: %s", ", ".join(map(str, changed)))
-        for daemon in DAEMONS:
+    if not _current(confs):  # daemons read their config only at start; stop them while the old config
+        for daemon in DAEMONS:  # on disk still names their pid files
             _stop(info, daemon)
+    changed = [p for p, text in confs.items() if _write(p, text, 0o600 if p == DBD_CONF else 0o644)]
+    if changed:
+        log.info("configuration written: %s", ", ".join(map(str, changed)))
     fresh = not (info.root / "state" / "job_state").exists() and _pid(info, "slurmctld") is None
     _ensure_munge(info, deadline)
     _ensure_mariadb(info, deadline, password, fresh)
@@ -412,8 +450,6 @@ def up(root: Path | None = None, *, install: bool = True, timeout_s: float = 120
     _start(info, "slurmctld", deadline, ctld_ok)
     _start(info, "slurmd", deadline, lambda: _node_ready(info))
     _wait("sacct to answer", _sacct_ok, deadline, info.log_dir / "slurmdbd.log")
-    log.info("cluster %r is up: node %s, %d CPUs, partition %r", CLUSTER, info.node, CPUS, PARTITION)
-    return info
 
 
 def down(root: Path | None = None) -> None:
@@ -424,8 +460,9 @@ def down(root: Path | None = None) -> None:
 
 
 def _status(info: ClusterInfo) -> bool:
-    for daemon in (*reversed(DAEMONS),):
-        print(f"{daemon:10s} {('pid ' + str(_pid(info, daemon))) if _pid(info, daemon) else 'not running'}")
+    for daemon in reversed(DAEMONS):
+        pid = _pid(info, daemon)
+        print(f"{daemon:10s} {f'pid {pid}' if pid else 'not running'}")
     state = _node_state(info.node) if not _missing_binaries() else ""
     print(f"{'node':10s} {info.node}: {state or 'unknown'}")
     ok = _answering(info) if state else False
@@ -435,19 +472,12 @@ def _status(info: ClusterInfo) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: up | down | status."""
-    parser = argparse.ArgumentParser(
-        prog="python -m ablate.launch.local_slurm", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m ablate.launch.local_slurm", description=__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("command", choices=["up", "down", "status"])
-    parser.add_argument(
-        "--root", type=Path, default=None, help=f"state/log folder (env {ENV_ROOT}, default {DEFAULT_ROOT})"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=120, help="seconds to wait for the cluster (default 120)"
-    )
-    parser.add_argument(
-        "--no-install", action="store_true", help="fail instead of apt-get installing packages"
-    )
+    parser.add_argument("--root", type=Path, help=f"state/log folder (env {ENV_ROOT}; {DEFAULT_ROOT})")
+    parser.add_argument("--timeout", type=float, default=120, help="seconds to wait (default 120)")
+    parser.add_argument("--no-install", action="store_true", help="never apt-get install packages")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="local_slurm: %(message)s")
     try:
