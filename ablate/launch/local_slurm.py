@@ -200,10 +200,10 @@ SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
-# Several jobs share the node; memory is counted (DefMemPerCPU) but not enforced.
+# Several jobs share the node, allocated by core. Memory is not a consumable (nor enforced): a job's --mem
+# only has to fit RealMemory, so jobs asking for a few GB each still run side by side on a small machine.
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-DefMemPerCPU={max(64, real_mem // CPUS)}
+SelectTypeParameters=CR_Core
 # Declare more CPUs than the machine has so that many small jobs run concurrently.
 SlurmdParameters=config_overrides
 SchedulerType=sched/backfill
