@@ -57,16 +57,16 @@ DAEMONS = ("slurmd", "slurmctld", "slurmdbd")  # stop order
 class ClusterInfo:
     """What `up()` brought up: names, sizes and where its files are."""
 
-    cluster: str
     node: str
-    partition: str
-    cpus: int
-    max_array_size: int
     root: Path
-    slurm_conf: Path
-    slurmdbd_conf: Path
     log_dir: Path
     run_dir: Path
+    cluster: str = CLUSTER
+    partition: str = PARTITION
+    cpus: int = CPUS
+    max_array_size: int = MAX_ARRAY_SIZE
+    slurm_conf: Path = SLURM_CONF
+    slurmdbd_conf: Path = DBD_CONF
 
 
 def _root(root: Path | None) -> Path:
@@ -74,18 +74,8 @@ def _root(root: Path | None) -> Path:
 
 
 def _info(root: Path) -> ClusterInfo:
-    return ClusterInfo(
-        cluster=CLUSTER,
-        node=socket.gethostname().split(".")[0],
-        partition=PARTITION,
-        cpus=CPUS,
-        max_array_size=MAX_ARRAY_SIZE,
-        root=root,
-        slurm_conf=SLURM_CONF,
-        slurmdbd_conf=DBD_CONF,
-        log_dir=root / "log",
-        run_dir=root / "run",
-    )
+    node = socket.gethostname().split(".")[0]  # slurmd finds its NodeName by the short host name
+    return ClusterInfo(node=node, root=root, log_dir=root / "log", run_dir=root / "run")
 
 
 def _run(cmd: list[str], timeout: float = 30, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -402,38 +392,46 @@ def _current(confs: dict[Path, str]) -> bool:
     return all(p.exists() and p.read_text() == text for p, text in confs.items())
 
 
+def _confs(info: ClusterInfo) -> tuple[str, dict[Path, str]]:
+    """The accounting database password (kept under root) and the config files' wanted content."""
+    secret = info.root / "db.secret"
+    password = secret.read_text().strip() if secret.exists() else secrets.token_hex(16)
+    return password, {SLURM_CONF: _slurm_conf(info), DBD_CONF: _dbd_conf(info, password)}
+
+
 def up(root: Path | None = None, *, install: bool = True, timeout_s: float = 120) -> ClusterInfo:
     """Bring the local cluster up (or reuse the one that is up) and return what it is; LaunchError on failure."""
     info = _info(_root(root))
     deadline = time.monotonic() + timeout_s
-    secret = info.root / "db.secret"
-    password = secret.read_text().strip() if secret.exists() else secrets.token_hex(16)
-    confs = {SLURM_CONF: _slurm_conf(info), DBD_CONF: _dbd_conf(info, password)}
-    if _current(confs) and not _missing_binaries() and _answering(info):
+    if _current(_confs(info)[1]) and not _missing_binaries() and _answering(info):
         return info
     reason = unavailable_reason()
     if reason:
         raise LaunchError(f"cannot start a local slurm cluster: {reason}")
-    if _missing_binaries():
-        if not install:
-            raise LaunchError(f"slurm packages missing ({', '.join(_missing_binaries())}) and install=False")
-        _install()
-    for d in ("state", "spool", "log", "run"):
-        (info.root / d).mkdir(parents=True, exist_ok=True)
-    with open(info.root / "up.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent `up`s (parallel test sessions) start the daemons once
-        if _current(confs) and _answering(info):  # another process brought it up while we waited
-            return info
-        _start_all(info, secret, password, confs, deadline)
+    try:
+        if _missing_binaries():
+            if not install:
+                raise LaunchError(
+                    f"slurm packages missing ({', '.join(_missing_binaries())}) and install=False"
+                )
+            _install()
+        for d in ("state", "spool", "log", "run"):
+            (info.root / d).mkdir(parents=True, exist_ok=True)
+        with open(info.root / "up.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent `up`s (parallel test sessions) start daemons once
+            password, confs = _confs(info)  # after the lock: another `up` may have written the secret
+            if _current(confs) and _answering(info):
+                return info
+            _start_all(info, password, confs, deadline)
+    except OSError as e:  # a folder or file we cannot write, a binary we cannot run
+        raise LaunchError(f"local slurm: {e}") from e
     log.info("cluster %r is up: node %s, %d CPUs, partition %r", CLUSTER, info.node, CPUS, PARTITION)
     return info
 
 
-def _start_all(
-    info: ClusterInfo, secret: Path, password: str, confs: dict[Path, str], deadline: float
-) -> None:
+def _start_all(info: ClusterInfo, password: str, confs: dict[Path, str], deadline: float) -> None:
     """Write configs, (re)start what is not running, wait until jobs can run and be accounted."""
-    _write(secret, password + "\n", 0o600)
+    _write(info.root / "db.secret", password + "\n", 0o600)
     if not _current(confs):  # daemons read their config only at start; stop them while the old config
         for daemon in DAEMONS:  # on disk still names their pid files
             _stop(info, daemon)
