@@ -16,6 +16,7 @@ from ablate.cache import is_complete
 from ablate.errors import AblateError
 from ablate.launch.manifest import Manifest
 from ablate.rundir import read_progress, read_status
+from ablate.stages.plan import STAGE_ORDER
 
 # SLURM state -> what status shows (anything else is shown lower-cased as SLURM says it).
 _SLURM_STATE = {
@@ -102,7 +103,8 @@ def arm_rows(manifest: Manifest, slurm_states: dict[str, Any] | None = None) -> 
     for arm in manifest.data["arms"]:
         stages = arm["stages"]
         current, state = "train", "done"
-        for stage, name in stages.items():
+        # The manifest's JSON keeps keys sorted: walk the stages in the order they run.
+        for stage, name in sorted(stages.items(), key=lambda kv: STAGE_ORDER.index(kv[0])):
             s = job_state(jobs[name], slurm_states.get(jobs[name].get("job_id") or ""))
             if s != "done":
                 current, state = stage, s
@@ -143,9 +145,11 @@ def _error_tail(manifest: Manifest, row: dict[str, Any], lines: int = 6) -> str:
     if row["job_id"] and manifest.data.get("cluster") == "slurm":
         from ablate.launch import slurm
 
-        text = slurm.tail(slurm.log_paths(Path(manifest.data["job_folder"]), row["job_id"])[1], lines)
-        if text:
-            return text
+        text = slurm.tail(slurm.log_paths(Path(manifest.data["job_folder"]), row["job_id"])[1], 4 * lines)
+        # srun's own "task 0: Exited with exit code 1" says less than the Python error above it.
+        kept = [ln for ln in text.splitlines() if not ln.startswith(("srun: error", "srun: launch/"))]
+        if kept:
+            return "\n".join(kept[-lines:])
     err = read_status(Path(row["dir"])).get("error", "")
     return "\n".join(err.strip().splitlines()[-lines:])
 
