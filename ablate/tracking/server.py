@@ -212,6 +212,8 @@ class ServerProcess:
         Path(self.artifacts_dir).mkdir(parents=True, exist_ok=True)
         # MLFLOW_BACKEND_STORE_URI = --backend-store-uri, kept out of argv so `ps` does not show the password.
         env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": self.backend_uri}
+        # The job runner (GenAI evaluation, trace rollups) starts seven more processes we never use.
+        env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115 (child owns it)
         try:
             # A new session: the server outlives a CLI that started it, and stop() signals the whole group.
@@ -236,38 +238,47 @@ class ServerProcess:
         return self
 
     def running(self) -> bool:
-        """Whether the server's main process is alive."""
+        """Whether the server (any of its processes) is running."""
+        return self.pid is not None and self._group_alive()
+
+    def _group_alive(self) -> bool:
+        """Whether any process of the server's process group (started as its own session) is alive."""
         if self._proc is not None:
-            return self._proc.poll() is None
-        if self.pid is None:
-            return False
+            self._proc.poll()  # reap our child: a zombie still counts as a member of the group
         try:
-            os.kill(self.pid, 0)
+            os.killpg(self.pid, 0)
         except ProcessLookupError:
             return False
         except PermissionError:
             return True
         return True
 
-    def stop(self, timeout: float = 30.0, sig: int = signal.SIGTERM) -> None:
-        """Stop the server and its workers (SIGTERM, then SIGKILL after `timeout`); no-op if not running."""
-        if self.pid is None or not self.running():
+    def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:
+        """Stop the server and its workers (SIGTERM, then SIGKILL after `timeout`); no-op if not running.
+
+        Killing is safe for the data: every write is one database transaction, applied whole or not at
+        all, and the clients retry what got no answer.
+        """
+        if self.pid is None or not self._group_alive():
             return
         try:
             os.killpg(self.pid, sig)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + timeout
-        while self.running() and time.monotonic() < deadline:
+        # The whole group, not just the main process: a worker left behind would keep the port.
+        while self._group_alive() and time.monotonic() < deadline:
             time.sleep(0.1)
-        if self.running():
-            log.warning("mlflow server pid %d ignored signal %d; killing it", self.pid, sig)
+        if self._group_alive():
+            log.warning(
+                "mlflow server pid %d still running %ss after signal %d; killing it", self.pid, timeout, sig
+            )
             try:
                 os.killpg(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            if self._proc is not None:
-                self._proc.wait(10)
+            while self._group_alive() and time.monotonic() < deadline + 10:
+                time.sleep(0.1)
         # Workers left behind would hold the port; wait until nothing answers there.
         while health(self.url, timeout=0.5) and time.monotonic() < deadline + 10:
             time.sleep(0.2)

@@ -203,7 +203,8 @@ class MLflowTracker:
             "They are not lost: %s/metrics.jsonl holds every logged step. Once the store answers, re-send "
             "them with `ablate resend %s --tracking-uri %s` (steps already in the run are skipped)%s.",
             self.run_id, len(items), values, f", {len(artifacts)} artifacts" if artifacts else "",
-            redact_uri(self.uri), when, self._last_error, run_dir, run_dir, redact_uri(self.uri),
+            redact_uri(self.uri), when, self._last_error or "none yet, the client is still retrying its call",
+            run_dir, run_dir, redact_uri(self.uri),
             f"; artifacts are not re-sent, log them again: {', '.join(artifacts)}" if artifacts else "",
         )  # fmt: skip
 
