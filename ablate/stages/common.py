@@ -12,6 +12,7 @@ from ablate.data.sequence import VocabLayout
 from ablate.data.shards import ShardDataset
 from ablate.model.transformer import ModelArgs, Transformer
 from ablate.stages.context import StageContext
+from ablate.train import distributed as dist
 from ablate.train.checkpoint import save_checkpoint
 from ablate.train.loop import LoopConfig, train_loop
 
@@ -66,7 +67,12 @@ def train_and_save(
     evaluate: Callable[[int, int], dict[str, float]] | None = None,
     eval_every_tokens: int = 0,
 ) -> dict[str, float]:
-    """Run the loop, then save the model as an open_lm release (model.pt + model_config.json)."""
+    """Run the loop, then save the model as an open_lm release (model.pt + model_config.json).
+
+    Data-parallel when the runner opened a process group: every rank trains on this rank's GPU (or the CPU);
+    rank 0 alone writes the model, and the others wait until it is written.
+    """
+    model.to(dist.training_device())
     final = train_loop(
         model,
         dataset,
@@ -78,7 +84,9 @@ def train_and_save(
         eval_every_tokens=eval_every_tokens,
         should_stop=ctx.should_stop,
     )
-    ctx.log("done: " + " ".join(f"{k}={v:.4g}" for k, v in final.items()))
-    save_checkpoint(ctx.out_dir / "model.pt", {"state_dict": model.state_dict()})
-    atomic_write_text(ctx.out_dir / "model_config.json", json.dumps(asdict(model.args), indent=2))
+    if dist.is_main():
+        ctx.log("done: " + " ".join(f"{k}={v:.4g}" for k, v in final.items()))
+        save_checkpoint(ctx.out_dir / "model.pt", {"state_dict": model.state_dict()})
+        atomic_write_text(ctx.out_dir / "model_config.json", json.dumps(asdict(model.args), indent=2))
+    dist.barrier()  # no rank reports the stage done before the model is on disk
     return final

@@ -16,6 +16,7 @@ from ablate.model.transformer import Transformer, count_parameters
 from ablate.stages.common import loop_config, model_args, train_and_save
 from ablate.stages.context import StageContext
 from ablate.stages.text_tokenizer import load_corpus, open_text_tokenizer
+from ablate.train import distributed as dist
 
 
 def pack_documents(docs: list[str], tokenizer, seq_len: int, separator: str = "\n\n") -> np.ndarray:
@@ -50,9 +51,11 @@ def write_text_shards(ctx: StageContext, seq_len: int) -> dict[str, int]:
 def run(ctx: StageContext) -> None:
     cfg, p = ctx.cfg, ctx.cfg.pretrain
     seq_len = cfg.data.seq_len
-    if not (ctx.out_dir / "data" / "heldout" / "meta.json").exists():
+    # Rank 0 tokenizes the corpus (data-parallel ranks share the directory); the others wait for it.
+    if dist.is_main() and not (ctx.out_dir / "data" / "heldout" / "meta.json").exists():
         counts = write_text_shards(ctx, seq_len)
         ctx.log(f"corpus tokens: {counts['train']:,} train, {counts['heldout']:,} held-out")
+    dist.barrier()
     dataset = ShardDataset(ctx.out_dir / "data" / "train")
     # Text only: every target is a text token (the image range of this layout is never produced).
     layout = VocabLayout(text_vocab_size=cfg.model.text_vocab_size, codebook_size=1)

@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from ablate.cache import is_complete, mark_complete
 from ablate.config.compose import config_from_dict
 from ablate.rundir import set_status, write_description
 from ablate.stages.context import StageContext
+from ablate.train import distributed as dist
+from ablate.train.distributed import DistEnv, init_distributed
 from ablate.train.loop import StopRequested
 
 
@@ -39,6 +42,12 @@ class Job:
     @property
     def name(self) -> str:
         return f"{self.stage}/{self.key}"
+
+
+def _null_tracker():
+    from ablate.tracking import NullTracker
+
+    return NullTracker()
 
 
 def _tracker(job: Job):
@@ -75,31 +84,60 @@ class _StopOnSignal:
         return self.requested
 
 
-def run_job(job: Job) -> str:
-    """Run `job` unless its output is complete; returns 'done' or 'skipped'. Exceptions propagate (failed)."""
+# Stages whose every rank trains on its share of the batch; the others run on rank 0 only.
+DATA_PARALLEL_STAGES = frozenset({"pretrain", "train"})
+
+
+def run_job(job: Job, extra_stop: Callable[[], bool] | None = None) -> str:
+    """Run `job` unless its output is complete; returns 'done' or 'skipped'. Exceptions propagate (failed).
+
+    ``extra_stop`` (e.g. the SLURM wrapper's preemption flag) is OR'ed into the SIGINT/SIGTERM stop request.
+    With WORLD_SIZE > 1 (torchrun's variables, which the SLURM wrapper exports), the training stages run
+    data-parallel on every rank inside a torch.distributed process group; rank 0 alone writes the run's
+    description, status, tracker and completion marker. Other stages run on rank 0, and any other rank
+    returns 'skipped' at once (the launcher normally gives them one task).
+    """
+    if job.stage not in DATA_PARALLEL_STAGES:
+        if not DistEnv.from_env().is_main:
+            return "skipped"
+        return _run(job, extra_stop)
+    with init_distributed():
+        return _run(job, extra_stop)
+
+
+def _run(job: Job, extra_stop: Callable[[], bool] | None) -> str:
+    """run_job's body on this rank (inside the process group, if any)."""
     out = Path(job.out_dir)
-    if is_complete(out):
+    main = dist.is_main()
+    # Rank 0's view decides for all, so that no rank trains alone while the others have returned.
+    if dist.main_says(is_complete(out)):
         return "skipped"
     import torch
 
     torch.set_num_threads(max(1, job.threads))
-    out.mkdir(parents=True, exist_ok=True)
-    write_description(
-        out,
-        yaml.safe_dump(job.config, sort_keys=False),
-        {
-            "stage": job.stage,
-            "key": job.key,
-            "inputs": job.inputs,
-            "arms": job.labels,
-            "mlflow_run_id": job.run_id,
-            "sweep": job.sweep,
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        },
-    )
-    set_status(out, "running")
-    tracker = _tracker(job)
-    stop = _StopOnSignal()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_description(
+            out,
+            yaml.safe_dump(job.config, sort_keys=False),
+            {
+                "stage": job.stage,
+                "key": job.key,
+                "inputs": job.inputs,
+                "arms": job.labels,
+                "mlflow_run_id": job.run_id,
+                "sweep": job.sweep,
+                "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            },
+        )
+        set_status(out, "running")
+    dist.barrier()  # the output directory exists before any rank's stage looks into it
+    tracker = _tracker(job) if main else _null_tracker()
+    signal_stop = _StopOnSignal()
+
+    def should_stop() -> bool:
+        return signal_stop() or (extra_stop is not None and bool(extra_stop()))
+
     ctx = StageContext(
         stage=job.stage,
         cfg=config_from_dict(job.config),
@@ -107,20 +145,24 @@ def run_job(job: Job) -> str:
         inputs={k: Path(v) for k, v in job.inputs.items()},
         tracker=tracker,
         labels=job.labels,
-        should_stop=stop,
+        should_stop=should_stop,
     )
     try:
-        with stop:
+        with signal_stop:
             importlib.import_module(f"ablate.stages.{job.stage}").run(ctx)
     except StopRequested as e:
-        set_status(out, "stopped", error=str(e))
+        if main:
+            set_status(out, "stopped", error=str(e))
         tracker.close("KILLED")
         raise
     except BaseException as e:
-        set_status(out, "failed", error=traceback.format_exc()[-4000:])
+        if main:
+            set_status(out, "failed", error=traceback.format_exc()[-4000:])
         tracker.close("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
-    mark_complete(out, {"stage": job.stage, "key": job.key})
-    set_status(out, "done")
+    dist.barrier()  # every rank finished before the output is marked complete
+    if main:
+        mark_complete(out, {"stage": job.stage, "key": job.key})
+        set_status(out, "done")
     tracker.close("FINISHED")
     return "done"

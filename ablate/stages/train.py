@@ -17,6 +17,7 @@ from ablate.model.vocab import expand_vocab
 from ablate.stages.common import loop_config, model_args, train_and_save
 from ablate.stages.context import StageContext
 from ablate.stages.text_tokenizer import open_text_tokenizer
+from ablate.train import distributed as dist
 
 
 def pretrained_checkpoint(ctx: StageContext) -> Path:
@@ -71,6 +72,8 @@ def text_probe(ctx: StageContext, model: Transformer, layout: VocabLayout):
     cfg, e = ctx.cfg, ctx.cfg.evaluate
     if cfg.data.task != "t2i" or cfg.model.init != "pretrained" or not e.probe_every_tokens:
         return None  # text ability is lost only where there was some: a pretrained LM trained on t2i
+    if not dist.is_main():
+        return None  # data-parallel: rank 0 probes (the loop calls it there only) and writes its file
     pretrain = ctx.inputs.get("pretrain")
     heldout = pretrain / "data" / "heldout" if pretrain else None
     if heldout is None or not (heldout / "meta.json").exists():
