@@ -58,9 +58,15 @@ class Manifest:
         for name, job in jobs.items():
             before = old_jobs.get(name, {})
             job["attempts"] = list(before.get("attempts", []))
-            if job["state"] != "done" and before.get("job_id"):
-                # Until this launch decides (still queued/running, or resubmitted), it is the last job.
-                for k in ("job_id", "submitted_at", "state", "detail"):
+            if before.get("job_id"):
+                # The job that produced a done stage; or, until this launch decides (still queued or
+                # running, or resubmitted), the last job of a stage not done.
+                keep = (
+                    ("job_id", "submitted_at")
+                    if job["state"] == "done"
+                    else ("job_id", "submitted_at", "state", "detail")
+                )
+                for k in keep:
                     job[k] = before.get(k, job[k])
         data = {
             "name": sweep.name,
