@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -229,7 +230,8 @@ def test_cancelled_arm_alone_is_resubmitted(results, tiny, tmp_path):
 def test_preempted_twice_resumes_exactly_into_one_mlflow_run(results, tiny, tmp_path):
     import submitit
 
-    long = ["train.total_tokens=46080", "train.checkpoint_every_tokens=1000000"]
+    # 100 steps, no periodic checkpoint: a resume can only start from the checkpoint written on the signal.
+    long = ["train.total_tokens=230400", "train.checkpoint_every_tokens=100000000"]
     path = sweep_file(tmp_path, "slurmpreempt", [1e-3], extra=", train.seed: 5")
     launch(results, path, *long)
     train_job = job_ids(results, "slurmpreempt")[
@@ -238,7 +240,7 @@ def test_preempted_twice_resumes_exactly_into_one_mlflow_run(results, tiny, tmp_
     run_dir = stage_dir(results, "slurmpreempt", 0, "train")
     folder = Path(Manifest.load(results, "slurmpreempt").data["job_folder"])
     job = submitit.SlurmJob(folder=folder / "%j", job_id=train_job)
-    for k, at_step in enumerate((3, 9), start=1):
+    for k, at_step in enumerate((10, 50), start=1):
 
         def reached(at_step: int = at_step) -> bool:
             p = run_dir / "progress.json"
@@ -251,7 +253,8 @@ def test_preempted_twice_resumes_exactly_into_one_mlflow_run(results, tiny, tmp_
     assert states[train_job].state == "COMPLETED"
     rows = metric_rows(run_dir)
     steps = [r["step"] for r in rows]
-    assert steps == list(range(1, len(steps) + 1))  # resumed from the checkpoint: no step twice, none lost
+    assert steps == list(range(1, 101))  # resumed from the checkpoint: no step twice, none lost
+    assert _log_count(folder, train_job, "resuming from") == 2
     ref = reference_metrics(results, path, 0, tmp_path / "ref", *long)
     assert rows[-1]["step"] == ref["step"]
     for key in ("loss", "image_loss", "text_loss", "lr", "grad_norm"):
@@ -268,7 +271,7 @@ def _log_count(folder: Path, job_id: str, needle: str) -> int:
 def test_a_timeout_requeues_and_resumes(results, tiny, tmp_path):
     # A 1-minute limit with the signal 40 s before it: the job is told to stop after ~20 s, checkpoints,
     # requeues itself and resumes, until the training is done.
-    long = ["train.total_tokens=92160", "cluster.timeout_min=1", "cluster.signal_delay_s=40"]
+    long = ["train.total_tokens=460800", "cluster.timeout_min=1", "cluster.signal_delay_s=40"]
     path = sweep_file(tmp_path, "slurmtimeout", [1e-3], extra=", train.seed: 6")
     launch(results, path, *long)
     name = Manifest.load(results, "slurmtimeout").data["arms"][0]["stages"]["train"]
@@ -281,20 +284,23 @@ def test_a_timeout_requeues_and_resumes(results, tiny, tmp_path):
     )
     assert _log_count(folder, train_job, "timed-out") >= 1
     steps = [r["step"] for r in metric_rows(stage_dir(results, "slurmtimeout", 0, "train"))]
-    assert steps == list(range(1, len(steps) + 1)) and steps[-1] == 40
+    assert steps == list(range(1, 201))
 
 
 def test_a_killed_job_is_reported_and_relaunch_restarts_it(results, tiny, tmp_path):
-    long = ["train.total_tokens=46080", "train.checkpoint_every_tokens=4608"]
+    long = [
+        "train.total_tokens=230400",
+        "train.checkpoint_every_tokens=23040",
+    ]  # 100 steps, checkpoint every 10
     path = sweep_file(tmp_path, "slurmkill", [1e-3], extra=", train.seed: 7")
     launch(results, path, *long)
     run_dir = stage_dir(results, "slurmkill", 0, "train")
 
     def training() -> bool:
         p = run_dir / "progress.json"
-        return p.exists() and json.loads(p.read_text()).get("step", 0) >= 5
+        return p.exists() and json.loads(p.read_text()).get("step", 0) >= 25
 
-    wait_until(training, what="training to pass step 5")
+    wait_until(training, what="training to pass step 25")
     pid = json.loads((run_dir / "status.json").read_text())["pid"]
     os.kill(pid, signal.SIGKILL)  # no checkpoint on the way out, as when a node dies
     wait_for(results, "slurmkill")
@@ -303,8 +309,16 @@ def test_a_killed_job_is_reported_and_relaunch_restarts_it(results, tiny, tmp_pa
     proc = launch(results, path, *long)
     assert "2 job(s) in 2 array(s) submitted" in proc.stdout, proc.stdout
     wait_for(results, "slurmkill")
+    folder = Path(Manifest.load(results, "slurmkill").data["job_folder"])
+    train_job_after = job_ids(results, "slurmkill")[
+        Manifest.load(results, "slurmkill").data["arms"][0]["stages"]["train"]
+    ]
     steps = [r["step"] for r in metric_rows(run_dir)]
-    assert steps == list(range(1, len(steps) + 1)) and steps[-1] == 20
+    assert steps == list(range(1, 101))
+    # Resumed from its last periodic checkpoint (every 10 steps), not from step 0.
+    log = slurm.log_paths(folder, train_job_after)[0].read_text()
+    resumed = [int(m) for m in re.findall(r"resuming from .* at step (\d+)", log)]
+    assert len(resumed) == 1 and resumed[0] >= 20 and resumed[0] % 10 == 0, resumed
     status = ablate(results, "status", "slurmkill")
     assert " done " in status.stdout, status.stdout
 

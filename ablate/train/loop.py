@@ -131,6 +131,8 @@ def train_loop(
         optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"])
         step = state["step"]
+        if main:  # in the job log: where a requeued or relaunched run picked up
+            print(f"[{time.strftime('%H:%M:%S')}] resuming from {ckpt_path} at step {step}", flush=True)
     else:
         dist.broadcast_model(model)  # ranks build the same init from the seed; this makes sure of it
     if main:
