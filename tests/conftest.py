@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
+import socket
 import sqlite3
+import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ablate import tracking
+from ablate.tracking import server as srv
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +61,65 @@ def slurm_cluster() -> Iterator[Any]:
         print(f"\nslurm_cluster: skipping: {reason}")
         pytest.skip(reason)
     yield info  # not taken down: see the docstring
+
+
+@dataclass
+class TrackingServer:
+    """The running PostgreSQL cluster and mlflow server the tests share."""
+
+    pg_dir: Path
+    pg_port: int
+    backend_uri: str
+    server: srv.ServerProcess
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def restore(self) -> None:
+        """Bring back whatever a test stopped."""
+        srv.start_postgres(self.pg_dir, self.pg_port)
+        if not srv.health(self.url):
+            self.server.start()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _skip_reason() -> str | None:
+    if srv.pg_bindir() is None:
+        return "PostgreSQL binaries not found (apt-get install postgresql)"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root and there is no postgres user to run PostgreSQL as"
+        if shutil.which("runuser") is None:
+            return "running as root and runuser is missing"
+    return None
+
+
+@pytest.fixture(scope="session")
+def tracking_server() -> Iterator[TrackingServer]:
+    """A real PostgreSQL cluster and `mlflow server` on free loopback ports (ablate.tracking.server), for the
+    whole session; skipped, printing why, where PostgreSQL cannot run here."""
+    reason = _skip_reason()
+    if reason:
+        print(f"skipping tracking-server tests: {reason}")
+        pytest.skip(reason)
+    base = Path(tempfile.mkdtemp(prefix="ablate-tracking-server-"))
+    base.chmod(0o755)  # the postgres user must reach the data directory inside (mkdtemp makes it 0700)
+    pg_dir, pg_port = base / "postgres", _free_port()
+    server = None
+    try:
+        backend = srv.start_postgres(pg_dir, pg_port)
+        server = srv.start_server(backend, base / "artifacts", _free_port(), log_file=base / "mlflow.log")
+        yield TrackingServer(pg_dir, pg_port, backend, server)
+    finally:
+        if server is not None:
+            server.stop()
+        srv.stop_postgres(pg_dir)
+        shutil.rmtree(base, ignore_errors=True)

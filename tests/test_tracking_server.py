@@ -10,17 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pwd
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,64 +47,16 @@ print(json.dumps({"steps": step, "log_s": logged, "total_s": time.time() - start
 """
 
 
-@dataclass
-class Stack:
-    """The running PostgreSQL cluster and mlflow server the tests share."""
-
-    pg_dir: Path
-    pg_port: int
-    backend_uri: str
-    server: srv.ServerProcess
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def restore(self) -> None:
-        """Bring back whatever a test stopped."""
-        srv.start_postgres(self.pg_dir, self.pg_port)
-        if not srv.health(self.url):
-            self.server.start()
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _skip_reason() -> str | None:
-    if srv.pg_bindir() is None:
-        return "PostgreSQL binaries not found (apt-get install postgresql)"
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            return "running as root and there is no postgres user to run PostgreSQL as"
-        if shutil.which("runuser") is None:
-            return "running as root and runuser is missing"
-    return None
-
-
-@pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
-    reason = _skip_reason()
-    if reason:
-        print(f"skipping tracking-server tests: {reason}")
-        pytest.skip(reason)
-    base = Path(tempfile.mkdtemp(prefix="ablate-tracking-server-"))
-    base.chmod(0o755)  # the postgres user must reach the data directory inside (mkdtemp makes it 0700)
-    pg_dir, pg_port = base / "postgres", _free_port()
-    server = None
-    try:
-        backend = srv.start_postgres(pg_dir, pg_port)
-        server = srv.start_server(backend, base / "artifacts", _free_port(), log_file=base / "mlflow.log")
-        yield Stack(pg_dir, pg_port, backend, server)
-    finally:
-        if server is not None:
-            server.stop()
-        srv.stop_postgres(pg_dir)
-        shutil.rmtree(base, ignore_errors=True)
+@pytest.fixture
+def stack(tracking_server: Any) -> Any:
+    """The session's PostgreSQL + mlflow server (tests/conftest.py); a test that stops either restores it."""
+    return tracking_server
 
 
 def _client(url: str):
@@ -149,7 +97,7 @@ def _assert_every_step_once(url: str, run_id: str, steps: int, keys: int) -> Non
 
 
 @pytest.mark.slow
-def test_eight_processes_log_every_step_exactly_once(stack: Stack) -> None:
+def test_eight_processes_log_every_step_exactly_once(stack: Any) -> None:
     n, steps, keys = 8, 200, 4
     runs = _new_runs(stack.url, n)
     started = time.monotonic()
@@ -166,7 +114,7 @@ def test_eight_processes_log_every_step_exactly_once(stack: Stack) -> None:
     )
 
 
-def test_exact_resend_of_a_batch_is_idempotent(stack: Stack) -> None:
+def test_exact_resend_of_a_batch_is_idempotent(stack: Any) -> None:
     # What the tracker's retry of a batch the server applied but whose answer was lost amounts to.
     from mlflow.entities import Metric
 
@@ -188,7 +136,7 @@ def _wait_for_steps(url: str, run_ids: list[str], at_least: int, timeout: float 
 
 
 @pytest.mark.slow
-def test_server_and_database_outage_loses_nothing(stack: Stack, tmp_path: Path) -> None:
+def test_server_and_database_outage_loses_nothing(stack: Any, tmp_path: Path) -> None:
     # Two jobs through the same outages: one with mlflow's in-client HTTP retries as they are (they
     # absorb a short outage inside one call), one without (every failure reaches the tracker, which
     # keeps the batch and re-sends it).
@@ -224,7 +172,7 @@ def test_server_and_database_outage_loses_nothing(stack: Stack, tmp_path: Path) 
 
 
 def test_close_with_server_down_warns_and_resend_restores(
-    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    stack: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from ablate.cache import atomic_write_json, mark_complete
     from ablate.resend import resend

@@ -127,6 +127,7 @@ def launch(
     flush = first.tracking.flush_interval_s
     for node in graph.nodes.values():
         node.job.flush_interval_s = flush
+        node.job.close_timeout_s = first.tracking.close_timeout_s
     experiment_id, parent = _create_runs(graph, arms, sweep.name, uri, first.tracking.experiment_prefix)
     manifest = Manifest.create(
         results,

@@ -38,6 +38,7 @@ class Job:
     sweep: str | None = None
     threads: int = 1
     flush_interval_s: float = 2.0
+    close_timeout_s: float = 300.0
 
     @property
     def name(self) -> str:
@@ -54,7 +55,13 @@ def _tracker(job: Job):
     from ablate.tracking import MLflowTracker, NullTracker
 
     if job.tracking_uri and job.run_id:
-        return MLflowTracker(job.tracking_uri, job.run_id, flush_interval_s=job.flush_interval_s)
+        return MLflowTracker(
+            job.tracking_uri,
+            job.run_id,
+            flush_interval_s=job.flush_interval_s,
+            close_timeout_s=job.close_timeout_s,
+            run_dir=job.out_dir,  # what close() names for `ablate resend` if the store stays down
+        )
     return NullTracker()
 
 
