@@ -340,3 +340,31 @@ def test_two_tasks_train_data_parallel_and_match_one_task(results, tiny, tmp_pat
     ]
     # Two ranks ran (submitit writes one log per task).
     assert (folder / train_job / f"{train_job}_1_log.out").exists()
+
+
+def test_eight_concurrent_jobs_log_every_step_to_one_mlflow_server(results, tiny, tmp_path, tracking_server):
+    """Eight train tasks of one array run at once, each logging to the PostgreSQL-backed server over HTTP."""
+    from ablate import tracking
+
+    path = sweep_file(tmp_path, "slurmserver", [round(1.05e-3 + i * 1e-4, 6) for i in range(8)])
+    uri = tracking_server.url
+    launch(results, path, f"tracking.uri={uri}", "cluster.array_parallelism=8")
+    states = wait_for(results, "slurmserver", timeout=900)
+    assert all(s.state == "COMPLETED" for s in states.values()), states
+    manifest = Manifest.load(results, "slurmserver").data
+    assert manifest["tracking_uri"] == uri
+    # Every train job ran at once with the others (one array, 8 tasks, all 8 allowed to run together).
+    ids = job_ids(results, "slurmserver")
+    trains = [ids[a["stages"]["train"]] for a in manifest["arms"]]
+    times = sacct_times(trains)
+    assert max(t[0] for t in times.values()) < min(t[1] for t in times.values())
+    # Every step each job wrote to its run directory is in the server's store, exactly once.
+    for arm in manifest["arms"]:
+        job = manifest["jobs"][arm["stages"]["train"]]
+        rows = metric_rows(Path(job["dir"]))
+        hist = tracking.fetch_histories(uri, [job["run_id"]], ["loss", "image_loss"])
+        for key in ("loss", "image_loss"):
+            logged = hist[hist.key == key]
+            assert sorted(logged.step) == [r["step"] for r in rows], key
+            assert logged.sort_values("step").value.tolist() == pytest.approx([r[key] for r in rows])
+        assert tracking.run_info(uri, job["run_id"])["status"] == "FINISHED"
