@@ -29,7 +29,12 @@ def test_training_stages_get_every_node_and_gpu_other_stages_one_task():
     c = cluster()
     train = slurm.job_parameters(c, "train", "paper:train")
     assert (train["nodes"], train["ntasks_per_node"], train["gpus_per_node"]) == (8, 8, 8)
-    assert (train["cpus_per_task"], train["time"], train["signal_delay_s"], train["mem"]) == (12, 4320, 120, "0GB")
+    assert (train["cpus_per_task"], train["time"], train["signal_delay_s"], train["mem"]) == (
+        12,
+        4320,
+        120,
+        "0GB",
+    )
     assert train["array_parallelism"] == 8
     evaluate = slurm.job_parameters(c, "evaluate", "paper:evaluate")
     assert (evaluate["nodes"], evaluate["ntasks_per_node"], evaluate["gpus_per_node"]) == (1, 1, 1)
@@ -122,7 +127,16 @@ def test_launch_with_slurm_unreachable_fails_before_creating_runs(tmp_path):
     results = tmp_path / "results"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:/usr/bin/nonexistent"}
     proc = subprocess.run(
-        [sys.executable, "-m", "ablate.cli", "--results", str(results), "launch", "sweeps/demo.yaml", "cluster=slurm"],
+        [
+            sys.executable,
+            "-m",
+            "ablate.cli",
+            "--results",
+            str(results),
+            "launch",
+            "sweeps/demo.yaml",
+            "cluster=slurm",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
