@@ -207,8 +207,8 @@ def estimate_table(rows: list[tuple[str, RunConfig]]) -> str:
             )
             text = (
                 f"effective batch {e.tokens_per_step:,} tokens is {e.deviation:+.1%} off "
-                f"train.batch_tokens={e.requested_tokens_per_step:,} (unit = micro {e.micro_batch_size} x "
-                f"{e.world_size} ranks x {e.seq_len} tokens){tip}"
+                f"train.batch_tokens={e.requested_tokens_per_step:,} (a step holds whole sequences of "
+                f"{e.seq_len} tokens){tip}"
             )
             notes.setdefault(text, []).append(label)
     gpu = [e for e in distinct if e.gpu_hours is not None]
