@@ -163,10 +163,15 @@ def test_evaluate_tasks_wait_for_their_own_train_task_only():
     groups = slurm._groups([eb, ea], tasks_of, limit=10)
     # Reordered to match the train array's tasks: evaluate task i needs train task i.
     assert groups == [("50", [ea, eb])]
-    # An extra evaluate with no train task of its own goes in an ordinary array.
+    # An extra evaluate with no train task of its own: the stage stays one array, waiting with afterok.
     ec = _node("evaluate/c", ["prepare/p", "train/old"])
-    groups = slurm._groups([eb, ec, ea], tasks_of, limit=10)
-    assert groups == [("50", [ea, eb]), ("", [ec])]
+    assert slurm._groups([eb, ec, ea], tasks_of, limit=10) == [("", [eb, ec, ea])]
+    # Train tasks fed one each by a two-task prepare array, plus others: one array, not two.
+    tp = {"40": ["prepare/t2i", "prepare/uncond"]}
+    t1, t2, t3 = (
+        _node(f"train/{i}", [p]) for i, p in enumerate(["prepare/t2i", "prepare/uncond", "prepare/t2i"])
+    )
+    assert slurm._groups([t1, t2, t3], tp, limit=10) == [("", [t1, t2, t3])]
     # Two evaluates of one train: no one-to-one correspondence, so the whole array is waited for.
     ea2 = _node("evaluate/a2", ["train/a"])
     assert slurm._groups([ea, ea2], {"50": ["train/a", "train/b"]}, limit=1) == [("", [ea]), ("", [ea2])]

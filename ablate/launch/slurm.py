@@ -193,8 +193,8 @@ def submit_graph(
 def _groups(nodes: list[Node], tasks_of: dict[str, list[str]], limit: int) -> list[tuple[str, list[Node]]]:
     """Split one stage's nodes into arrays: (array they correspond to task by task, or '', nodes).
 
-    When each task i of an earlier array feeds exactly task i of this one (train -> evaluate, one arm
-    each), the array waits with `aftercorr`, so one arm's failed or cancelled training holds back only
+    When each task i of an earlier array feeds exactly task i of this one and nothing else is left
+    (train -> evaluate, one arm each), the array waits with `aftercorr`, so one arm's failed or cancelled training holds back only
     that arm's evaluation; otherwise the array waits for the whole earlier array (`afterok`).
     """
     rest = list(nodes)
@@ -205,7 +205,9 @@ def _groups(nodes: list[Node], tasks_of: dict[str, list[str]], limit: int) -> li
             hits = [d for d in n.deps if d in names]
             if len(hits) == 1 and hits[0] not in fed:
                 fed[hits[0]] = n
-        if len(fed) == len(names) > 1:  # a one-task array gains nothing from aftercorr
+        # Only when it covers the whole stage: one sbatch per stage matters more than finer waiting.
+        # (A one-task array gains nothing from aftercorr.)
+        if len(fed) == len(names) == len(rest) > 1:
             ordered = [fed[name] for name in names]
             groups.append((array_id, ordered))
             rest = [n for n in rest if all(n is not m for m in ordered)]
