@@ -112,6 +112,16 @@ def test_parse_sacct_expands_pending_array_ranges_and_keeps_the_first_word_of_th
     assert states["102"].state == "NODE_FAIL"
 
 
+def test_a_task_row_wins_over_the_range_row_that_still_names_it():
+    # What sacct printed after task 1 of an aftercorr array was dropped and task 0 ran (order varies).
+    for rows in (
+        ["213_0|COMPLETED|0:0", "213_[0-1%2]|CANCELLED|0:0"],
+        ["213_[0-1%2]|CANCELLED|0:0", "213_0|COMPLETED|0:0"],
+    ):
+        states = slurm.parse_sacct("\n".join(rows))
+        assert (states["213_0"].state, states["213_1"].state) == ("COMPLETED", "CANCELLED")
+
+
 def test_arrays_larger_than_the_limit_are_split_in_order():
     assert slurm.chunks(list(range(7)), 3) == [[0, 1, 2], [3, 4, 5], [6]]
     assert slurm.chunks([], 3) == []

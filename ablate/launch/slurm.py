@@ -253,6 +253,7 @@ def _expand(array_id: str, spec: str) -> list[str]:
 def parse_sacct(text: str) -> dict[str, JobState]:
     """`sacct -X -n -P -o JobID,State,ExitCode,Elapsed,NodeList,Reason` output -> job id -> state."""
     states: dict[str, JobState] = {}
+    ranges: list[tuple[list[str], dict[str, str]]] = []
     for line in text.splitlines():
         fields = line.split("|")
         if len(fields) < 2 or not fields[0]:
@@ -261,9 +262,15 @@ def parse_sacct(text: str) -> dict[str, JobState]:
         job_id, state = fields[0], fields[1].split()[0] if fields[1] else "UNKNOWN"
         row = dict(state=state, exit_code=fields[2], elapsed=fields[3], node=fields[4], reason=fields[5])
         base, _, suffix = job_id.partition("_")
-        ids = _expand(base, suffix) if suffix.startswith("[") else [job_id]
+        if suffix.startswith("["):
+            ranges.append((_expand(base, suffix), row))
+        else:
+            states[job_id] = JobState(job_id=job_id, **row)
+    # A range row is the array's record for tasks not split off yet; its range can still name tasks that
+    # have their own row (e.g. 213_[0-1%2] CANCELLED beside 213_0 COMPLETED), and those rows win.
+    for ids, row in ranges:
         for i in ids:
-            states[i] = JobState(job_id=i, **row)
+            states.setdefault(i, JobState(job_id=i, **row))
     return states
 
 
