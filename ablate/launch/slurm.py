@@ -36,9 +36,6 @@ ACTIVE_STATES = frozenset(
     {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
      "CONFIGURING", "COMPLETING", "PREEMPTED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
 )  # fmt: skip
-FAILED_STATES = frozenset(
-    {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "REVOKED"}
-)
 
 
 def _run(cmd: list[str], timeout: float = 60) -> str:
@@ -194,8 +191,8 @@ def _groups(nodes: list[Node], tasks_of: dict[str, list[str]], limit: int) -> li
     """Split one stage's nodes into arrays: (array they correspond to task by task, or '', nodes).
 
     When each task i of an earlier array feeds exactly task i of this one and nothing else is left
-    (train -> evaluate, one arm each), the array waits with `aftercorr`, so one arm's failed or cancelled training holds back only
-    that arm's evaluation; otherwise the array waits for the whole earlier array (`afterok`).
+    (train -> evaluate, one arm each), the array waits with `aftercorr`, so one arm's failed or cancelled
+    training holds back only that arm's evaluation; otherwise it waits for whole arrays (`afterok`).
     """
     rest = list(nodes)
     groups: list[tuple[str, list[Node]]] = []

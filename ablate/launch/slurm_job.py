@@ -12,7 +12,6 @@ restart from the beginning: they are minutes long and write their outputs atomic
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -70,7 +69,6 @@ class StageJob(submitit.helpers.Checkpointable):
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         preemption = _Preemption(job.stage, env.global_rank)
         preemption.install()
-        os.environ.setdefault("ABLATE_SLURM_JOB", str(env.job_id))
         try:
             return run_job(job, extra_stop=preemption)
         except StopRequested:
