@@ -3,7 +3,7 @@
 Three users: the launcher (run management, single process, before jobs start), the trainer (a Tracker that
 never blocks the training step) and analysis (fetch_runs / fetch_histories into pandas frames).
 
-Modules: store (constants, URIs, the client, param/tag/search helpers), tracker (Tracker, NullTracker,
+Modules: tags (every tag name, the stage-run tag builder), store (constants, URIs, the client, param/tag/search helpers), tracker (Tracker, NullTracker,
 MLflowTracker), runs (run management) and read (fetch_runs, fetch_histories, download_artifact). Import
 from here.
 """
@@ -24,20 +24,27 @@ from ablate.tracking.store import (
     MAX_PARAM_VALUE_LEN,
     MAX_PARAMS_PER_BATCH,
     RUN_STATUSES,
-    TAG_ARM,
-    TAG_GIT_COMMIT,
-    TAG_KIND,
-    TAG_PARENT,
-    TAG_RUN_KEY,
-    TAG_STAGE,
-    TAG_SWEEP,
-    TAG_SWEEPS_PREFIX,
     TERMINAL_STATUSES,
     TRACKING_URI_ENV,
     TRUNCATION_MARK,
     default_tracking_uri,
     describe_store,
     redact_uri,
+)
+from ablate.tracking.tags import (
+    TAG_ARM,
+    TAG_GIT_COMMIT,
+    TAG_KIND,
+    TAG_PARENT,
+    TAG_POSITIONAL,
+    TAG_RUN_KEY,
+    TAG_STAGE,
+    TAG_SWEEP,
+    TAG_SWEEPS_PREFIX,
+    TAG_TRAIN_KEY,
+    TAG_TRAINABLE,
+    stage_run_name,
+    stage_run_tags,
     sweep_tag,
 )
 from ablate.tracking.tracker import MLflowTracker, NullTracker, Tracker
@@ -52,10 +59,13 @@ __all__ = [
     "TAG_GIT_COMMIT",
     "TAG_KIND",
     "TAG_PARENT",
+    "TAG_POSITIONAL",
     "TAG_RUN_KEY",
     "TAG_STAGE",
     "TAG_SWEEP",
     "TAG_SWEEPS_PREFIX",
+    "TAG_TRAINABLE",
+    "TAG_TRAIN_KEY",
     "TERMINAL_STATUSES",
     "TRACKING_URI_ENV",
     "TRUNCATION_MARK",
@@ -73,6 +83,8 @@ __all__ = [
     "redact_uri",
     "run_info",
     "set_run_status",
+    "stage_run_name",
+    "stage_run_tags",
     "sweep_tag",
     "ui_command",
 ]

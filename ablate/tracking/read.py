@@ -11,8 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from ablate.tracking.store import (
     HISTORY_COLUMNS,
-    TAG_PARENT,
-    TAG_STAGE,
     _chunks,
     _client,
     _search_runs,
@@ -20,8 +18,8 @@ from ablate.tracking.store import (
     _store_missing,
     all_experiment_ids,
     redact_uri,
-    sweep_tag,
 )
+from ablate.tracking.tags import TAG_PARENT, TAG_STAGE, sweep_tag
 
 if TYPE_CHECKING:
     import pandas as pd

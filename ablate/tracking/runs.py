@@ -10,12 +10,6 @@ from typing import Any
 from ablate.errors import AblateError
 from ablate.tracking.store import (
     RUN_STATUSES,
-    TAG_ARM,
-    TAG_KIND,
-    TAG_PARENT,
-    TAG_RUN_KEY,
-    TAG_STAGE,
-    TAG_SWEEP,
     TERMINAL_STATUSES,
     _chunks,
     _client,
@@ -28,6 +22,7 @@ from ablate.tracking.store import (
     describe_store,
     redact_uri,
 )
+from ablate.tracking.tags import TAG_ARM, TAG_KIND, TAG_PARENT, TAG_RUN_KEY, TAG_STAGE, TAG_SWEEP
 
 log = logging.getLogger(__name__)
 

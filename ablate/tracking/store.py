@@ -16,9 +16,6 @@ from ablate.errors import AblateError
 log = logging.getLogger(__name__)
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
-TAG_SWEEP, TAG_ARM, TAG_RUN_KEY, TAG_STAGE = "ablate.sweep", "ablate.arm", "ablate.run_key", "ablate.stage"
-TAG_GIT_COMMIT, TAG_KIND, TAG_PARENT = "ablate.git_commit", "ablate.kind", "mlflow.parentRunId"
-TAG_SWEEPS_PREFIX = "ablate.sweeps."  # + sweep name = "true": every sweep that uses the run
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 RUN_STATUSES = ("SCHEDULED", "RUNNING", *TERMINAL_STATUSES)
 # MLflow's limits (mlflow.utils.validation): 6000 chars per param value, 100 params or tags and 1000
@@ -29,11 +26,6 @@ HISTORY_COLUMNS = ["run_id", "key", "step", "value", "timestamp"]
 # Errors that retrying cannot fix (bad run id, deleted run, invalid value): the batch is dropped, not retried.
 _PERMANENT_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST", "INVALID_STATE"}
 _PERMANENT_CODES |= {"PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_ALREADY_EXISTS"}
-
-
-def sweep_tag(sweep: str) -> str:
-    """The tag marking a run as used by `sweep` (a run shared by several sweeps carries several)."""
-    return TAG_SWEEPS_PREFIX + sweep
 
 
 def all_experiment_ids(client: Any) -> list[str]:

@@ -1,0 +1,62 @@
+"""Every MLflow tag name ablate writes or reads, and the one function that builds a stage run's tags.
+
+The launcher (at launch), `ablate resend` (rebuilding a run from its directory), the train stage (its
+freeze tags) and analysis (selecting runs) all take their tag names from here. No mlflow import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+TAG_SWEEP = "ablate.sweep"  # the sweep that created the run
+TAG_ARM = "ablate.arm"  # the labels of every arm that uses the run, ", "-joined
+TAG_RUN_KEY = "ablate.run_key"  # the stage's key: the name of its directory results/cache/<stage>/<key>
+TAG_STAGE = "ablate.stage"
+TAG_GIT_COMMIT = "ablate.git_commit"
+TAG_KIND = "ablate.kind"  # "sweep" on a sweep's parent run
+TAG_TRAIN_KEY = "ablate.train_key"  # on an evaluate run: the run key of the train run it evaluates
+TAG_TRAINABLE = "ablate.trainable"  # on a train run: its partial-freeze preset
+TAG_POSITIONAL = "ablate.positional_params"  # on a train run: the positional-embedding parameters
+TAG_PARENT = "mlflow.parentRunId"
+TAG_SWEEPS_PREFIX = "ablate.sweeps."  # + sweep name = "true": every sweep that uses the run
+MAX_ARM_TAG_LEN = 5000  # MLflow's limit on a tag value is 8,000 characters
+MAX_RUN_NAME_LEN = 200
+
+
+def sweep_tag(sweep: str) -> str:
+    """The tag marking a run as used by `sweep` (a run shared by several sweeps carries several)."""
+    return TAG_SWEEPS_PREFIX + sweep
+
+
+def stage_run_tags(
+    *,
+    sweep: str,
+    stage: str,
+    key: str,
+    labels: Iterable[str],
+    sweeps: Iterable[str],
+    inputs: dict[str, str] | None = None,
+    git_commit: str | None = None,
+) -> dict[str, Any]:
+    """A stage run's tags: sweep, arms, key, stage, every sweep using it, the git commit (when given) and,
+    on an evaluate run, the key of the train run it evaluates (from the input directory's name)."""
+    tags: dict[str, Any] = {
+        TAG_SWEEP: sweep,
+        TAG_ARM: ", ".join(labels)[:MAX_ARM_TAG_LEN],
+        TAG_RUN_KEY: key,
+        TAG_STAGE: stage,
+        **{sweep_tag(s): "true" for s in sorted({sweep, *sweeps})},
+    }
+    train_dir = (inputs or {}).get("train")
+    if stage == "evaluate" and train_dir:
+        tags[TAG_TRAIN_KEY] = Path(train_dir).name
+    if git_commit is not None:
+        tags[TAG_GIT_COMMIT] = git_commit
+    return tags
+
+
+def stage_run_name(stage: str, labels: Iterable[str]) -> str:
+    """The run's display name: the stage and the arms that use it."""
+    return f"{stage} {', '.join(labels)}"[:MAX_RUN_NAME_LEN]
