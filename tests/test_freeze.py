@@ -22,7 +22,8 @@ NORM = re.compile(r"(^post_embed_norm\.|^norm\.|\.attention_norm\.|\.ffn_norm\.|
 
 
 def expected_names(names: list[str], preset: str, ffn: str = "swiglu") -> set[str]:
-    """The preset's parameters by name pattern: an independent statement of DESIGN section 2."""
+    """The preset's parameters by name pattern: an independent statement of the paper's
+    settings (docs/PAPER.md, "The experiments")."""
     emb_out = {n for n in names if n.split(".")[0] in ("tok_embeddings", "output")}
     norms = {n for n in names if NORM.search(n)}
     half = {n for n in names if re.match(r"layers\.[01]\.", n)}  # 4 layers -> [0, 2)
