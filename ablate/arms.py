@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from omegaconf import DictConfig
 
-from ablate.config.compose import compose_config, run_key, to_run_config
-from ablate.config.schema import RunConfig
+from ablate.config.compose import compose_config, flatten, run_key, to_run_config
+from ablate.config.schema import EXECUTION_SECTIONS, ClusterConfig, RunConfig, TrackingConfig
 from ablate.config.validate import validate
+from ablate.errors import ConfigError
 from ablate.sweep import Sweep
 
 
@@ -39,3 +40,25 @@ def resolve_arms(sweep: Sweep) -> list[ResolvedArm]:
             seen = out[key]
             seen.sweeps = seen.sweeps + tuple(s for s in arm.sweeps if s not in seen.sweeps)
     return list(out.values())
+
+
+def execution_settings(arms: list[ResolvedArm]) -> tuple[ClusterConfig, TrackingConfig]:
+    """The sweep's cluster and tracking settings, which every arm must share: a sweep is launched once, on
+    one cluster, into one store. ConfigError naming the keys and arms where they disagree."""
+    first = arms[0]
+    reference = {s: flatten(asdict(getattr(first.config, s)), s + ".") for s in EXECUTION_SECTIONS}
+    for arm in arms[1:]:
+        for section, want in reference.items():
+            have = flatten(asdict(getattr(arm.config, section)), section + ".")
+            differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+            if differ:
+                key = differ[0]
+                raise ConfigError(
+                    key,
+                    have.get(key),
+                    f"the same value in every arm ({want.get(key)!r} in arm '{first.label}')",
+                    arm=arm.label,
+                    hint=f"{section} settings are the sweep's, not an arm's (they differ in {', '.join(differ)}); "
+                    "set them in the sweep's base or on the command line, not in the grid or arms",
+                )
+    return first.config.cluster, first.config.tracking

@@ -13,6 +13,7 @@ import yaml
 
 from ablate.cache import is_complete, read_json
 from ablate.config.compose import flatten
+from ablate.config.schema import TrackingConfig
 from ablate.errors import AblateError
 from ablate.rundir import MetricsLog
 
@@ -39,25 +40,27 @@ def resend(run_dir: Path, uri: str) -> tuple[str, int]:
     except Exception:  # not in this store (another server, or a lost database)
         exists = False
     if not exists:
-        experiment = tracking.ensure_experiment(uri, f"ablate/{sweep}")
+        # The experiment the launch used: the run's own tracking.experiment_prefix (config.yaml).
+        prefix = (config.get("tracking") or {}).get("experiment_prefix", TrackingConfig.experiment_prefix)
+        experiment = tracking.ensure_experiment(uri, f"{prefix}{sweep}")
         parent = tracking.get_or_create_sweep_run(uri, experiment, sweep)
-        tags = {
-            "ablate.sweep": sweep,
-            "ablate.arm": ", ".join(prov.get("arms", [])),
-            "ablate.run_key": prov["key"],
-            "ablate.stage": prov["stage"],
-            "ablate.git_commit": prov.get("git_commit", "unknown"),
-            tracking.sweep_tag(sweep): "true",
-        }
-        if prov["stage"] == "evaluate" and prov.get("inputs", {}).get("train"):
-            tags["ablate.train_key"] = Path(prov["inputs"]["train"]).name
+        labels = prov.get("arms", [])
+        tags = tracking.stage_run_tags(
+            sweep=sweep,
+            stage=prov["stage"],
+            key=prov["key"],
+            labels=labels,
+            sweeps=[sweep],
+            inputs=prov.get("inputs"),
+            git_commit=prov.get("git_commit", "unknown"),
+        )
         run_id = tracking.get_or_create_stage_run(
             uri,
             experiment,
             parent,
             run_key=prov["key"],
             stage=prov["stage"],
-            run_name=f"{prov['stage']} {tags['ablate.arm']}"[:200],
+            run_name=tracking.stage_run_name(prov["stage"], labels),
             tags=tags,
             params=flatten(config),
         )

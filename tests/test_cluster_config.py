@@ -8,7 +8,6 @@ from ablate.config.compose import compose_config, run_key, to_run_config
 from ablate.config.schema import CLUSTER_KINDS
 from ablate.config.validate import validate
 from ablate.errors import ConfigError
-from ablate.launch.estimate import cluster_gpus, cluster_world_size
 
 
 def config(*overrides: str):
@@ -28,7 +27,7 @@ def test_generic_slurm_is_one_cpu_task():
     assert (c.nodes, c.gpus_per_node, c.tasks_per_node) == (1, 0, 1)
     assert c.partition is None and c.account is None and c.qos is None and c.constraint is None
     assert c.additional_parameters == {}
-    assert (cluster_world_size(c), cluster_gpus(c)) == (1, 0)
+    assert (c.training_world_size(), c.job_gpus()) == (1, 0)
 
 
 # 64 ranks need at least 64 sequences per step; the demo's batch holds 8 (see test_demo_batch_on_64_ranks).
@@ -42,7 +41,7 @@ def test_slurm_a100_is_the_papers_64_gpus():
     assert (c.nodes, c.gpus_per_node, c.tasks_per_node) == (8, 8, 8)
     assert c.partition is None and c.constraint is None  # site-specific: set by override
     assert c.timeout_min == 72 * 60 and c.signal_delay_s == 120
-    assert (cluster_world_size(c), cluster_gpus(c)) == (64, 64)
+    assert (c.training_world_size(), c.job_gpus()) == (64, 64)
     # Inherits the generic slurm settings it does not set itself.
     assert c.qos is None and c.account is None
 
@@ -84,9 +83,9 @@ def test_cluster_settings_are_not_part_of_the_run_key():
 
 def test_local_and_debug_are_one_cpu_process_whatever_the_slurm_fields():
     c = config("cluster=local", "cluster.nodes=4", "cluster.tasks_per_node=2").cluster
-    assert (cluster_world_size(c), cluster_gpus(c)) == (1, 0)
+    assert (c.training_world_size(), c.job_gpus()) == (1, 0)
     c = config("cluster=debug").cluster
-    assert (cluster_world_size(c), cluster_gpus(c)) == (1, 0)
+    assert (c.training_world_size(), c.job_gpus()) == (1, 0)
 
 
 @pytest.mark.parametrize(

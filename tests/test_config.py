@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ablate.config.compose import compose_config, flatten, run_key, to_run_config
-from ablate.config.schema import TRAINABLE_PRESETS
-from ablate.config.validate import min_seq_len, validate
+from ablate.config.validate import image_tokens, validate
+from ablate.data.sequence import min_seq_len
 from ablate.errors import ConfigError
 
 
@@ -36,7 +36,7 @@ def test_paper_scale_expresses_the_paper():
     assert (cfg.data.image_size // cfg.tokenizer.downsample) ** 2 == 1024
     assert cfg.train.total_tokens == 100_000_000_000 and cfg.train.batch_tokens == 1_000_000
     assert cfg.optim.lr == 3e-4 and cfg.optim.warmup_tokens == 2000 * 1_000_000
-    assert min_seq_len(cfg) <= 1152
+    assert min_seq_len(cfg.data.caption_tokens, image_tokens(cfg), cfg.data.task) <= 1152
 
 
 def test_command_line_group_choice_beats_scale_default():
@@ -77,10 +77,16 @@ def test_uncond_needs_room_for_the_image_only():
         validate(config("data.task=uncond", "data.seq_len=259"))
 
 
-def test_schema_presets_match_the_model_freeze_presets():
-    from ablate.model.freeze import PRESETS
+def test_paper_scale_probes_the_papers_table1_prompts_verbatim():
+    from ablate.paper import TABLE1_COMPLETIONS, TABLE1_PROMPTS
 
-    assert tuple(PRESETS) == TRAINABLE_PRESETS
+    prompts = to_run_config(compose_config(["scale=paper", "model.checkpoint=x.pt"])).evaluate.prompts
+    assert tuple(prompts) == TABLE1_PROMPTS
+    assert prompts[0] == "Simply put, the theory of relativity states that"
+    assert prompts[1].endswith("girafe peluche cheese =>") and "menthe poivrée" in prompts[1]
+    assert set(TABLE1_COMPLETIONS) == set(TABLE1_PROMPTS)
+    demo = to_run_config(compose_config([])).evaluate.prompts
+    assert demo and not set(demo) & set(TABLE1_PROMPTS)
 
 
 def test_run_key_ignores_where_a_run_executes_but_not_what_it_computes():

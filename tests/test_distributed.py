@@ -28,8 +28,9 @@ from ablate.data.shards import ShardDataset, ShardWriter
 from ablate.errors import ConfigError
 from ablate.model.transformer import ModelArgs, Transformer
 from ablate.rundir import read_status
-from ablate.stages import runner
+from ablate.stages import registry, runner
 from ablate.stages.runner import Job, run_job
+from ablate.stages.stage import Stage
 from ablate.tracking import NullTracker
 from ablate.train import distributed as dist
 from ablate.train.distributed import DistEnv
@@ -110,8 +111,8 @@ def _fake_stage(name: str, out: Path) -> None:
             json.dumps({"world": env.world_size, "tracker": type(ctx.tracker).__name__})
         )
 
-    sys.modules[f"ablate.stages.{name}"] = types.SimpleNamespace(run=run)  # type: ignore[assignment]
-    runner.DATA_PARALLEL_STAGES = runner.DATA_PARALLEL_STAGES | {name}
+    # Registered for this worker process only (spawned): the runner finds stages in the registry.
+    registry._BY_NAME[name] = Stage(name, version=1, config=lambda cfg: {}, run=run, data_parallel=True)
 
 
 def _worker(rank: int, world: int, ports: list[int], root: str) -> None:

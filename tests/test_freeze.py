@@ -7,9 +7,9 @@ import re
 import pytest
 import torch
 
+from ablate.config.schema import TRAINABLE_PRESETS as PRESETS
 from ablate.errors import ConfigError
 from ablate.model import (
-    PRESETS,
     ModelArgs,
     Transformer,
     apply_trainable,

@@ -14,7 +14,8 @@ from ablate.errors import CheckpointError, ConfigError
 from ablate.model.transformer import Transformer
 from ablate.stages.common import model_args
 from ablate.stages.context import StageContext
-from ablate.stages.plan import STAGE_ORDER, plan_stages
+from ablate.stages.plan import plan_stages
+from ablate.stages.registry import STAGE_ORDER
 from ablate.stages.train import build_model
 from ablate.tracking import NullTracker
 from ablate.train.checkpoint import save_checkpoint

@@ -11,11 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ablate.config.compose import compose_config, to_run_config
 from ablate.data.sequence import NUM_SPECIALS, VocabLayout
 from ablate.data.shards import ShardDataset, ShardWriter
 from ablate.evaluate.text_ability import (
-    DEMO_PROMPTS,
-    PAPER_PROMPTS,
     TextProbe,
     greedy_completions,
     greedy_ids,
@@ -24,9 +23,13 @@ from ablate.evaluate.text_ability import (
 )
 from ablate.model.transformer import ModelArgs, Transformer
 from ablate.model.vocab import expand_vocab
+from ablate.paper import TABLE1_PROMPTS
 from ablate.tokenize.text import TextTokenizer, train_bpe
 from ablate.tracking import NullTracker
 from ablate.train.loop import LoopConfig, train_loop
+
+# The probe prompts as the demo scale configures them (evaluate.prompts).
+DEMO_PROMPTS = tuple(to_run_config(compose_config([])).evaluate.prompts)
 
 SEQ = 24
 CODEBOOK = 16
@@ -148,7 +151,7 @@ def test_greedy_completions_stay_in_text_ids_and_are_deterministic(tokenizer, te
 
 def test_probe_at_step_zero_writes_one_line(tmp_path, heldout, tokenizer, text_vocab):
     wide = widened(make_model(text_vocab), text_vocab)
-    prompts = [*DEMO_PROMPTS[:2], *PAPER_PROMPTS]
+    prompts = [*DEMO_PROMPTS[:2], *TABLE1_PROMPTS]
     probe = TextProbe(wide, heldout, tokenizer, prompts, text_vocab, tmp_path, max_new_tokens=5)
     metrics = probe(0, 0)
     assert set(metrics) == {"heldout_text_ppl"} and math.isfinite(metrics["heldout_text_ppl"])

@@ -7,22 +7,50 @@ Sizes are in tokens, as the paper gives them; the trainer converts them to steps
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, get_args
 
 from hydra.core.config_store import ConfigStore
 
-# Allowed values, shared by the schema's docstrings and validation.
-INITS = ("pretrained", "random")
-NEW_ROW_INITS = ("random", "mean")
-IMAGE_INITS = ("random", "mean", "contrastive")
-TASKS = ("t2i", "uncond")
-DATA_SOURCES = ("synthetic",)
-NORMS = ("default_layer_norm", "gain_only_layer_norm", "rms_norm")
-FFN_TYPES = ("swiglu", "gelu")
-POSITIONAL = ("rotary", "head_rotary", "none")
-CLUSTER_KINDS = ("debug", "local", "slurm")
-SCALES = ("demo", "paper")
+# Closed choices: the one definition of each, imported by the code that implements them (model, data,
+# freeze presets, launch). OmegaConf 2.3 cannot type a field as Literal, so at run time each choice type
+# below is plain `str` and ablate.config.validate checks values against the Literal's arguments; mypy
+# and readers see the Literal.
+_Scale = Literal["demo", "paper"]
+_Init = Literal["pretrained", "random"]
+_NewRowInit = Literal["random", "mean"]
+_ImageInit = Literal["random", "mean", "contrastive"]
+_Task = Literal["t2i", "uncond"]
+_DataSource = Literal["synthetic"]
+_Norm = Literal["default_layer_norm", "gain_only_layer_norm", "rms_norm"]
+_FfnType = Literal["swiglu", "gelu"]
+_Positional = Literal["rotary", "head_rotary", "none"]
+_ImageTokenizer = Literal["vqvae", "path"]
+_TextTokenizer = Literal["bpe", "path"]
 # The paper's partial-freeze settings (Fig. 6), cumulative; ablate.model.freeze implements them.
-TRAINABLE_PRESETS = ("all", "emb_out", "emb_out_norm", "emb_out_norm_half", "emb_out_norm_ffn")
+_Trainable = Literal["all", "emb_out", "emb_out_norm", "emb_out_norm_half", "emb_out_norm_ffn"]
+_ClusterKind = Literal["debug", "local", "slurm"]
+
+SCALES: tuple[str, ...] = get_args(_Scale)
+INITS: tuple[str, ...] = get_args(_Init)
+NEW_ROW_INITS: tuple[str, ...] = get_args(_NewRowInit)
+IMAGE_INITS: tuple[str, ...] = get_args(_ImageInit)
+TASKS: tuple[str, ...] = get_args(_Task)
+DATA_SOURCES: tuple[str, ...] = get_args(_DataSource)
+NORMS: tuple[str, ...] = get_args(_Norm)
+FFN_TYPES: tuple[str, ...] = get_args(_FfnType)
+POSITIONAL: tuple[str, ...] = get_args(_Positional)
+IMAGE_TOKENIZERS: tuple[str, ...] = get_args(_ImageTokenizer)
+TEXT_TOKENIZERS: tuple[str, ...] = get_args(_TextTokenizer)
+TRAINABLE_PRESETS: tuple[str, ...] = get_args(_Trainable)
+CLUSTER_KINDS: tuple[str, ...] = get_args(_ClusterKind)
+
+if TYPE_CHECKING:
+    Scale, Init, NewRowInit, ImageInit = _Scale, _Init, _NewRowInit, _ImageInit
+    Task, DataSource, Norm, FfnType, Positional = _Task, _DataSource, _Norm, _FfnType, _Positional
+    ImageTokenizer, TextTokenizer, Trainable, ClusterKind = _ImageTokenizer, _TextTokenizer, _Trainable, _ClusterKind
+else:
+    Scale = Init = NewRowInit = ImageInit = Task = DataSource = Norm = FfnType = Positional = str
+    ImageTokenizer = TextTokenizer = Trainable = ClusterKind = str
 
 
 @dataclass
@@ -43,32 +71,36 @@ class ModelConfig:
     """open_lm `post_embed_norm`."""
     weight_tying: bool = False
     """Share the embedding and output matrices (open_lm-1b: untied)."""
-    model_norm: str = "default_layer_norm"
-    """Normalisation layer: default_layer_norm (LayerNorm with bias), gain_only_layer_norm, rms_norm."""
-    ffn_type: str = "swiglu"
+    model_norm: Norm = "default_layer_norm"
+    """Normalisation layer: default_layer_norm (LayerNorm with bias), gain_only_layer_norm or rms_norm."""
+    ffn_type: FfnType = "swiglu"
     """Feed-forward block: swiglu or gelu."""
     qk_norm: bool = False
     """Normalise queries and keys (open_lm `qk_norm`)."""
-    positional_embedding_type: str = "rotary"
+    positional_embedding_type: Positional = "rotary"
     """rotary, head_rotary (the released open_lm-1b checkpoint) or none."""
-    init: str = "pretrained"
+    init: Init = "pretrained"
     """pretrained: start from a language model (demo: the `pretrain` stage; paper: model.checkpoint); random."""
     checkpoint: str | None = None
     """Path to an open_lm checkpoint (epoch_N.pt). Required for init=pretrained at scale=paper."""
-    new_rows_init: str = "random"
+    new_rows_init: NewRowInit = "random"
     """How widened vocabulary rows (specials) start: random (truncated normal) or mean (mean of text rows)."""
-    image_init: str = "random"
+    image_init: ImageInit = "random"
     """How image-code rows start: random, mean (mean text embedding) or contrastive (the `align` stage's
     image-code embeddings, copied into the input embedding; needs init=pretrained)."""
+
+    def needs_pretrain(self) -> bool:
+        """init=pretrained without a checkpoint: the demo's `pretrain` stage trains the language model."""
+        return self.init == "pretrained" and not self.checkpoint
 
 
 @dataclass
 class DataConfig:
     """Image-caption pairs and the token sequences built from them."""
 
-    source: str = "synthetic"
+    source: DataSource = "synthetic"
     """synthetic: coloured-shape scenes generated from a seed."""
-    task: str = "t2i"
+    task: Task = "t2i"
     """t2i: caption then image; uncond: image tokens only."""
     image_size: int = 32
     """Side of the square RGB images, in pixels."""
@@ -92,7 +124,7 @@ class DataConfig:
 class TokenizerConfig:
     """The image tokenizer (codes) and the text tokenizer (BPE) shared by the LM and the captions."""
 
-    image: str = "vqvae"
+    image: ImageTokenizer = "vqvae"
     """vqvae: trained by the `image_tokenizer` stage; path: a saved tokenizer directory (image_path)."""
     image_path: str | None = None
     """Directory of a saved image tokenizer, for image=path."""
@@ -108,7 +140,7 @@ class TokenizerConfig:
     """VQ-VAE batch size (images)."""
     vq_lr: float = 3e-3
     """VQ-VAE learning rate."""
-    text: str = "bpe"
+    text: TextTokenizer = "bpe"
     """bpe: trained on the pretraining corpus by the `text_tokenizer` stage; path: a tokenizer.json (text_path)."""
     text_path: str | None = None
     """A tokenizer.json (e.g. GPT-NeoX's), for text=path."""
@@ -168,14 +200,12 @@ class TrainConfig:
     """Tokens per optimizer step (paper: 1M)."""
     micro_batch_size: int = 8
     """Sequences per forward pass; gradient accumulation reaches batch_tokens."""
-    trainable: str = "all"
+    trainable: Trainable = "all"
     """all, or a partial-freeze preset: emb_out, emb_out_norm, emb_out_norm_half, emb_out_norm_ffn."""
     checkpoint_every_tokens: int = 100_000
     """Checkpoint interval, in tokens (and always at the end)."""
     seed: int = 0
     """Seed of initialisation, data order and dropout-free sampling."""
-    threads: int = 1
-    """torch CPU threads per job."""
 
 
 @dataclass
@@ -203,6 +233,9 @@ class EvaluateConfig:
     """Held-out text sequences per perplexity measurement."""
     completion_tokens: int = 24
     """Tokens generated greedily per prompt."""
+    prompts: list[str] = field(default_factory=list)
+    """Prompts completed greedily by the text-ability probe (Table 1); set per scale (conf/scale/*.yaml:
+    the demo's are in the demo corpus's register, the paper's are its two Table 1 prompts)."""
     n_samples: int = 64
     """Images sampled per split (seen and held-out attribute combinations; unconditional: one set)."""
     temperature: float = 1.0
@@ -228,7 +261,7 @@ class ClusterConfig:
     The SLURM fields follow submitit's SlurmExecutor parameters; debug and local ignore them (one process).
     """
 
-    kind: str = "local"
+    kind: ClusterKind = "local"
     """debug (in-process, one at a time), local (subprocesses) or slurm (sbatch via submitit)."""
     max_concurrent: int = 2
     """Jobs running at once (debug, local); slurm caps job arrays with array_parallelism instead."""
@@ -236,6 +269,8 @@ class ClusterConfig:
     """Per-job time limit in minutes (slurm: sbatch --time; longer runs are requeued from a checkpoint)."""
     poll_s: float = 15.0
     """Seconds between progress lines while waiting."""
+    threads: int = 1
+    """torch CPU threads per job (per rank under slurm)."""
     nodes: int = 1
     """slurm: nodes per job (sbatch --nodes)."""
     gpus_per_node: int = 0
@@ -272,6 +307,14 @@ class ClusterConfig:
     `+cluster.additional_parameters.mail-type=END` or `++cluster.additional_parameters={exclusive:user}`
     (new keys need `+`/`++`). Options that have a field above (partition, nodes, time, ...) must be set there."""
 
+    def training_world_size(self) -> int:
+        """Ranks of a training job: nodes x tasks_per_node under slurm, else 1 (one local process)."""
+        return self.nodes * self.tasks_per_node if self.kind == "slurm" else 1
+
+    def job_gpus(self) -> int:
+        """GPUs of one job: nodes x gpus_per_node under slurm; 0 for debug and local (CPU)."""
+        return self.nodes * self.gpus_per_node if self.kind == "slurm" else 0
+
 
 @dataclass
 class TrackingConfig:
@@ -292,8 +335,8 @@ class TrackingConfig:
 class RunConfig:
     """Everything one arm needs; its hash (minus cluster and tracking) is the run's identity."""
 
-    scale: str = "demo"
-    """demo (CPU, minutes) or paper (DESIGN section 2)."""
+    scale: Scale = "demo"
+    """demo (CPU, minutes) or paper (the paper's setup, docs/PAPER.md)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)

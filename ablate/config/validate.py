@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from ablate.config import schema as S
 from ablate.config.schema import RunConfig
+from ablate.data.sequence import min_seq_len
 from ablate.errors import ConfigError
 from ablate.train.schedule import sequences_per_step
-
-SPECIALS_T2I = 6  # <doc> <text> </text> <image> </image> </doc>
-SPECIALS_UNCOND = 4  # <doc> <image> </image> </doc>
 
 
 def image_tokens(cfg: RunConfig) -> int:
@@ -17,33 +15,17 @@ def image_tokens(cfg: RunConfig) -> int:
     return side * side
 
 
-def min_seq_len(cfg: RunConfig) -> int:
-    """Shortest sequence that holds one caption (caption_tokens) plus one image, with the specials."""
-    if cfg.data.task == "uncond":
-        return image_tokens(cfg) + SPECIALS_UNCOND
-    return image_tokens(cfg) + cfg.data.caption_tokens + SPECIALS_T2I
-
-
-def training_world_size(c: S.ClusterConfig) -> int:
-    """Ranks a training job runs on: nodes x tasks_per_node under slurm, else 1 (one local process).
-
-    The same rule as ablate.launch.estimate.cluster_world_size, repeated here because config must not
-    import launch.
-    """
-    return c.nodes * c.tasks_per_node if c.kind == "slurm" else 1
-
-
 def validate_batch_over_ranks(cfg: RunConfig, arm: str | None = None) -> None:
     """ConfigError if a training stage's batch has fewer sequences than the cluster has ranks.
 
     The global batch is batch_tokens / seq_len sequences whatever the ranks (ablate.train.schedule.plan_batch);
     every rank needs at least one of them.
     """
-    world, seq_len = training_world_size(cfg.cluster), cfg.data.seq_len
+    world, seq_len = cfg.cluster.training_world_size(), cfg.data.seq_len
     if world == 1:
         return
     batches = [("train.batch_tokens", cfg.train.batch_tokens)]
-    if cfg.model.init == "pretrained" and not cfg.model.checkpoint:  # the demo's pretrain stage runs too
+    if cfg.model.needs_pretrain():  # the demo's pretrain stage runs too
         batches.append(("pretrain.batch_tokens", cfg.pretrain.batch_tokens))
     for key, tokens in batches:
         sequences = sequences_per_step(tokens, seq_len)
@@ -86,6 +68,7 @@ def validate_cluster(c: S.ClusterConfig, arm: str | None = None) -> None:
         raise ConfigError("cluster.kind", c.kind, f"one of {list(S.CLUSTER_KINDS)}", arm=arm)
     for key in (
         "max_concurrent",
+        "threads",
         "timeout_min",
         "nodes",
         "tasks_per_node",
@@ -161,8 +144,8 @@ def validate(cfg: RunConfig, arm: str | None = None) -> None:
     choice("model.positional_embedding_type", m.positional_embedding_type, S.POSITIONAL)
     choice("data.task", d.task, S.TASKS)
     choice("data.source", d.source, S.DATA_SOURCES)
-    choice("tokenizer.image", tok.image, ("vqvae", "path"))
-    choice("tokenizer.text", tok.text, ("bpe", "path"))
+    choice("tokenizer.image", tok.image, S.IMAGE_TOKENIZERS)
+    choice("tokenizer.text", tok.text, S.TEXT_TOKENIZERS)
     choice("train.trainable", tr.trainable, S.TRAINABLE_PRESETS)
     validate_cluster(cfg.cluster, arm=arm)
 
@@ -182,7 +165,6 @@ def validate(cfg: RunConfig, arm: str | None = None) -> None:
         ("train.batch_tokens", tr.batch_tokens),
         ("train.micro_batch_size", tr.micro_batch_size),
         ("train.checkpoint_every_tokens", tr.checkpoint_every_tokens),
-        ("train.threads", tr.threads),
         ("pretrain.total_tokens", p.total_tokens),
         ("align.batch_size", cfg.align.batch_size),
         ("align.steps", cfg.align.steps),
@@ -207,7 +189,7 @@ def validate(cfg: RunConfig, arm: str | None = None) -> None:
             "tokenizer.downsample", tok.downsample, f"a divisor of data.image_size={d.image_size}", arm=arm
         )
 
-    need = min_seq_len(cfg)
+    need = min_seq_len(d.caption_tokens, image_tokens(cfg), d.task)
     if d.seq_len < need:
         what = (
             "one image" if d.task == "uncond" else f"one caption ({d.caption_tokens} tokens) plus one image"

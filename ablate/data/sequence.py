@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ablate.config.schema import TASKS
 from ablate.errors import ConfigError, DataError
 
 # Order of the special tokens after the text vocabulary; fixed by the contract, never reorder.
@@ -27,7 +28,6 @@ NUM_SPECIALS = len(SPECIAL_NAMES)
 # Specials each layout spends besides caption and image tokens (pad excluded).
 T2I_OVERHEAD = 6  # <doc> <text> </text> <image> </image> </doc>
 UNCOND_OVERHEAD = 4  # <doc> <image> </image> </doc>
-TASKS = ("t2i", "uncond")
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,12 @@
 """Text ability of a (widened) language model: held-out text perplexity and greedy completions (Table 1).
 
-The paper (DESIGN section 2, Table 1) shows that text-to-image training destroys the language model's
+The paper (Table 1; docs/PAPER.md) shows that text-to-image training destroys the language model's
 text ability: completions of plain-English prompts are fluent before training and degenerate after ~5B
 tokens. This module measures that at any step of a run:
 
 - ``heldout_perplexity``: exp of the mean next-token cross-entropy on held-out *text-only* sequences
   (the shards the `pretrain` stage writes under ``data/heldout``);
-- ``greedy_completions``: greedy continuations of a few prompts, decoded to text;
+- ``greedy_completions``: greedy continuations of a few prompts (``evaluate.prompts``), decoded to text;
 - ``TextProbe``: both, as an ``evaluate(step, tokens)`` callback for ``ablate.train.loop.train_loop``,
   writing the completions to ``completions.jsonl`` so Table 1 can be built from a run directory.
 
@@ -36,24 +36,6 @@ from ablate.cache import atomic_write_text
 from ablate.data.shards import ShardDataset, read_batch
 from ablate.errors import ConfigError, DataError
 from ablate.tokenize.text import TextTokenizer
-
-# The demo corpus is Python's own documentation (ablate.data.corpus): prompts in its register, so a
-# demo language model has something to complete. Sentence openings, not copies of one corpus passage.
-DEMO_PROMPTS: tuple[str, ...] = (
-    "The list data type has some more methods.",
-    "Return a new dictionary",
-    "This module provides functions for",
-    "If the object is not callable,",
-)
-
-# PLACEHOLDERS, not the paper's text. The two Table 1 prompts of Zhang et al. 2023 (arXiv 2311.16201)
-# could not be found from this machine: the stored copies of the paper cover its abstract and
-# introduction only, and no source quotes the table. Replace both strings with the exact prompts from
-# Table 1 before reporting a paper-scale Table 1; until then any table built from them must say so.
-PAPER_PROMPTS: tuple[str, ...] = (
-    "[PLACEHOLDER: Table 1 prompt 1 of arXiv 2311.16201]",
-    "[PLACEHOLDER: Table 1 prompt 2 of arXiv 2311.16201]",
-)
 
 COMPLETIONS_FILE = "completions.jsonl"
 METRIC = "heldout_text_ppl"

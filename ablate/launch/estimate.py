@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ablate.config.schema import ClusterConfig, RunConfig
+from ablate.config.schema import RunConfig
 from ablate.data.sequence import VocabLayout
 from ablate.model.transformer import flops_per_token, non_embedding_parameters
 from ablate.stages.common import model_args
@@ -30,20 +30,6 @@ A100_BF16_PEAK_FLOPS = 312e12
 ASSUMED_MFU = 0.40
 # |effective / requested batch - 1| above which the table suggests another micro-batch size.
 DEVIATION_NOTE = 0.05
-
-
-def cluster_world_size(cluster: ClusterConfig) -> int:
-    """Training ranks of one job: nodes x tasks_per_node under slurm; 1 for debug and local (one process)."""
-    if cluster.kind == "slurm":
-        return cluster.nodes * cluster.tasks_per_node
-    return 1
-
-
-def cluster_gpus(cluster: ClusterConfig) -> int:
-    """GPUs of one job: nodes x gpus_per_node under slurm; 0 for debug and local (CPU)."""
-    if cluster.kind == "slurm":
-        return cluster.nodes * cluster.gpus_per_node
-    return 0
 
 
 @dataclass(frozen=True)
@@ -98,7 +84,7 @@ def estimate_arm(
 ) -> ArmEstimate:
     """Estimate the `train` stage of one arm from its (validated) config; pure arithmetic."""
     c, tr, seq_len = cfg.cluster, cfg.train, cfg.data.seq_len
-    world, gpus = cluster_world_size(c), cluster_gpus(c)
+    world, gpus = c.training_world_size(), c.job_gpus()
     plan = plan_batch(tr.batch_tokens, seq_len, tr.micro_batch_size, world)
     steps = tokens_to_steps(tr.total_tokens, plan.tokens_per_step)
     tokens = steps * plan.tokens_per_step

@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 
 from ablate.arms import ResolvedArm
 from ablate.cache import stage_dir
-from ablate.stages.plan import STAGE_ORDER, StageSpec, plan_stages
+from ablate.stages import registry
+from ablate.stages.plan import StageSpec, plan_stages
 from ablate.stages.runner import Job
 
 
@@ -30,7 +31,7 @@ class Graph:
     arm_stages: dict[str, dict[str, str]]
 
     def ordered(self) -> list[Node]:
-        return sorted(self.nodes.values(), key=lambda n: STAGE_ORDER.index(n.job.stage))
+        return sorted(self.nodes.values(), key=lambda n: registry.order(n.job.stage))
 
 
 def build_graph(arms: list[ResolvedArm], results: Path, threads: int = 1) -> Graph:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ablate.arms import ResolvedArm, resolve_arms
+from ablate.arms import ResolvedArm, execution_settings, resolve_arms
 from ablate.config.compose import flatten
 from ablate.config.schema import ClusterConfig
 from ablate.launch.estimate import estimate_table
@@ -14,17 +14,8 @@ from ablate.launch.executor import arms_label, make_executor, run_graph
 from ablate.launch.graph import Graph, Node, build_graph
 from ablate.launch.manifest import Manifest
 from ablate.rundir import git_commit
+from ablate.stages import registry
 from ablate.sweep import load_sweep
-
-# Config sections each stage reads (its MLflow params); `train` logs the whole resolved config.
-STAGE_PARAMS = {
-    "synth": ("data",),
-    "text_tokenizer": ("tokenizer", "pretrain"),
-    "image_tokenizer": ("tokenizer", "data"),
-    "prepare": ("data", "tokenizer"),
-    "pretrain": ("model", "pretrain", "optim"),
-    "align": ("model", "pretrain", "align", "data"),
-}
 
 
 def dry_run_table(arms: list[ResolvedArm], graph: Graph) -> str:
@@ -57,33 +48,27 @@ def _create_runs(
     sweeps_of = {a.label: a.sweeps or (sweep_name,) for a in arms}
     for node in graph.nodes.values():
         job = node.job
-        sweeps = {sweep_name, *(s for label in job.labels for s in sweeps_of.get(label, ()))}
-        tags = {
-            "ablate.sweep": sweep_name,
-            "ablate.arm": ", ".join(job.labels)[:5000],
-            "ablate.run_key": job.key,
-            "ablate.stage": job.stage,
-            **{tracking.sweep_tag(s): "true" for s in sorted(sweeps)},
-        }
-        for dep in node.deps:  # the evaluate run names the train run it evaluates
-            stage, _, key = dep.partition("/")
-            if job.stage == "evaluate" and stage == "train":
-                tags["ablate.train_key"] = key
+        # A done stage keeps its run: only this sweep's tags are added (no commit, no params).
+        tags = tracking.stage_run_tags(
+            sweep=sweep_name,
+            stage=job.stage,
+            key=job.key,
+            labels=job.labels,
+            sweeps=[s for label in job.labels for s in sweeps_of.get(label, ())],
+            inputs=job.inputs,
+            git_commit=None if node.done else commit,
+        )
         params: dict = {}
-        if not node.done:  # a done stage keeps its run: only this sweep's tags are added
-            tags["ablate.git_commit"] = commit
-            flat = flatten(job.config)
-            sections = STAGE_PARAMS.get(job.stage)
-            params = (
-                flat if sections is None else {k: v for k, v in flat.items() if k.split(".")[0] in sections}
-            )
+        if not node.done:
+            stage = registry.get(job.stage)
+            params = {k: v for k, v in flatten(job.config).items() if stage.logs_param(k)}
         job.run_id = tracking.get_or_create_stage_run(
             uri,
             experiment_id,
             parent,
             run_key=job.key,
             stage=job.stage,
-            run_name=f"{job.stage} {', '.join(job.labels)}"[:200],
+            run_name=tracking.stage_run_name(job.stage, job.labels),
             tags=tags,
             params=params,
             create=not node.done,
@@ -106,8 +91,8 @@ def launch(
     """Validate every arm, then (unless dry_run) run the sweep; returns a process exit code."""
     sweep = load_sweep(sweep_file, overrides)
     arms = resolve_arms(sweep)  # raises ConfigError before anything is submitted
-    first = arms[0].config
-    graph = build_graph(arms, results, threads=first.train.threads)
+    cluster, settings = execution_settings(arms)
+    graph = build_graph(arms, results, threads=cluster.threads)
     echo(f"sweep {sweep.name!r} from {sweep.path}")
     echo(dry_run_table(arms, graph))
     if dry_run:
@@ -116,37 +101,34 @@ def launch(
         return 0
     previous = Manifest.load_if_exists(results, sweep.name)
     active: dict[str, str] = {}
-    if first.cluster.kind == "slurm":
+    if cluster.kind == "slurm":
         active = _active_slurm_jobs(graph, previous)  # fails here if SLURM is unreachable, before any run
-    elif first.cluster.kind not in ("debug", "local"):
-        make_executor(first.cluster, results / "jobs" / sweep.name)  # fails here, before any run is created
+    elif cluster.kind not in ("debug", "local"):
+        make_executor(cluster, results / "jobs" / sweep.name)  # fails here, before any run is created
 
     from ablate.tracking import default_tracking_uri, set_run_status
 
-    uri = first.tracking.uri or default_tracking_uri(results)
-    flush = first.tracking.flush_interval_s
+    uri = settings.uri or default_tracking_uri(results)
     for node in graph.nodes.values():
-        node.job.flush_interval_s = flush
-        node.job.close_timeout_s = first.tracking.close_timeout_s
-    experiment_id, parent = _create_runs(graph, arms, sweep.name, uri, first.tracking.experiment_prefix)
+        node.job.flush_interval_s = settings.flush_interval_s
+        node.job.close_timeout_s = settings.close_timeout_s
+    experiment_id, parent = _create_runs(graph, arms, sweep.name, uri, settings.experiment_prefix)
     manifest = Manifest.create(
         results,
         sweep,
         arms,
         graph,
-        cluster=first.cluster.kind,
+        cluster=cluster.kind,
         tracking_uri=uri,
         experiment_id=experiment_id,
         parent_run_id=parent,
         previous=previous,
     )
     echo(
-        f"tracking: {uri} (experiment {first.tracking.experiment_prefix}{sweep.name}); manifest: {manifest.path}"
+        f"tracking: {uri} (experiment {settings.experiment_prefix}{sweep.name}); manifest: {manifest.path}"
     )
-    if first.cluster.kind == "slurm":
-        return _submit_slurm(
-            graph, first.cluster, results / "jobs" / sweep.name, sweep.name, manifest, active, echo
-        )
+    if cluster.kind == "slurm":
+        return _submit_slurm(graph, cluster, results / "jobs" / sweep.name, sweep.name, manifest, active, echo)
 
     start = time.monotonic()
 
@@ -158,7 +140,7 @@ def launch(
                 + (f"  ({detail})" if detail else "")
             )
 
-    ok = run_graph(graph, first.cluster, results / "jobs" / sweep.name, on_event, echo=echo)
+    ok = run_graph(graph, cluster, results / "jobs" / sweep.name, on_event, echo=echo)
     set_run_status(uri, parent, "FINISHED" if ok else "FAILED")
     took = time.monotonic() - start
     if ok:

@@ -26,9 +26,8 @@ from ablate.config.schema import ClusterConfig
 from ablate.errors import LaunchError
 from ablate.launch.graph import Graph, Node
 from ablate.launch.slurm_job import StageJob
-from ablate.stages.plan import STAGE_ORDER
+from ablate.stages import registry
 
-DISTRIBUTED_STAGES = ("pretrain", "train")
 """Stages that run data-parallel on all of cluster.nodes x cluster.tasks_per_node."""
 
 # sacct states of a job that may still run: a relaunch must not submit it again.
@@ -86,7 +85,7 @@ def chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
 
 def job_parameters(cluster: ClusterConfig, stage: str, job_name: str) -> dict[str, Any]:
     """submitit SlurmExecutor parameters for one stage's array (without the dependency)."""
-    distributed = stage in DISTRIBUTED_STAGES
+    distributed = registry.get(stage).data_parallel
     gpus = cluster.gpus_per_node if distributed else min(cluster.gpus_per_node, 1)
     params: dict[str, Any] = {
         "job_name": job_name,
@@ -160,7 +159,7 @@ def submit_graph(
     wait_for: dict[str, str] = dict(active)
     tasks_of: dict[str, list[str]] = {}  # array id of this launch -> node names in task order
     done: list[Submitted] = []
-    for stage in STAGE_ORDER:
+    for stage in registry.STAGE_ORDER:
         nodes = [
             n for n in graph.ordered() if n.job.stage == stage and not n.done and n.job.name not in active
         ]

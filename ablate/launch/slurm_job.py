@@ -19,11 +19,9 @@ from typing import Any
 
 import submitit
 
+from ablate.stages import registry
 from ablate.stages.runner import Job, run_job
 from ablate.train.loop import StopRequested
-
-# Stages whose loops poll the stop flag and checkpoint at a step boundary.
-CHECKPOINTING_STAGES = ("pretrain", "train", "align")
 
 
 class _Preemption:
@@ -43,7 +41,7 @@ class _Preemption:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signalled = True
-        if self.stage not in CHECKPOINTING_STAGES:
+        if not registry.get(self.stage).checkpoints:  # nothing to wait for: requeue at once
             self.requeue(signum)
 
     def __call__(self) -> bool:

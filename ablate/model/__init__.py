@@ -2,15 +2,11 @@
 
 from ablate.model.checkpoint_io import load_into, load_open_lm_state_dict
 from ablate.model.freeze import (
-    PRESETS,
     apply_trainable,
     positional_parameter_names,
     trainable_parameter_names,
 )
 from ablate.model.transformer import (
-    FFN_TYPES,
-    MODEL_NORMS,
-    POSITIONAL_EMBEDDING_TYPES,
     ModelArgs,
     Transformer,
     count_parameters,
@@ -22,10 +18,6 @@ from ablate.model.vocab import EXPAND_MODES, expand_rows, expand_vocab
 
 __all__ = [
     "EXPAND_MODES",
-    "FFN_TYPES",
-    "MODEL_NORMS",
-    "POSITIONAL_EMBEDDING_TYPES",
-    "PRESETS",
     "ModelArgs",
     "Transformer",
     "apply_trainable",

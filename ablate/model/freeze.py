@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from ablate.config.schema import TRAINABLE_PRESETS as PRESETS
 from ablate.errors import ConfigError
 from ablate.model.transformer import NORM_TYPES, count_parameters
-
-PRESETS = ("all", "emb_out", "emb_out_norm", "emb_out_norm_half", "emb_out_norm_ffn")
 
 
 def _param_ids(module: nn.Module) -> set[int]:

@@ -30,11 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ablate.config.schema import FFN_TYPES, NORMS, POSITIONAL
 from ablate.errors import AssetMissingError, ConfigError
 
-MODEL_NORMS = ("default_layer_norm", "gain_only_layer_norm", "rms_norm")
-FFN_TYPES = ("swiglu", "gelu")
-POSITIONAL_EMBEDDING_TYPES = ("rotary", "head_rotary", "none")
 _REQUIRED = ("hidden_dim", "n_layers", "n_heads", "seq_len", "vocab_size")
 
 
@@ -72,9 +70,9 @@ class ModelArgs:
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"model.{key}", getattr(self, key), "true or false")
         for key, allowed in (
-            ("model_norm", MODEL_NORMS),
+            ("model_norm", NORMS),
             ("ffn_type", FFN_TYPES),
-            ("positional_embedding_type", POSITIONAL_EMBEDDING_TYPES),
+            ("positional_embedding_type", POSITIONAL),
         ):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"model.{key}", getattr(self, key), ", ".join(allowed))

@@ -11,8 +11,8 @@ Paper Sec. 3.2 / Fig. 7: bag-of-words image and caption embeddings, CLIP loss, o
   text tokens by cosine similarity.
 - ``metrics.jsonl`` / tracker: ``loss`` and ``temperature`` (the logit scale exp(log_temp)) per step.
 
-Settings come from ``cfg.align`` when the config has that section, else the defaults below. The stage is
-short, so a stop request ends it without a checkpoint and a relaunch starts it over.
+Settings come from ``cfg.align``. The stage is short, so a stop request ends it without a checkpoint and a
+relaunch starts it over.
 """
 
 from __future__ import annotations
@@ -20,38 +20,33 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from ablate.align import nearest_text_tokens, train_alignment
 from ablate.cache import atomic_write_text
+from ablate.config.schema import RunConfig
 from ablate.data.sequence import VocabLayout, caption_ids, extract_image_codes
 from ablate.data.shards import ShardDataset
 from ablate.errors import CheckpointError, DataError
 from ablate.model.checkpoint_io import load_open_lm_state_dict
 from ablate.rundir import MetricsLog, write_progress
+from ablate.stages import names
 from ablate.stages.context import StageContext
+from ablate.stages.stage import Stage
 from ablate.stages.text_tokenizer import open_text_tokenizer
 from ablate.stages.train import pretrained_checkpoint
 from ablate.tokenize.text import TextTokenizer
 from ablate.train.checkpoint import save_checkpoint
 from ablate.train.loop import StopRequested
 
-# Used while the config has no `align` section (the paper's batch is 1,024 pairs).
-DEFAULTS: dict[str, Any] = {"batch_size": 256, "steps": 300, "lr": 1e-2, "seed": 0}
 TOP_CODES = 50  # image codes listed in nearest_tokens.csv
 NEAREST_K = 5  # text tokens listed per image code
 READ_CHUNK = 4096  # sequences read from the shards at a time
 PROGRESS_EVERY = 10  # steps between progress.json updates
-
-
-def align_settings(cfg: Any) -> dict[str, Any]:
-    """batch_size, steps, lr, seed from ``cfg.align`` where it has them, else DEFAULTS."""
-    section = getattr(cfg, "align", None)
-    return {k: type(v)(getattr(section, k, v)) for k, v in DEFAULTS.items()}
 
 
 def load_text_table(path: Path) -> torch.Tensor:
@@ -135,7 +130,7 @@ def _on_step(
 
 
 def run(ctx: StageContext) -> None:
-    s = align_settings(ctx.cfg)
+    s = asdict(ctx.cfg.align)
     dataset = ShardDataset(ctx.inputs["prepare"] / "train")
     layout = VocabLayout.from_dict(dataset.metadata["vocab"])
     ckpt = pretrained_checkpoint(ctx)
@@ -191,3 +186,19 @@ def run(ctx: StageContext) -> None:
     atomic_write_text(csv_path, nearest_tokens_csv(image_table, text_table, codes, tok))
     ctx.tracker.log_artifact(emb_path)
     ctx.tracker.log_artifact(csv_path)
+
+
+def config(cfg: RunConfig) -> dict:
+    """What the key hashes: the alignment settings and the text checkpoint (pairs come in through inputs)."""
+    return {"align": asdict(cfg.align), "checkpoint": cfg.model.checkpoint}
+
+
+STAGE = Stage(
+    names.ALIGN,
+    version=1,
+    config=config,
+    run=run,
+    inputs=(names.PREPARE, names.TEXT_TOKENIZER, names.PRETRAIN),
+    applies=lambda cfg: cfg.model.image_init == "contrastive",
+    params=("align", "model.checkpoint"),
+)

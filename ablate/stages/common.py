@@ -16,30 +16,37 @@ from ablate.train import distributed as dist
 from ablate.train.checkpoint import save_checkpoint
 from ablate.train.loop import LoopConfig, train_loop
 
+# Model fields that define the architecture (what a pretrained checkpoint must match); all but
+# text_vocab_size are ModelArgs fields of the same name.
+ARCH_FIELDS = (
+    "hidden_dim",
+    "n_layers",
+    "n_heads",
+    "text_vocab_size",
+    "post_embed_norm",
+    "weight_tying",
+    "model_norm",
+    "ffn_type",
+    "qk_norm",
+    "positional_embedding_type",
+)
+
+
+def arch_config(cfg: RunConfig) -> dict:
+    """The architecture fields of the model config, for a stage key."""
+    return {k: getattr(cfg.model, k) for k in ARCH_FIELDS}
+
 
 def model_args(cfg: RunConfig, vocab_size: int) -> ModelArgs:
     """open_lm model arguments from the run config."""
-    m = cfg.model
-    return ModelArgs(
-        hidden_dim=m.hidden_dim,
-        n_layers=m.n_layers,
-        n_heads=m.n_heads,
-        seq_len=cfg.data.seq_len,
-        vocab_size=vocab_size,
-        post_embed_norm=m.post_embed_norm,
-        weight_tying=m.weight_tying,
-        model_norm=m.model_norm,
-        ffn_type=m.ffn_type,
-        qk_norm=m.qk_norm,
-        positional_embedding_type=m.positional_embedding_type,
-    )
+    arch = {k: v for k, v in arch_config(cfg).items() if k != "text_vocab_size"}
+    return ModelArgs(seq_len=cfg.data.seq_len, vocab_size=vocab_size, **arch)
 
 
 def loop_config(
     cfg: RunConfig, *, total_tokens: int, batch_tokens: int, lr: float, warmup_tokens: int, seed: int
 ) -> LoopConfig:
     """The loop's settings: the stage's budget and LR; AdamW, clipping and checkpointing from the config."""
-    o = cfg.optim
     return LoopConfig(
         total_tokens=total_tokens,
         batch_tokens=batch_tokens,
@@ -47,12 +54,7 @@ def loop_config(
         seq_len=cfg.data.seq_len,
         lr=lr,
         warmup_tokens=warmup_tokens,
-        min_lr_ratio=o.min_lr_ratio,
-        beta1=o.beta1,
-        beta2=o.beta2,
-        eps=o.eps,
-        weight_decay=o.weight_decay,
-        grad_clip=o.grad_clip,
+        optim=cfg.optim,
         checkpoint_every_tokens=cfg.train.checkpoint_every_tokens,
         seed=seed,
     )

@@ -18,11 +18,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
 from ablate.cache import atomic_write_bytes, atomic_write_text
+from ablate.config.schema import RunConfig
 from ablate.data.sequence import VocabLayout, caption_ids, prompt_t2i, prompt_uncond
 from ablate.data.shards import ShardDataset
 from ablate.data.synthetic import Scene
@@ -30,9 +32,12 @@ from ablate.evaluate.image_metrics import caption_matches, colours_present, samp
 from ablate.evaluate.sampling import sample_from_prompts
 from ablate.model.checkpoint_io import load_into, load_open_lm_state_dict
 from ablate.model.transformer import ModelArgs, Transformer
+from ablate.stages import names
 from ablate.stages.context import StageContext
 from ablate.stages.image_tokenizer import open_image_tokenizer
+from ablate.stages.stage import Stage
 from ablate.stages.synth import load_split
+from ablate.stages.train import PROBE_FIELDS
 
 # Shard split -> the name the metrics use.
 T2I_SPLITS = {"val": "seen", "heldout": "heldout"}
@@ -134,3 +139,19 @@ def run(ctx: StageContext) -> None:
     ctx.tracker.log_metrics(metrics, step=0)
     for path in (grid, ctx.out_dir / "samples.csv"):
         ctx.tracker.log_artifact(path)
+
+
+def config(cfg: RunConfig) -> dict:
+    """What the key hashes: the sampling settings (the probe's are train's) and the sequence layout."""
+    out = {k: v for k, v in asdict(cfg.evaluate).items() if k not in PROBE_FIELDS}
+    out.update(task=cfg.data.task, seq_len=cfg.data.seq_len)
+    return out
+
+
+STAGE = Stage(
+    names.EVALUATE,
+    version=2,
+    config=config,
+    run=run,
+    inputs=(names.TRAIN, names.PREPARE, names.IMAGE_TOKENIZER, names.SYNTH),
+)

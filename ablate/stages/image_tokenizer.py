@@ -8,8 +8,11 @@ import numpy as np
 import torch
 
 from ablate.cache import atomic_write_json, read_json
+from ablate.config.schema import RunConfig
 from ablate.rundir import write_progress
+from ablate.stages import names
 from ablate.stages.context import StageContext
+from ablate.stages.stage import Stage
 from ablate.stages.synth import load_split
 from ablate.tokenize.image import ImageTokenizer, load_image_tokenizer, train_vqvae
 
@@ -71,3 +74,23 @@ def run(ctx: StageContext) -> None:
     atomic_write_json(ctx.out_dir / "summary.json", summary)
     ctx.tracker.log_metrics({k: float(v) for k, v in summary.items()}, step=t.vq_steps)
     ctx.log("validation " + " ".join(f"{k}={v:.4g}" for k, v in summary.items()))
+
+
+def config(cfg: RunConfig) -> dict:
+    """What the key hashes: the image tokenizer's settings (the images come in through `synth`'s key)."""
+    t = cfg.tokenizer
+    fields = (
+        *("image", "image_path", "codebook_size", "downsample"),
+        *("vq_hidden", "vq_steps", "vq_batch_size", "vq_lr"),
+    )
+    return {k: getattr(t, k) for k in fields}
+
+
+STAGE = Stage(
+    names.IMAGE_TOKENIZER,
+    version=1,
+    config=config,
+    run=run,
+    inputs=(names.SYNTH,),
+    params=("tokenizer", "data"),
+)

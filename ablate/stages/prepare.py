@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ablate.config.schema import RunConfig
 from ablate.data.sequence import VocabLayout, layout_t2i, layout_uncond
 from ablate.data.shards import ShardWriter
+from ablate.stages import names
 from ablate.stages.context import StageContext
 from ablate.stages.image_tokenizer import open_image_tokenizer
+from ablate.stages.stage import Stage
 from ablate.stages.synth import SPLITS, load_split
 from ablate.stages.text_tokenizer import open_text_tokenizer
 
@@ -71,3 +74,24 @@ def run(ctx: StageContext) -> None:
             if n_caption_tokens:
                 metrics["image_text_ratio"] = ratio
             ctx.tracker.log_metrics(metrics, step=0)
+
+
+def config(cfg: RunConfig) -> dict:
+    """What the key hashes: the sequence layout (images and captions come in through the inputs' keys)."""
+    d = cfg.data
+    return {
+        "task": d.task,
+        "seq_len": d.seq_len,
+        "caption_tokens": d.caption_tokens,
+        "text_vocab_size": cfg.model.text_vocab_size,
+    }
+
+
+STAGE = Stage(
+    names.PREPARE,
+    version=1,
+    config=config,
+    run=run,
+    inputs=(names.SYNTH, names.IMAGE_TOKENIZER, names.TEXT_TOKENIZER),
+    params=("data", "tokenizer"),
+)

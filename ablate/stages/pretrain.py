@@ -7,14 +7,19 @@ keys), so the `train` stage loads both the same way.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import torch
 
+from ablate.config.schema import RunConfig
 from ablate.data.sequence import VocabLayout
 from ablate.data.shards import ShardDataset, ShardWriter
 from ablate.model.transformer import Transformer, count_parameters
-from ablate.stages.common import loop_config, model_args, train_and_save
+from ablate.stages import names
+from ablate.stages.common import arch_config, loop_config, model_args, train_and_save
 from ablate.stages.context import StageContext
+from ablate.stages.stage import Stage
 from ablate.stages.text_tokenizer import load_corpus, open_text_tokenizer
 from ablate.train import distributed as dist
 
@@ -74,3 +79,29 @@ def run(ctx: StageContext) -> None:
         seed=p.seed,
     )
     train_and_save(ctx, model, dataset, layout, loop)
+
+
+def config(cfg: RunConfig) -> dict:
+    """What the key hashes: architecture, pretraining budget, AdamW (its own LR and warm-up) and batching."""
+    return {
+        "arch": arch_config(cfg),
+        "pretrain": asdict(cfg.pretrain),
+        "seq_len": cfg.data.seq_len,
+        "optim": {k: v for k, v in asdict(cfg.optim).items() if k not in ("lr", "warmup_tokens")},
+        "micro_batch_size": cfg.train.micro_batch_size,
+        "checkpoint_every_tokens": cfg.train.checkpoint_every_tokens,
+    }
+
+
+STAGE = Stage(
+    names.PRETRAIN,
+    # 2: the key covers train.checkpoint_every_tokens, which the loop reads.
+    version=2,
+    config=config,
+    run=run,
+    inputs=(names.TEXT_TOKENIZER,),
+    applies=lambda cfg: cfg.model.needs_pretrain(),
+    params=("model", "pretrain", "optim"),
+    data_parallel=True,
+    checkpoints=True,
+)

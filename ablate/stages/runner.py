@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 import threading
@@ -17,6 +16,7 @@ import yaml
 from ablate.cache import is_complete, mark_complete
 from ablate.config.compose import config_from_dict
 from ablate.rundir import set_status, write_description
+from ablate.stages import registry
 from ablate.stages.context import StageContext
 from ablate.train import distributed as dist
 from ablate.train.distributed import DistEnv, init_distributed
@@ -91,20 +91,16 @@ class _StopOnSignal:
         return self.requested
 
 
-# Stages whose every rank trains on its share of the batch; the others run on rank 0 only.
-DATA_PARALLEL_STAGES = frozenset({"pretrain", "train"})
-
-
 def run_job(job: Job, extra_stop: Callable[[], bool] | None = None) -> str:
     """Run `job` unless its output is complete; returns 'done' or 'skipped'. Exceptions propagate (failed).
 
     ``extra_stop`` (e.g. the SLURM wrapper's preemption flag) is OR'ed into the SIGINT/SIGTERM stop request.
-    With WORLD_SIZE > 1 (torchrun's variables, which the SLURM wrapper exports), the training stages run
-    data-parallel on every rank inside a torch.distributed process group; rank 0 alone writes the run's
+    With WORLD_SIZE > 1 (torchrun's variables, which the SLURM wrapper exports), the data-parallel stages
+    (the registry's `data_parallel`) run on every rank inside a torch.distributed process group; rank 0 alone writes the run's
     description, status, tracker and completion marker. Other stages run on rank 0, and any other rank
     returns 'skipped' at once (the launcher normally gives them one task).
     """
-    if job.stage not in DATA_PARALLEL_STAGES:
+    if not registry.get(job.stage).data_parallel:
         if not DistEnv.from_env().is_main:
             return "skipped"
         return _run(job, extra_stop)
@@ -156,7 +152,7 @@ def _run(job: Job, extra_stop: Callable[[], bool] | None) -> str:
     )
     try:
         with signal_stop:
-            importlib.import_module(f"ablate.stages.{job.stage}").run(ctx)
+            registry.get(job.stage).run(ctx)
     except StopRequested as e:
         if main:
             set_status(out, "stopped", error=str(e))

@@ -8,8 +8,11 @@ import json
 import numpy as np
 
 from ablate.cache import atomic_write_bytes, atomic_write_text
+from ablate.config.schema import RunConfig
 from ablate.data.synthetic import generate
+from ablate.stages import names
 from ablate.stages.context import StageContext
+from ablate.stages.stage import Stage
 
 SPLITS = ("train", "val", "heldout")
 
@@ -35,3 +38,13 @@ def load_split(synth_dir, split: str) -> tuple[np.ndarray, list[str], list[dict]
     captions = json.loads((synth_dir / f"{split}_captions.json").read_text())
     scenes = json.loads((synth_dir / f"{split}_scenes.json").read_text())
     return images, captions, scenes
+
+
+def config(cfg: RunConfig) -> dict:
+    """What the key hashes: the generator's settings."""
+    d = cfg.data
+    fields = ("source", "image_size", "max_shapes", "n_train", "n_val", "n_heldout", "seed")
+    return {k: getattr(d, k) for k in fields}
+
+
+STAGE = Stage(names.SYNTH, version=1, config=config, run=run, params=("data",))

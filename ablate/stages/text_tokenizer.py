@@ -7,8 +7,11 @@ import json
 from pathlib import Path
 
 from ablate.cache import atomic_write_json, atomic_write_text, read_json
+from ablate.config.schema import RunConfig
 from ablate.data.corpus import corpus_fingerprint, english_documents, split_documents
+from ablate.stages import names
 from ablate.stages.context import StageContext
+from ablate.stages.stage import Stage
 from ablate.tokenize.text import TextTokenizer, train_bpe
 
 
@@ -53,3 +56,18 @@ def run(ctx: StageContext) -> None:
         {"text_vocab": float(tok.vocab_size), "corpus_chars": float(sum(map(len, docs)))}, 0
     )
     ctx.log(f"text tokenizer: {tok.vocab_size} tokens")
+
+
+def config(cfg: RunConfig) -> dict:
+    """What the key hashes: the tokenizer's settings and the corpus it is trained on."""
+    t, p = cfg.tokenizer, cfg.pretrain
+    return {
+        "text": t.text,
+        "text_path": t.text_path,
+        "text_vocab_size": t.text_vocab_size,
+        "corpus_max_chars": p.corpus_max_chars,
+        "heldout_fraction": p.heldout_fraction,
+    }
+
+
+STAGE = Stage(names.TEXT_TOKENIZER, version=1, config=config, run=run, params=("tokenizer", "pretrain"))

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from ablate.config.schema import EXECUTION_SECTIONS, RunConfig
 from ablate.data.sequence import VocabLayout
 from ablate.data.shards import ShardDataset
 from ablate.errors import CheckpointError
-from ablate.evaluate.text_ability import DEMO_PROMPTS, PAPER_PROMPTS, TextProbe
+from ablate.evaluate.text_ability import TextProbe
 from ablate.model.checkpoint_io import load_into, load_open_lm_state_dict
 from ablate.model.freeze import apply_trainable, positional_parameter_names
 from ablate.model.transformer import Transformer
 from ablate.model.vocab import expand_vocab
+from ablate.stages import names
 from ablate.stages.common import loop_config, model_args, train_and_save
 from ablate.stages.context import StageContext
+from ablate.stages.stage import Stage
 from ablate.stages.text_tokenizer import open_text_tokenizer
 from ablate.train import distributed as dist
+
+# evaluate.* fields that change what `train` computes (the text probe runs inside training); the others
+# (sampling) are read by `evaluate` only, so changing them re-evaluates without retraining.
+PROBE_FIELDS = ("probe_every_tokens", "probe_sequences", "completion_tokens", "prompts")
 
 
 def pretrained_checkpoint(ctx: StageContext) -> Path:
@@ -86,7 +94,7 @@ def text_probe(ctx: StageContext, model: Transformer, layout: VocabLayout):
         model,
         ShardDataset(heldout),
         open_text_tokenizer(ctx.inputs["text_tokenizer"]),
-        DEMO_PROMPTS if cfg.scale == "demo" else PAPER_PROMPTS,
+        list(e.prompts),
         layout.text_vocab_size,
         ctx.out_dir,
         max_sequences=e.probe_sequences,
@@ -133,3 +141,27 @@ def run(ctx: StageContext) -> None:
     )
     probe = text_probe(ctx, model, layout)
     train_and_save(ctx, model, dataset, layout, loop, probe, cfg.evaluate.probe_every_tokens)
+
+
+def config(cfg: RunConfig) -> dict:
+    """What the key hashes: the run config minus execution settings, alignment and sampling.
+
+    pretrain and align are left out because their outputs are inputs: their settings reach this key
+    through those stages' keys.
+    """
+    full = asdict(cfg)
+    out = {k: v for k, v in full.items() if k not in (*EXECUTION_SECTIONS, "pretrain", "align", "evaluate")}
+    out["evaluate"] = {k: full["evaluate"][k] for k in PROBE_FIELDS}
+    return out
+
+
+STAGE = Stage(
+    names.TRAIN,
+    # 3: train.threads left the key (it is cluster.threads now); evaluate.prompts joined it.
+    version=3,
+    config=config,
+    run=run,
+    inputs=(names.PREPARE, names.IMAGE_TOKENIZER, names.TEXT_TOKENIZER, names.PRETRAIN, names.ALIGN),
+    data_parallel=True,
+    checkpoints=True,
+)

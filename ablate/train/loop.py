@@ -18,7 +18,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ablate.config.schema import OptimConfig
 from ablate.data.sequence import VocabLayout
 from ablate.data.shards import ShardDataset, ShardSampler, read_batch
 from ablate.rundir import MetricsLog, write_progress
@@ -45,13 +46,11 @@ class LoopConfig:
     micro_batch_size: int
     seq_len: int
     lr: float
+    """Peak LR of this stage (optim.lr for train, pretrain.lr for pretrain; optim.lr itself is not read)."""
     warmup_tokens: int
-    min_lr_ratio: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    """Warm-up of this stage (like lr: optim.warmup_tokens is not read)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """AdamW betas, eps, weight decay, clipping and the cosine's floor."""
     checkpoint_every_tokens: int = 0
     seed: int = 0
     progress_every_s: float = 2.0
@@ -118,8 +117,9 @@ def train_loop(
     eval_every = max(1, round(eval_every_tokens / tokens_per_step)) if eval_every_tokens else 0
 
     torch.manual_seed(cfg.seed)
+    o = cfg.optim
     optimizer = torch.optim.AdamW(
-        _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps
+        _param_groups(model, o.weight_decay), lr=cfg.lr, betas=(o.beta1, o.beta2), eps=o.eps
     )
     ckpt_path = out_dir / "checkpoints" / "last.pt"
     metrics_log = MetricsLog(out_dir / "metrics.jsonl")
@@ -167,7 +167,7 @@ def train_loop(
     model.train()
     while step < total_steps:
         t0 = time.perf_counter()
-        lr = lr_at(step, cfg.lr, warmup_steps, total_steps, cfg.min_lr_ratio)
+        lr = lr_at(step, cfg.lr, warmup_steps, total_steps, cfg.optim.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
         # This rank's strided share of the step's global positions: rank r takes r, r + W, r + 2W, ...
@@ -192,7 +192,7 @@ def train_loop(
         dist.sum_gradients(trainable)
         # The reduced gradients are identical on every rank, so the norm, the clipping and the step are too.
         grad_norm = torch.nn.utils.clip_grad_norm_(
-            trainable, cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+            trainable, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         )
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,196 @@
+"""Every config field a stage's code reads is covered by its key, so a changed field never reuses stale cache.
+
+Each stage of the registry runs (at tiny sizes) on a config that records every field read. A field is
+covered when changing it changes the stage's key as the plan computes it, i.e. through the stage's own
+config slice or through the key of one of its inputs (the slice a key hashes is a free-form function, so
+coverage is measured by perturbing fields, not by comparing names).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ablate.config.compose import compose_config, to_run_config
+from ablate.config.schema import RunConfig
+from ablate.stages import names, registry
+from ablate.stages.context import StageContext
+from ablate.stages.plan import plan_stages
+from ablate.stages.stage import Stage
+from ablate.tracking import NullTracker
+
+TINY = [
+    "data.n_train=128",
+    "data.n_val=32",
+    "data.n_heldout=32",
+    "tokenizer.vq_steps=10",
+    "tokenizer.vq_hidden=16",
+    "tokenizer.text_vocab_size=300",
+    "model.text_vocab_size=300",
+    "pretrain.corpus_max_chars=40000",
+    "pretrain.total_tokens=2304",
+    "pretrain.batch_tokens=1152",
+    "pretrain.warmup_tokens=0",
+    "train.total_tokens=2304",
+    "train.batch_tokens=1152",
+    "train.checkpoint_every_tokens=1152",
+    "optim.warmup_tokens=0",
+    "model.hidden_dim=16",
+    "model.n_layers=1",
+    "model.n_heads=2",
+    "align.steps=3",
+    "align.batch_size=16",
+    "evaluate.n_samples=2",
+    "evaluate.grid_images=2",
+    "evaluate.probe_every_tokens=1152",
+    "evaluate.probe_sequences=2",
+    "evaluate.completion_tokens=2",
+    # Every stage runs: the demo pretrain (init=pretrained, no checkpoint) and align (contrastive).
+    "model.init=pretrained",
+    "model.image_init=contrastive",
+]
+
+
+def recording(obj: Any, reads: set[str], prefix: str = "") -> Any:
+    """A copy of the dataclass `obj` (and its nested dataclasses) that adds the dotted path of every
+    non-dataclass field read to `reads`; an instance of a subclass, so isinstance and asdict still work."""
+    cls = type(obj)
+    fields = {f.name for f in dataclasses.fields(obj)}
+
+    def getattribute(self: Any, name: str) -> Any:
+        value = object.__getattribute__(self, name)
+        if name in fields and not dataclasses.is_dataclass(value):
+            reads.add(prefix + name)
+        return value
+
+    sub = type(f"Recording{cls.__name__}", (cls,), {"__getattribute__": getattribute})
+    copy_ = object.__new__(sub)
+    for name in fields:
+        value = getattr(obj, name)
+        if dataclasses.is_dataclass(value):
+            value = recording(value, reads, f"{prefix}{name}.")
+        object.__setattr__(copy_, name, copy.deepcopy(value))
+    return copy_
+
+
+def leaf_paths(obj: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of every non-dataclass field of a (nested) dataclass."""
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out += leaf_paths(value, f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def _changed(value: Any) -> Any:
+    """A different value of the same kind (a key hashes values, never validates them)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 2 + 1
+    if isinstance(value, str):
+        return value + "_changed"
+    if isinstance(value, list):
+        return [*value, "changed"]
+    if isinstance(value, dict):
+        return {**value, "changed": "1"}
+    if value is None:
+        return "changed"
+    raise TypeError(f"no perturbation for {value!r}")
+
+
+def perturbed(cfg: RunConfig, path: str) -> RunConfig:
+    """A copy of cfg with the field at `path` changed."""
+    out = copy.deepcopy(cfg)
+    *sections, name = path.split(".")
+    node: Any = out
+    for s in sections:
+        node = getattr(node, s)
+    setattr(node, name, _changed(getattr(node, name)))
+    return out
+
+
+def covered_fields(stage: str, cfg: RunConfig) -> set[str]:
+    """The fields whose change changes the stage's key (or drops the stage from the arm's plan)."""
+    base = {s.name: s.key for s in plan_stages(cfg)}[stage]
+    covered = set()
+    for path in leaf_paths(cfg):
+        keys = {s.name: s.key for s in plan_stages(perturbed(cfg, path))}
+        if keys.get(stage) != base:
+            covered.add(path)
+    return covered
+
+
+def uncovered_reads(stage: Stage, cfg: RunConfig, ctx_for: Any) -> set[str]:
+    """Run the stage on a recording copy of cfg; the fields it read that its key does not cover."""
+    reads: set[str] = set()
+    stage.run(ctx_for(recording(cfg, reads)))
+    return reads - covered_fields(stage.name, cfg)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> RunConfig:
+    return to_run_config(compose_config(TINY))
+
+
+def _context(tmp: Path, stage: str, cfg: RunConfig, plan: dict[str, Any]) -> StageContext:
+    spec = plan[stage]
+    out = tmp / stage
+    out.mkdir(parents=True, exist_ok=True)
+    return StageContext(
+        stage=stage,
+        cfg=cfg,
+        out_dir=out,
+        inputs={name: tmp / name for name in spec.deps},
+        tracker=NullTracker(),
+    )
+
+
+def test_every_stage_reads_only_fields_its_key_covers(tiny: RunConfig, tmp_path: Path) -> None:
+    plan = {s.name: s for s in plan_stages(tiny)}
+    assert list(plan) == list(registry.STAGE_ORDER), "the tiny config must plan every stage"
+    problems = {}
+    read_any: dict[str, set[str]] = {}
+    for stage in registry.STAGES:
+        reads: set[str] = set()
+        stage.run(_context(tmp_path, stage.name, recording(tiny, reads), plan))
+        read_any[stage.name] = reads
+        missing = reads - covered_fields(stage.name, tiny)
+        if missing:
+            problems[stage.name] = sorted(missing)
+    assert not problems, f"stages read fields their keys do not cover: {problems}"
+    # The recorder saw real reads (a recorder that records nothing would pass the check above).
+    assert {"data.n_train", "data.seed"} <= read_any[names.SYNTH]
+    assert {"optim.beta2", "evaluate.prompts", "train.trainable"} <= read_any[names.TRAIN]
+    assert "align.steps" in read_any[names.ALIGN]
+
+
+def test_a_planted_read_outside_the_key_is_caught(tiny: RunConfig, tmp_path: Path) -> None:
+    plan = {s.name: s for s in plan_stages(tiny)}
+    synth = registry.get(names.SYNTH)
+
+    def planted(ctx: StageContext) -> None:
+        synth.run(ctx)
+        _ = ctx.cfg.evaluate.temperature  # sampling temperature: nothing synth's key hashes
+
+    stage = dataclasses.replace(synth, run=planted)
+    assert uncovered_reads(stage, tiny, lambda c: _context(tmp_path, names.SYNTH, c, plan)) == {
+        "evaluate.temperature"
+    }
+    assert uncovered_reads(synth, tiny, lambda c: _context(tmp_path, names.SYNTH, c, plan)) == set()
+
+
+def test_coverage_counts_fields_reaching_the_key_through_inputs(tiny: RunConfig) -> None:
+    covered = covered_fields(names.IMAGE_TOKENIZER, tiny)
+    assert "tokenizer.vq_steps" in covered  # its own slice
+    assert "data.seed" in covered  # through synth's key, which it reads the images of
+    assert "cluster.threads" not in covered and "evaluate.temperature" not in covered
