@@ -12,6 +12,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
+from ablate import tracking
 from ablate.errors import AblateError
 from analysis.figures import EMA_ALPHA, PLOT_COLUMNS, _colors, _draw, joined, plotted_points, save
 from analysis.runs import label_rank
@@ -24,9 +25,9 @@ FREEZE_SETTINGS = {
     "emb_out_norm_ffn": "+ norms + feed-forward layers",
     "all": "all parameters",
 }
-NO_POSITIONAL = "none"  # ablate.positional_params starts so when the model has no positional parameters
+NO_POSITIONAL = "none"  # tracking.TAG_POSITIONAL starts so when the model has no positional parameters
 ROTARY_NOTE = (
-    "open_lm's rotary position embedding has no parameters (tag ablate.positional_params = {value!r}), "
+    f"open_lm's rotary position embedding has no parameters (tag {tracking.TAG_POSITIONAL} = {{value!r}}), "
     "so the '+ positional' setting adds only the norms."
 )
 FREEZE_COLUMNS = ["series", "setting", "trainable", *PLOT_COLUMNS[1:], "positional_params"]
@@ -49,7 +50,7 @@ def positional_note(values: pd.Series) -> str:
     """The figure's note on what '+ positional' added, from the runs' ablate.positional_params tags."""
     given = sorted({str(v) for v in values.dropna()})
     if not given:
-        return "Positional parameters not recorded (runs lack the tag ablate.positional_params)."
+        return f"Positional parameters not recorded (runs lack the tag {tracking.TAG_POSITIONAL})."
     if all(v.startswith(NO_POSITIONAL) for v in given):
         return ROTARY_NOTE.format(value=given[0])
     return "Positional parameters trained with '+ positional': " + "; ".join(given) + "."

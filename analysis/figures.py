@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
@@ -106,7 +107,7 @@ def joined(points: pd.DataFrame, x: str, y: str = "value") -> tuple[np.ndarray, 
 
 
 def _draw(
-    ax: object,
+    ax: Axes,
     points: pd.DataFrame,
     colors: dict[str, str],
     legend: bool = True,

@@ -8,30 +8,22 @@ import numpy as np
 import pandas as pd
 
 from ablate import tracking
+from ablate.stages import names as stages
+from analysis.runs import source_column
 
-TRAIN_STAGE = "train"  # the stage whose runs log the training curves
-CURVE_COLUMNS = [
-    "run_id", "sweep", "arm", "init", "image_init", "task", "trainable", "step", "tokens", "metric", "value",
-]  # fmt: skip
+# Per run, from tracking.fetch_runs through the one column mapping, analysis.runs.SOURCES.
+META_COLUMNS = ("sweep", "arm", "init", "image_init", "task", "trainable")
+CURVE_COLUMNS = ["run_id", *META_COLUMNS, "step", "tokens", "metric", "value"]
 CURVE_METRICS = ("loss", "text_loss", "image_loss", "perplexity", "lr", "tokens_per_s")
 FINAL_COLUMNS = ["run_id", "key", "n", "last_step", "last", "tail_n", "tail_mean"]
 TAIL_FRACTION = 0.05  # "final" value of a curve: the mean over its last 5% of logged steps
-# Run metadata columns of the curves frame <- columns of tracking.fetch_runs.
-_META = {
-    "sweep": f"tags.{tracking.TAG_SWEEP}",
-    "arm": f"tags.{tracking.TAG_ARM}",
-    "init": "params.model.init",
-    "image_init": "params.model.image_init",
-    "task": "params.data.task",
-    "trainable": "params.train.trainable",
-}
 
 
 def training_curves(
     uri: str, sweep: str | None = None, metrics: Sequence[str] = CURVE_METRICS
 ) -> pd.DataFrame:
     """Every train-stage run's metrics, one row per (run, metric, step), with `tokens` at that step."""
-    return curves_from_runs(uri, tracking.fetch_runs(uri, sweep=sweep, stage=TRAIN_STAGE), metrics)
+    return curves_from_runs(uri, tracking.fetch_runs(uri, sweep=sweep, stage=stages.TRAIN), metrics)
 
 
 def curves_from_runs(uri: str, runs: pd.DataFrame, metrics: Sequence[str] = CURVE_METRICS) -> pd.DataFrame:
@@ -82,9 +74,8 @@ def curves_from_histories(
         at[~is_tokens],
     )
     columns = {"run_id": runs["run_id"].to_numpy(dtype=object)[run]}
-    for column, source in _META.items():
-        per_run = runs[source] if source in runs.columns else pd.Series(None, index=runs.index, dtype=object)
-        columns[column] = per_run.to_numpy(dtype=object)[run]
+    for column in META_COLUMNS:
+        columns[column] = source_column(runs, column).to_numpy(dtype=object)[run]
     columns["step"] = step
     columns["tokens"] = tokens.reindex(at).to_numpy(dtype=np.float64)
     columns["metric"] = np.asarray(metrics, dtype=object)[key]

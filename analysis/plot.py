@@ -5,7 +5,8 @@ only the artifacts drawn (one samples.png and one completions.jsonl per initiali
 draws the runs of the sweeps that produce it (docs/CONTRACTS.md "Figure -> sweeps"), restricted to the
 runs of `sweep` when given. A sweep that produces figures (lr) draws only those; one that produces none
 itself (paper, which includes the others) draws every figure its runs feed. A figure whose runs are
-missing is skipped with a message naming the sweep file that produces them.
+missing is skipped with a message naming the sweep file that produces them. Each figure is one `Figure`
+record in FIGURES: its sweeps, the runs it needs, how to select them and how to draw it.
 """
 
 from __future__ import annotations
@@ -19,25 +20,12 @@ import pandas as pd
 
 from ablate import tracking
 from ablate.errors import AblateError
+from ablate.stages import names as stages
 from analysis import curves, figures, runs, samples, sensitivity, tables
 from analysis.frames import curves_from_histories, final_values
 
 log = logging.getLogger(__name__)
 
-# Figure -> (the sweeps whose runs it draws, the runs it needs, in words). The first sweep names the file
-# to launch when they are missing (demo is the small version of several).
-FIGURES: dict[str, tuple[tuple[str, ...], str]] = {
-    "figure3_perplexity": (("t2i_init", "demo"), "text-to-image train runs"),
-    "figure4_loss_split": (("t2i_init", "demo"), "text-to-image train runs"),
-    "figure5_samples": (("t2i_init", "demo"), "evaluate runs of text-to-image train runs"),
-    "figure6_freeze": (("freeze", "demo"), "unconditional train runs"),
-    "figure7_contrastive": (("contrastive", "demo"), "align runs"),
-    "table1_completions": (("t2i_init", "demo"), "text-to-image train runs"),
-    "text_ability": (("t2i_init", "demo"), "text-to-image train runs"),
-    "sensitivity_lr": (("lr",), "text-to-image train runs"),
-    "sensitivity_batch": (("batch",), "text-to-image train runs"),
-}
-PRODUCERS = {sweep for sweeps, _ in FIGURES.values() for sweep in sweeps}
 CURVE_KEYS = ("loss", "text_loss", "image_loss", "perplexity", "heldout_text_ppl", "temperature")
 HISTORY_KEYS = (*CURVE_KEYS, "tokens", *tables.EVAL_METRICS)
 ARTIFACTS_DIR = "artifacts"  # under out_dir: the downloaded samples.png / completions.jsonl, per run id
@@ -46,6 +34,125 @@ HOW_TO_PRODUCE = (
     "Produce runs with `ablate launch sweeps/demo.yaml` (follow them with `ablate status demo`), "
     "or point MLFLOW_TRACKING_URI at the store that holds them."
 )
+
+
+@dataclass(frozen=True)
+class Frames:
+    """The run-table rows that figures select their runs from, before any metric history is fetched."""
+
+    table: pd.DataFrame  # every stage run (not the sweeps' parent runs)
+    train: pd.DataFrame  # the train-stage runs
+    t2i: pd.DataFrame  # the text-to-image train runs
+    evals: pd.Series  # train run id -> evaluate run id (runs.evaluations)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What the figures draw from, read once for all of them."""
+
+    curves: pd.DataFrame  # analysis.frames curves of every train run and of every run a figure selected
+    finals: pd.DataFrame  # analysis.frames.final_values of those runs and of the evaluate runs
+    tokens: pd.Series  # run id -> training tokens at its last step
+    evals: pd.Series  # as Frames.evals
+    fetch: ArtifactFetcher
+    out_dir: Path
+
+    def curves_of(self, runs: pd.DataFrame) -> pd.DataFrame:
+        """The curves of the given run-table rows."""
+        return self.curves[self.curves["run_id"].isin(runs["run_id"])]
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure or table: the sweeps whose runs it draws (the first names the file to launch when they
+    are missing; demo is the small version of several), the runs it needs (in words, for the skip
+    message), which run-table rows those are, and how to draw it from them (its paths)."""
+
+    name: str
+    sweeps: tuple[str, ...]
+    needs: str
+    select: Callable[[Frames], pd.DataFrame]
+    draw: Callable[[pd.DataFrame, Fetched], list[Path]]
+
+    def runs_of(self, frames: Frames) -> pd.DataFrame:
+        """The rows `select` picks that one of the figure's sweeps uses."""
+        rows = self.select(frames)
+        return rows[runs.in_sweeps(rows, self.sweeps)]
+
+
+T2I = ("t2i_init", "demo")
+FIGURES: tuple[Figure, ...] = (
+    Figure(
+        "figure3_perplexity",
+        T2I,
+        "text-to-image train runs",
+        lambda f: f.t2i,
+        lambda runs, d: figures.figure3_perplexity(d.curves_of(runs), d.out_dir),
+    ),
+    Figure(
+        "figure4_loss_split",
+        T2I,
+        "text-to-image train runs",
+        lambda f: f.t2i,
+        lambda runs, d: figures.figure4_loss_split(d.curves_of(runs), d.out_dir),
+    ),
+    Figure(
+        "figure5_samples",
+        T2I,
+        "evaluate runs of text-to-image train runs",
+        lambda f: f.t2i[f.t2i["run_id"].isin(f.evals.index)],
+        lambda runs, d: samples.figure5_samples(
+            sample_panels(runs, d.evals, d.finals, d.tokens, d.fetch), d.out_dir
+        ),
+    ),
+    Figure(
+        "figure6_freeze",
+        ("freeze", "demo"),
+        "unconditional train runs",
+        lambda f: f.train[f.train["task"] == "uncond"],
+        lambda runs, d: curves.figure6_freeze(d.curves_of(runs), runs, d.out_dir),
+    ),
+    Figure(
+        "figure7_contrastive",
+        ("contrastive", "demo"),
+        "align runs",
+        lambda f: f.table[f.table["stage"] == stages.ALIGN],
+        lambda runs, d: curves.figure7_contrastive(d.curves_of(runs), d.out_dir),
+    ),
+    Figure(
+        "table1_completions",
+        T2I,
+        "text-to-image train runs",
+        lambda f: f.t2i,
+        lambda runs, d: tables.table1_completions(completion_records(runs, d.tokens, d.fetch), d.out_dir),
+    ),
+    Figure(
+        "text_ability",
+        T2I,
+        "text-to-image train runs",
+        lambda f: f.t2i,
+        lambda runs, d: curves.text_ability(d.curves_of(runs), d.out_dir),
+    ),
+    Figure(
+        "sensitivity_lr",
+        ("lr",),
+        "text-to-image train runs",
+        lambda f: f.t2i,
+        lambda runs, d: sensitivity.sensitivity(
+            sensitivity.final_points(runs, d.finals), "lr", d.out_dir, "sensitivity_lr"
+        ),
+    ),
+    Figure(
+        "sensitivity_batch",
+        ("batch",),
+        "text-to-image train runs",
+        lambda f: f.t2i,
+        lambda runs, d: sensitivity.sensitivity(
+            sensitivity.final_points(runs, d.finals), "batch_tokens", d.out_dir, "sensitivity_batch"
+        ),
+    ),
+)
+PRODUCERS = {sweep for figure in FIGURES for sweep in figure.sweeps}
 
 
 @dataclass
@@ -69,67 +176,30 @@ def plot_report(uri: str, out_dir: Path, sweep: str | None = None) -> Report:
     fetched = tracking.fetch_runs(uri, sweep=sweep)
     table = runs.run_table(fetched)
     table = table[table["stage"].notna()]  # not the sweeps' parent runs
-    train = table[table["stage"] == runs.TRAIN_STAGE]
-    if train.empty and not (table["stage"] == runs.ALIGN_STAGE).any():
+    train = table[table["stage"] == stages.TRAIN]
+    if train.empty and not (table["stage"] == stages.ALIGN).any():
         raise AblateError(f"No training runs {which} in the {store}. {HOW_TO_PRODUCE}")
     evals = runs.evaluations(table)
-    t2i = train[runs.is_t2i(train)]
-    selected = {
-        name: frame[runs.in_sweeps(frame, FIGURES[name][0])]
-        for name, frame in (
-            ("figure3_perplexity", t2i),
-            ("figure6_freeze", train[train["task"] == "uncond"]),
-            ("figure7_contrastive", table[table["stage"] == runs.ALIGN_STAGE]),
-            ("sensitivity_lr", t2i),
-            ("sensitivity_batch", t2i),
-        )
-    }
-    for name in ("figure4_loss_split", "table1_completions", "text_ability"):
-        selected[name] = selected["figure3_perplexity"]
-    selected["figure5_samples"] = selected["figure3_perplexity"].pipe(
-        lambda f: f[f["run_id"].isin(evals.index)]
-    )
+    frames = Frames(table, train, train[runs.is_t2i(train)], evals)
+    selected = {figure.name: figure.runs_of(frames) for figure in FIGURES}
 
-    ids = [*train["run_id"], *selected["figure7_contrastive"]["run_id"], *evals.to_numpy()]
-    hist = tracking.fetch_histories(uri, ids, HISTORY_KEYS)
+    # Histories of every train run (the summary has a row each), of the runs the figures selected (the
+    # align runs) and of the evaluate runs (their metrics); curves only of the first two.
+    curve_ids = [*dict.fromkeys([*train["run_id"], *(i for s in selected.values() for i in s["run_id"])])]
+    hist = tracking.fetch_histories(uri, [*curve_ids, *evals.to_numpy()], HISTORY_KEYS)
     finals = final_values(hist)
-    curve_runs = fetched[
-        fetched["run_id"].isin([*train["run_id"], *selected["figure7_contrastive"]["run_id"]])
-    ]
-    frame = curves_from_histories(curve_runs, hist, CURVE_KEYS)
-    tokens = finals[finals["key"] == "tokens"].set_index("run_id")["last"]
-
-    def curves_of(name: str) -> pd.DataFrame:
-        return frame[frame["run_id"].isin(selected[name]["run_id"])]
-
-    fetch = ArtifactFetcher(uri, out_dir / ARTIFACTS_DIR)
-    draws: dict[str, Callable[[], list[Path]]] = {
-        "figure3_perplexity": lambda: figures.figure3_perplexity(curves_of("figure3_perplexity"), out_dir),
-        "figure4_loss_split": lambda: figures.figure4_loss_split(curves_of("figure4_loss_split"), out_dir),
-        "figure5_samples": lambda: samples.figure5_samples(
-            sample_panels(selected["figure5_samples"], evals, finals, tokens, fetch), out_dir
-        ),
-        "figure6_freeze": lambda: curves.figure6_freeze(
-            curves_of("figure6_freeze"), selected["figure6_freeze"], out_dir
-        ),
-        "figure7_contrastive": lambda: curves.figure7_contrastive(curves_of("figure7_contrastive"), out_dir),
-        "table1_completions": lambda: tables.table1_completions(
-            completion_records(selected["table1_completions"], tokens, fetch), out_dir
-        ),
-        "text_ability": lambda: curves.text_ability(curves_of("text_ability"), out_dir),
-        "sensitivity_lr": lambda: sensitivity.sensitivity(
-            sensitivity.final_points(selected["sensitivity_lr"], finals), "lr", out_dir, "sensitivity_lr"
-        ),
-        "sensitivity_batch": lambda: sensitivity.sensitivity(
-            sensitivity.final_points(selected["sensitivity_batch"], finals),
-            "batch_tokens",
-            out_dir,
-            "sensitivity_batch",
-        ),
-    }
+    curve_runs = fetched[fetched["run_id"].isin(curve_ids)]
+    data = Fetched(
+        curves=curves_from_histories(curve_runs, hist, CURVE_KEYS),
+        finals=finals,
+        tokens=finals[finals["key"] == "tokens"].set_index("run_id")["last"],
+        evals=evals,
+        fetch=ArtifactFetcher(uri, out_dir / ARTIFACTS_DIR),
+        out_dir=out_dir,
+    )
     report = Report()
-    for name, draw in draws.items():
-        producers, what = FIGURES[name]
+    for figure in FIGURES:
+        producers = figure.sweeps
         how = f"produce them with `ablate launch sweeps/{producers[0]}.yaml`"
         among = f"of sweep {' or '.join(producers)}" + (
             f" among the runs of sweep '{sweep}'" if sweep else ""
@@ -142,12 +212,12 @@ def plot_report(uri: str, out_dir: Path, sweep: str | None = None) -> Report:
                 raise AblateError(
                     f"not drawn for sweep '{sweep}' (its runs come from sweep {' or '.join(producers)})"
                 )
-            if selected[name].empty:
-                raise AblateError(f"no {what} {among}")
-            report.paths += draw()
+            if selected[figure.name].empty:
+                raise AblateError(f"no {figure.needs} {among}")
+            report.paths += figure.draw(selected[figure.name], data)
         except AblateError as exc:  # a figure whose runs are not in this store/sweep: draw the others
-            message = f"{name}: {exc}; {how}"
-            report.skipped[name] = message
+            message = f"{figure.name}: {exc}; {how}"
+            report.skipped[figure.name] = message
             log.log(logging.INFO if other else logging.WARNING, "skipping %s", message)
     if not report.paths and not train.empty and not hist["run_id"].isin(train["run_id"]).any():
         statuses = ", ".join(f"{n} {s}" for s, n in train["status"].value_counts().items())

@@ -12,30 +12,35 @@ import numpy as np
 import pandas as pd
 
 from ablate import tracking
+from ablate.stages import names as stages
 
-TRAIN_STAGE, EVALUATE_STAGE, ALIGN_STAGE = "train", "evaluate", "align"
-TAG_TRAIN_KEY = "ablate.train_key"  # on an evaluate run: the ablate.run_key of the train run it evaluates
-TAG_TRAINABLE, TAG_POSITIONAL = "ablate.trainable", "ablate.positional_params"
 RUN_COLUMNS = [
     "run_id", "run_name", "status", "start_time", "stage", "sweeps", "arm", "run_key", "train_key",
     "init", "image_init", "label", "task", "trainable", "positional_params", "lr", "batch_tokens", "scale",
 ]  # fmt: skip
-# Run-table column <- tracking.fetch_runs column.
-_SOURCES = {
+# Run metadata column (of the run table and of analysis.frames' curves) <- tracking.fetch_runs column.
+SOURCES = {
     "stage": f"tags.{tracking.TAG_STAGE}",
+    "sweep": f"tags.{tracking.TAG_SWEEP}",  # the sweep that created the run (the curves'; the table has `sweeps`)
     "arm": f"tags.{tracking.TAG_ARM}",
     "run_key": f"tags.{tracking.TAG_RUN_KEY}",
-    "train_key": f"tags.{TAG_TRAIN_KEY}",
+    "train_key": f"tags.{tracking.TAG_TRAIN_KEY}",
     "init": "params.model.init",
     "image_init": "params.model.image_init",
     "task": "params.data.task",
     "trainable": "params.train.trainable",
-    "positional_params": f"tags.{TAG_POSITIONAL}",
+    "positional_params": f"tags.{tracking.TAG_POSITIONAL}",
     "lr": "params.optim.lr",
     "batch_tokens": "params.train.batch_tokens",
     "scale": "params.scale",
 }
 _SWEEP_COLUMN = f"tags.{tracking.TAG_SWEEPS_PREFIX}"
+
+
+def source_column(runs: pd.DataFrame, column: str) -> pd.Series:
+    """The fetch_runs column that SOURCES maps `column` to; all None where no run logged it."""
+    source = SOURCES[column]
+    return runs[source] if source in runs.columns else pd.Series(None, index=runs.index, dtype=object)
 
 
 def init_label(init: object, image_init: object = None) -> str:
@@ -57,15 +62,14 @@ def run_sweeps(runs: pd.DataFrame) -> pd.Series:
 
 def run_table(runs: pd.DataFrame) -> pd.DataFrame:
     """tracking.fetch_runs rows -> RUN_COLUMNS. lr and batch_tokens are numbers (NaN if not logged);
-    trainable falls back to the ablate.trainable tag; label is init_label(init, image_init)."""
+    trainable falls back to the tracking.TAG_TRAINABLE tag; label is init_label(init, image_init)."""
     table = pd.DataFrame(index=runs.index)
     for column in ("run_id", "run_name", "status", "start_time"):
         table[column] = runs[column] if column in runs.columns else None
-    for column, source in _SOURCES.items():
-        table[column] = (
-            runs[source] if source in runs.columns else pd.Series(None, index=runs.index, dtype=object)
-        )
-    tag = f"tags.{TAG_TRAINABLE}"
+    for column in RUN_COLUMNS:
+        if column in SOURCES:
+            table[column] = source_column(runs, column)
+    tag = f"tags.{tracking.TAG_TRAINABLE}"
     if tag in runs.columns:
         table["trainable"] = table["trainable"].fillna(runs[tag])
     for column in ("lr", "batch_tokens"):
@@ -90,8 +94,8 @@ def is_t2i(table: pd.DataFrame) -> pd.Series:
 def evaluations(table: pd.DataFrame) -> pd.Series:
     """train run id -> the run id of the evaluate run whose ablate.train_key is its ablate.run_key (the
     latest started, if several); train runs with no evaluate run are left out."""
-    train = table[(table["stage"] == TRAIN_STAGE) & table["run_key"].notna()]
-    evals = table[(table["stage"] == EVALUATE_STAGE) & table["train_key"].notna()]
+    train = table[(table["stage"] == stages.TRAIN) & table["run_key"].notna()]
+    evals = table[(table["stage"] == stages.EVALUATE) & table["train_key"].notna()]
     evals = evals.sort_values("start_time", kind="stable", na_position="first").drop_duplicates(
         "train_key", keep="last"
     )

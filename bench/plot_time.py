@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ablate import tracking
+from ablate.stages import names as stages
 from analysis import plot
 
 METRICS = ("loss", "text_loss", "image_loss", "perplexity", "lr", "tokens", "tokens_per_s", "grad_norm")
@@ -44,8 +45,8 @@ def _tracker(uri: str, run_id: str) -> tracking.MLflowTracker:
 
 def _run(uri: str, exp: str, parent: str, key: str, stage: str, sweeps: list[str], params: dict,
          tags: dict | None = None) -> str:  # fmt: skip
-    all_tags = {tracking.TAG_SWEEP: sweeps[0], tracking.TAG_ARM: key, **(tags or {})}
-    all_tags.update({tracking.sweep_tag(s): "true" for s in sweeps})
+    built = tracking.stage_run_tags(sweep=sweeps[0], stage=stage, key=key, labels=[key], sweeps=sweeps)
+    all_tags = {**built, **(tags or {})}
     run_id = tracking.get_or_create_stage_run(uri, exp, parent, key, stage, key, all_tags, params)
     assert run_id is not None
     return run_id
@@ -77,7 +78,7 @@ def build(root: Path, runs: int, steps: int) -> str:
         else:
             sweeps = ["t2i_init", "lr", "batch", "paper"]
         key = f"r{r}"
-        run_id = _run(uri, exp, parent, key, "train", sweeps, params, {"ablate.positional_params": "none"})
+        run_id = _run(uri, exp, parent, key, stages.TRAIN, sweeps, params, {tracking.TAG_POSITIONAL: "none"})
         tracker = _tracker(uri, run_id)
         if not uncond:
             tracker.log_metrics({"tokens": 0.0, "heldout_text_ppl": 40.0}, step=0)
@@ -101,10 +102,8 @@ def build(root: Path, runs: int, steps: int) -> str:
             path.write_text("".join(json.dumps(x) + "\n" for x in records))
             tracker.log_artifact(path)
         tracker.close(timeout=600)
-        train_key = f"r{r}"
-        eval_id = _run(
-            uri, exp, parent, f"r{r}-eval", "evaluate", sweeps, params, {"ablate.train_key": train_key}
-        )
+        linked = {tracking.TAG_TRAIN_KEY: key}  # the evaluate run names the train run it evaluates
+        eval_id = _run(uri, exp, parent, f"{key}-eval", stages.EVALUATE, sweeps, params, linked)
         tracker = _tracker(uri, eval_id)
         metrics = (
             {"scene_valid": 0.5} if uncond else {"caption_match_seen": 0.5, "caption_match_heldout": 0.25}
@@ -114,7 +113,7 @@ def build(root: Path, runs: int, steps: int) -> str:
             tracker.log_artifact(png)
         tracker.close(timeout=60)
     for a in range(2):
-        align_id = _run(uri, exp, parent, f"align{a}", "align", ["contrastive", "paper"], {})
+        align_id = _run(uri, exp, parent, f"align{a}", stages.ALIGN, ["contrastive", "paper"], {})
         tracker = _tracker(uri, align_id)
         for step in range(1, steps + 1):
             tracker.log_metrics({"loss": 5.0 / step, "temperature": 14.0 + step / steps}, step=step)
