@@ -10,15 +10,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ablate import paper
 from ablate.errors import AblateError
 from analysis.runs import label_rank
 
 COMPLETIONS_ARTIFACT = "completions.jsonl"  # ablate.evaluate.text_ability.COMPLETIONS_FILE
-PLACEHOLDER = "PLACEHOLDER"  # in a prompt: not the paper's text (ablate.evaluate.text_ability.PAPER_PROMPTS)
 COMPLETION_COLUMNS = ["init", "arm", "run_id", "step", "tokens", "prompt", "completion"]
+# The paper's own completions of its Table 1 prompts, beside ours (empty for any other prompt).
+PAPER_BEFORE, PAPER_AFTER = "paper, before", f"paper, after {paper.TABLE1_AFTER_TOKENS / 1e9:g}B tokens"
 TABLE1_COLUMNS = [
     "init", "arm", "run_id", "prompt", "before_step", "before_tokens", "before", "after_step", "after_tokens",
-    "after",
+    "after", PAPER_BEFORE, PAPER_AFTER,
 ]  # fmt: skip
 FINAL_METRICS = ("loss", "text_loss", "image_loss", "perplexity")
 EVAL_METRICS = (
@@ -66,7 +68,8 @@ def human(tokens: float) -> str:
 
 
 def table1_rows(completions: pd.DataFrame) -> pd.DataFrame:
-    """Per run and prompt: the completion at the first probe (step 0: before any update) and at the last."""
+    """Per run and prompt: the completion at the first probe (step 0: before any update) and at the last,
+    and the paper's completions where the prompt is one of the paper's (ablate.paper.TABLE1_COMPLETIONS)."""
     out = []
     for run_id, run in completions.groupby("run_id", sort=False):
         first, last = run["step"].min(), run["step"].max()
@@ -87,6 +90,8 @@ def table1_rows(completions: pd.DataFrame) -> pd.DataFrame:
                     "after_step": last if a is not None else np.nan,
                     "after_tokens": a["tokens"] if a is not None else np.nan,
                     "after": a["completion"] if a is not None else None,
+                    PAPER_BEFORE: paper.TABLE1_COMPLETIONS.get(prompt, {}).get("before"),
+                    PAPER_AFTER: paper.TABLE1_COMPLETIONS.get(prompt, {}).get("after"),
                 }
             )
     table = pd.DataFrame(out, columns=TABLE1_COLUMNS)
@@ -103,8 +108,9 @@ def _cell(text: object) -> str:
 
 def table1_completions(completions: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Table 1: for each initialisation (one run each), the greedy completion of each probe prompt before
-    training (step 0) and after the last probe, with the tokens trained by then. Writes
-    table1_completions.md (markdown) and .csv (TABLE1_COLUMNS); the paths."""
+    training (step 0) and after the last probe, with the tokens trained by then, beside the paper's own
+    completions of its prompts. Writes table1_completions.md (markdown) and .csv (TABLE1_COLUMNS); the
+    paths."""
     if completions.empty:
         raise AblateError(f"table 1: no {COMPLETIONS_ARTIFACT} record of a text-to-image training run")
     table = table1_rows(completions)
@@ -113,10 +119,13 @@ def table1_completions(completions: pd.DataFrame, out_dir: Path) -> list[Path]:
         "",
         "*Before*: the probe at the first step logged (step 0: before the first update). *After*: the "
         "run's last probe, after the tokens shown. Completions are greedy, text vocabulary only; "
-        "⏎ marks a line break.",
+        "⏎ marks a line break. *Paper*: the completions the paper printed for its own prompts (its "
+        f"pretrained model, before and after {human(paper.TABLE1_AFTER_TOKENS)} tokens of text-to-image "
+        "training); empty for other prompts.",
         "",
-        "| initialisation | prompt | before training | after training | after (tokens, step) |",
-        "|---|---|---|---|---|",
+        "| initialisation | prompt | before training | after training | after (tokens, step) "
+        f"| {PAPER_BEFORE} | {PAPER_AFTER} |",
+        "|---|---|---|---|---|---|---|",
     ]
     for _, row in table.iterrows():
         when = "no later probe yet"
@@ -125,18 +134,14 @@ def table1_completions(completions: pd.DataFrame, out_dir: Path) -> list[Path]:
         before = _cell(row["before"])
         if np.isfinite(row["before_step"]) and row["before_step"] != 0:
             before += f" (step {int(row['before_step'])}: no step-0 probe)"
+        # Not the paper's prompt: an empty cell (nothing to compare), not "—" (a missing completion).
+        theirs = [_cell(row[c]) if isinstance(row[c], str) else "" for c in (PAPER_BEFORE, PAPER_AFTER)]
         lines.append(
-            f"| {row['init']} | {_cell(row['prompt'])} | {before} | {_cell(row['after'])} | {when} |"
+            f"| {row['init']} | {_cell(row['prompt'])} | {before} | {_cell(row['after'])} | {when} "
+            f"| {theirs[0]} | {theirs[1]} |"
         )
     runs = table.drop_duplicates("run_id")
     lines += ["", "Runs: " + "; ".join(f"{r.init}: {r.arm} (`{r.run_id}`)" for r in runs.itertuples())]
-    if table["prompt"].str.contains(PLACEHOLDER, regex=False).any():
-        lines += [
-            "",
-            "> **Note:** the prompts are placeholders, not the paper's Table 1 prompts (they could not be "
-            "found; see `PAPER_PROMPTS` in ablate/evaluate/text_ability.py). Do not report this table as the "
-            "paper's until they are replaced.",
-        ]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md, csv = out_dir / "table1_completions.md", out_dir / "table1_completions.csv"

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from matplotlib.image import imsave
 
-from ablate import tracking
+from ablate import paper, tracking
 from ablate.errors import AblateError
 from analysis import tables
 from analysis.plot import plot_report
@@ -24,7 +24,7 @@ from analysis.smoothing import ema
 STEPS = 50  # last 5%: ceil(2.5) = 3 steps
 TOKENS_PER_STEP = 1000
 PROBES = (0, 25, STEPS)
-PLACEHOLDER_PROMPT = "[PLACEHOLDER: Table 1 prompt 1]"
+PAPER_PROMPT = paper.TABLE1_PROMPTS[1]  # the runs probe one of the paper's prompts and one of their own
 ROTARY = "none (rotary has no parameters)"
 
 
@@ -83,8 +83,7 @@ def completions(init: str) -> str:
     lines = []
     for step in PROBES:
         done = [
-            {"prompt": p, "completion": f"{init} says {p[:6]} at {step}"}
-            for p in (PLACEHOLDER_PROMPT, "Hi |x")
+            {"prompt": p, "completion": f"{init} says {p[:6]} at {step}"} for p in (PAPER_PROMPT, "Hi |x")
         ]
         lines.append(json.dumps({"step": step, "tokens": step * TOKENS_PER_STEP, "completions": done}))
     return "\n".join(lines) + "\n"
@@ -225,7 +224,15 @@ def test_table1_before_and_after(everything: SimpleNamespace, store: Store) -> N
         "| random | Hi \\|x | random says Hi \\|x at 0 | random says Hi \\|x at 50 | 50k tokens, step 50 |"
         in md
     )
-    assert "placeholders" in md
+    # The paper's completions of its prompt beside ours, as printed (the CSV keeps the leading space).
+    theirs = ["paper, before", "paper, after 5B tokens"]
+    raw = pd.read_csv(everything.out / "table1_completions.csv", keep_default_na=False)
+    assert raw[raw["prompt"] == PAPER_PROMPT][theirs].drop_duplicates().values.tolist() == [
+        [" fromage", " I love cheese"]
+    ]
+    assert (raw[raw["prompt"] == "Hi |x"][theirs] == "").all(axis=None)
+    assert "| fromage | I love cheese |" in md
+    assert "placeholder" not in md.lower()
 
 
 def test_text_ability_is_the_probe_per_init(everything: SimpleNamespace, store: Store) -> None:
@@ -295,17 +302,31 @@ def test_download_artifact_missing_names_the_run(store: Store, tmp_path: Path) -
     assert local == tmp_path / "completions.jsonl" and local.read_text() == completions("random")
 
 
-def test_table1_without_placeholders_has_no_note(tmp_path: Path) -> None:
+def test_table1_shows_the_papers_completions_beside_ours(tmp_path: Path) -> None:
+    prompt = paper.TABLE1_PROMPTS[0]
     rows = pd.DataFrame(
         [
             ("pretrained", "a", "r1", 0, 0.0, "Once", "upon a time"),
             ("pretrained", "a", "r1", 9, 9e9, "Once", "zz"),
+            ("pretrained", "a", "r1", 0, 0.0, prompt, "light is fast"),
+            ("pretrained", "a", "r1", 9, 9e9, prompt, "cats"),
         ],
         columns=tables.COMPLETION_COLUMNS,
     )
     md, csv = tables.table1_completions(rows, tmp_path)
+    data = pd.read_csv(csv, keep_default_na=False).set_index("prompt")
+    theirs = ["paper, before", "paper, after 5B tokens"]
+    assert list(data.columns[-2:]) == theirs
+    assert data.loc[prompt, theirs].tolist() == [
+        paper.TABLE1_COMPLETIONS[prompt]["before"], paper.TABLE1_COMPLETIONS[prompt]["after"]
+    ]  # fmt: skip
+    assert data.loc[prompt, ["before", "after"]].tolist() == ["light is fast", "cats"]
+    # A demo prompt, not the paper's: ours only, the paper's columns empty.
+    assert data.loc["Once", ["before", "after", *theirs]].tolist() == ["upon a time", "zz", "", ""]
     text = md.read_text()
-    assert (
-        "| pretrained | Once | upon a time | zz | 9B tokens, step 9 |" in text and "placeholder" not in text
+    assert "| pretrained | Once | upon a time | zz | 9B tokens, step 9 |  |  |" in text
+    paper_row = (
+        f"| pretrained | {prompt} | light is fast | cats | 9B tokens, step 9 "
+        f"| {paper.TABLE1_COMPLETIONS[prompt]['before']} | {paper.TABLE1_COMPLETIONS[prompt]['after']} |"
     )
-    assert pd.read_csv(csv)[["before", "after"]].values.tolist() == [["upon a time", "zz"]]
+    assert paper_row in text and "| paper, before | paper, after 5B tokens |" in text
