@@ -29,10 +29,14 @@ class ResolvedArm:
 def resolve_arms(sweep: Sweep) -> list[ResolvedArm]:
     """Compose and validate every arm; arms with the same resolved config collapse into one."""
     out: dict[str, ResolvedArm] = {}
+    first: tuple[str, RunConfig] | None = None
     for arm in sweep.arms:
         cfg = compose_config(arm.overrides, arm=arm.label)
         config = to_run_config(cfg)
         validate(config, arm=arm.label)
+        # Before arms collapse: two arms that differ only in execution settings have one run key.
+        first = first or (arm.label, config)
+        _check_same_execution(first, (arm.label, config))
         key = run_key(cfg)
         if key not in out:
             out[key] = ResolvedArm(arm.label, arm.overrides, cfg, config, key, arm.sweeps)
@@ -43,22 +47,26 @@ def resolve_arms(sweep: Sweep) -> list[ResolvedArm]:
 
 
 def execution_settings(arms: list[ResolvedArm]) -> tuple[ClusterConfig, TrackingConfig]:
-    """The sweep's cluster and tracking settings, which every arm must share: a sweep is launched once, on
-    one cluster, into one store. ConfigError naming the keys and arms where they disagree."""
-    first = arms[0]
-    reference = {s: flatten(asdict(getattr(first.config, s)), s + ".") for s in EXECUTION_SECTIONS}
+    """The sweep's cluster and tracking settings, which every arm shares (resolve_arms checks it): a sweep
+    is launched once, on one cluster, into one store."""
     for arm in arms[1:]:
-        for section, want in reference.items():
-            have = flatten(asdict(getattr(arm.config, section)), section + ".")
-            differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
-            if differ:
-                key = differ[0]
-                raise ConfigError(
-                    key,
-                    have.get(key),
-                    f"the same value in every arm ({want.get(key)!r} in arm '{first.label}')",
-                    arm=arm.label,
-                    hint=f"{section} settings are the sweep's, not an arm's (they differ in {', '.join(differ)}); "
-                    "set them in the sweep's base or on the command line, not in the grid or arms",
-                )
-    return first.config.cluster, first.config.tracking
+        _check_same_execution((arms[0].label, arms[0].config), (arm.label, arm.config))
+    return arms[0].config.cluster, arms[0].config.tracking
+
+
+def _check_same_execution(first: tuple[str, RunConfig], other: tuple[str, RunConfig]) -> None:
+    """ConfigError naming the keys and arms where two arms' cluster or tracking settings differ."""
+    for section in EXECUTION_SECTIONS:
+        want = flatten(asdict(getattr(first[1], section)), section + ".")
+        have = flatten(asdict(getattr(other[1], section)), section + ".")
+        differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+        if differ:
+            key = differ[0]
+            raise ConfigError(
+                key,
+                have.get(key),
+                f"the same value in every arm ({want.get(key)!r} in arm '{first[0]}')",
+                arm=other[0],
+                hint=f"{section} settings are the sweep's, not an arm's (they differ in {', '.join(differ)}); "
+                "set them in the sweep's base or on the command line, not in the grid or arms",
+            )

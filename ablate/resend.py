@@ -36,7 +36,7 @@ def resend(run_dir: Path, uri: str) -> tuple[str, int]:
     run_id = prov.get("mlflow_run_id")
     try:
         info = tracking.run_info(uri, run_id) if run_id else {}
-        exists = info.get("run_id") == run_id and not info.get("deleted")
+        exists = bool(run_id) and info.get("run_id") == run_id and not info.get("deleted")
     except Exception:  # not in this store (another server, or a lost database)
         exists = False
     if not exists:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from ablate.align import (
     nearest_text_tokens,
     train_alignment,
 )
-from ablate.config.schema import RunConfig
+from ablate.config.schema import AlignConfig, RunConfig
 from ablate.data.sequence import VocabLayout, layout_t2i
 from ablate.data.shards import ShardWriter
 from ablate.stages import align as align_stage
@@ -167,7 +166,7 @@ def test_stage_writes_embeddings_and_nearest_tokens(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "pretrain" / "model.pt", {"state_dict": {"tok_embeddings.weight": text}})
 
     cfg = RunConfig()
-    cfg.align = SimpleNamespace(steps=12, batch_size=16, lr=1e-2)  # no seed: its default applies
+    cfg.align = AlignConfig(steps=12, batch_size=16, lr=1e-2)  # no seed: its default applies
     tracker = NullTracker()
     out = tmp_path / "align"
     out.mkdir()

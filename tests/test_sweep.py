@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ablate.arms import resolve_arms
+from ablate.arms import execution_settings, resolve_arms
 from ablate.errors import ConfigError, SweepError
 from ablate.sweep import load_sweep
 
@@ -224,3 +224,25 @@ def test_scale_grid_follows_the_last_scale_override(tmp_path):
     assert [a.label for a in load_sweep(p).arms] == ["lr=0.001"]
     assert [a.label for a in load_sweep(p, ["scale=paper"]).arms] == ["lr=0.0003"]
     assert [a.label for a in load_sweep(p, ["scale=paper", "scale=demo"]).arms] == ["lr=0.001"]
+
+
+def test_arms_that_disagree_on_cluster_or_tracking_settings_are_rejected(tmp_path):
+    p = write(tmp_path, "name: d\ngrid:\n  model.init: [pretrained, random]\n  cluster.threads: [1, 2]\n")
+    with pytest.raises(ConfigError) as err:
+        execution_settings(resolve_arms(load_sweep(p)))
+    text = str(err.value)
+    assert "cluster.threads" in text and "arm 'init=pretrained threads=2'" in text
+    assert "init=pretrained threads=1" in text and "sweep's base or on the command line" in text
+
+    p = write(tmp_path, "name: d\narms:\n  - {label: a}\n  - {label: b, tracking.flush_interval_s: 9}\n")
+    with pytest.raises(ConfigError, match="tracking.flush_interval_s"):
+        execution_settings(resolve_arms(load_sweep(p)))
+
+
+def test_sweep_level_settings_apply_to_every_arm_and_stay_out_of_the_keys(tmp_path):
+    p = write(tmp_path, "name: d\ngrid:\n  model.init: [pretrained, random]\n")
+    one = resolve_arms(load_sweep(p))
+    four = resolve_arms(load_sweep(p, ["cluster.threads=4", "cluster=debug"]))
+    cluster, tracking = execution_settings(four)
+    assert (cluster.threads, cluster.kind, tracking.experiment_prefix) == (4, "debug", "ablate/")
+    assert [a.key for a in one] == [a.key for a in four]  # threads and executor change no run key

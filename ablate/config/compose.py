@@ -84,9 +84,17 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 
+def _container(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain nested dicts (a DictConfig's container is always a dict)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    if not isinstance(data, dict):
+        raise TypeError(f"expected a mapping config, got {type(data).__name__}")
+    return {str(k): v for k, v in data.items()}
+
+
 def flatten(cfg: DictConfig | dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Flatten nested config into dotted keys: {'model.init': 'pretrained', ...}."""
-    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    data = _container(cfg) if isinstance(cfg, DictConfig) else cfg
     out: dict[str, Any] = {}
     for k, v in data.items():
         key = f"{prefix}{k}"
@@ -105,7 +113,7 @@ def stable_hash(obj: Any, n: int = 12) -> str:
 
 def run_key(cfg: DictConfig) -> str:
     """An arm's identity: hash of its resolved config minus where/how it executes."""
-    data = OmegaConf.to_container(cfg, resolve=True)
+    data = _container(cfg)
     for section in EXECUTION_SECTIONS:
         data.pop(section, None)
     return stable_hash(data)

@@ -7,7 +7,7 @@ Sizes are in tokens, as the paper gives them; the trainer converts them to steps
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Literal, TypeAlias, get_args
 
 from hydra.core.config_store import ConfigStore
 
@@ -45,9 +45,19 @@ TRAINABLE_PRESETS: tuple[str, ...] = get_args(_Trainable)
 CLUSTER_KINDS: tuple[str, ...] = get_args(_ClusterKind)
 
 if TYPE_CHECKING:
-    Scale, Init, NewRowInit, ImageInit = _Scale, _Init, _NewRowInit, _ImageInit
-    Task, DataSource, Norm, FfnType, Positional = _Task, _DataSource, _Norm, _FfnType, _Positional
-    ImageTokenizer, TextTokenizer, Trainable, ClusterKind = _ImageTokenizer, _TextTokenizer, _Trainable, _ClusterKind
+    Scale: TypeAlias = _Scale
+    Init: TypeAlias = _Init
+    NewRowInit: TypeAlias = _NewRowInit
+    ImageInit: TypeAlias = _ImageInit
+    Task: TypeAlias = _Task
+    DataSource: TypeAlias = _DataSource
+    Norm: TypeAlias = _Norm
+    FfnType: TypeAlias = _FfnType
+    Positional: TypeAlias = _Positional
+    ImageTokenizer: TypeAlias = _ImageTokenizer
+    TextTokenizer: TypeAlias = _TextTokenizer
+    Trainable: TypeAlias = _Trainable
+    ClusterKind: TypeAlias = _ClusterKind
 else:
     Scale = Init = NewRowInit = ImageInit = Task = DataSource = Norm = FfnType = Positional = str
     ImageTokenizer = TextTokenizer = Trainable = ClusterKind = str

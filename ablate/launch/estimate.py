@@ -227,7 +227,7 @@ def estimate_table(rows: list[tuple[str, RunConfig]]) -> str:
     for text, labels in notes.items():
         who = ", ".join(labels) if len(labels) <= 2 else f"{len(labels)} arms"
         lines.append(f"note: {who}: {text}")
-    if mfu is not None:
+    if mfu is not None and peak is not None:
         lines.append(
             f"assumed: MFU {mfu:.2f} of the A100 bf16 dense peak {peak / 1e12:.0f} TFLOP/s per GPU; "
             "GPU-h = FLOP/token x tokens / (peak x MFU); wall-h = GPU-h / GPUs of the job "

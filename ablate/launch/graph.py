@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from ablate.arms import ResolvedArm
 from ablate.cache import stage_dir
+from ablate.config.compose import _container
 from ablate.stages import registry
 from ablate.stages.plan import StageSpec, plan_stages
 from ablate.stages.runner import Job
@@ -39,7 +38,7 @@ def build_graph(arms: list[ResolvedArm], results: Path, threads: int = 1) -> Gra
     nodes: dict[str, Node] = {}
     arm_stages: dict[str, dict[str, str]] = {}
     for arm in arms:
-        container = OmegaConf.to_container(arm.cfg, resolve=True)
+        container = _container(arm.cfg)
         specs: list[StageSpec] = plan_stages(arm.config)
         arm_stages[arm.label] = {}
         for spec in specs:

@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import nn
 
 from ablate.config.schema import TRAINABLE_PRESETS as PRESETS
 from ablate.errors import ConfigError
-from ablate.model.transformer import NORM_TYPES, count_parameters
+from ablate.model.transformer import NORM_TYPES, Block, Transformer, count_parameters
 
 
 def _param_ids(module: nn.Module) -> set[int]:
@@ -30,7 +32,7 @@ def positional_parameter_names(model: nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if id(p) in ids]
 
 
-def trainable_parameter_names(model: nn.Module, preset: str) -> list[str]:
+def trainable_parameter_names(model: Transformer, preset: str) -> list[str]:
     """Names (as ``model.named_parameters()`` gives them, shared tensors once) that ``preset`` trains."""
     if preset not in PRESETS:
         raise ConfigError("train.trainable", preset, ", ".join(PRESETS))
@@ -51,11 +53,11 @@ def trainable_parameter_names(model: nn.Module, preset: str) -> list[str]:
             ids |= _param_ids(layer)
     elif preset == "emb_out_norm_ffn":
         for layer in model.layers:
-            ids |= _param_ids(layer.feed_forward)
+            ids |= _param_ids(cast(Block, layer).feed_forward)
     return [n for n, p in named if id(p) in ids]
 
 
-def apply_trainable(model: nn.Module, preset: str) -> tuple[int, int]:
+def apply_trainable(model: Transformer, preset: str) -> tuple[int, int]:
     """Set ``requires_grad`` by ``preset``; return (trainable, total) parameter counts, shared ones once."""
     names = set(trainable_parameter_names(model, preset))
     for n, p in model.named_parameters():

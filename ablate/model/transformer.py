@@ -24,7 +24,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -149,7 +149,7 @@ class RmsNorm(nn.Module):
         nn.init.ones_(self.weight)
 
 
-NORM_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, RmsNorm)
+NORM_TYPES = (nn.LayerNorm, RmsNorm)
 
 
 def make_norm(args: ModelArgs) -> nn.Module:
@@ -170,6 +170,8 @@ class Rotary(nn.Module):
     As q and k of one head get the same rotation, attention scores do not depend on it: in effect the
     model has no positional embedding (position is only implied by the causal mask).
     """
+
+    inv_freq: torch.Tensor  # a buffer: (Dh/2,)
 
     def __init__(self, head_dim: int, by_head: bool) -> None:
         super().__init__()
@@ -389,7 +391,7 @@ class Transformer(nn.Module):
         if not self.args.weight_tying:
             _trunc_normal_(self.tok_embeddings.weight, std)
         for layer in self.layers:
-            layer.reset_parameters()
+            cast(Block, layer).reset_parameters()
         for m in self.modules():
             if isinstance(m, NORM_TYPES):
                 m.reset_parameters()

@@ -19,6 +19,7 @@ import csv
 import io
 import json
 from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,7 +68,9 @@ def run(ctx: StageContext) -> None:
     layout = VocabLayout.from_dict(ShardDataset(ctx.inputs["prepare"] / "val").metadata["vocab"])
     n_codes = image_tok.tokens_per_image
     generator = torch.Generator().manual_seed(e.seed)
-    sample = dict(batch_size=e.batch_size, temperature=e.temperature, top_k=e.top_k, top_p=e.top_p)
+    sample: dict[str, Any] = dict(
+        batch_size=e.batch_size, temperature=e.temperature, top_k=e.top_k, top_p=e.top_p
+    )
 
     rows: list[dict] = []
     all_codes, all_images, marks, labels = [], [], [], []

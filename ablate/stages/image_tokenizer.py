@@ -26,7 +26,7 @@ def open_image_tokenizer(tok_dir: Path) -> ImageTokenizer:
 def run(ctx: StageContext) -> None:
     t = ctx.cfg.tokenizer
     refs = {}
-    if t.image == "path":
+    if t.image == "path" and t.image_path:  # validation requires image_path for image=path
         tok = load_image_tokenizer(t.image_path)
         refs["image_path"] = str(Path(t.image_path).resolve())
     else:

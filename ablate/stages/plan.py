@@ -31,7 +31,9 @@ class StageSpec:
 
 def stage_key(stage: Stage, cfg: RunConfig, deps: dict[str, str]) -> str:
     """Hash of the stage's name, version, config slice and its inputs' keys."""
-    return stable_hash({"stage": stage.name, "version": stage.version, "config": stage.config(cfg), "deps": deps})
+    return stable_hash(
+        {"stage": stage.name, "version": stage.version, "config": stage.config(cfg), "deps": deps}
+    )
 
 
 def plan_stages(cfg: RunConfig) -> list[StageSpec]:

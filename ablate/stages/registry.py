@@ -1,9 +1,9 @@
 """Every stage, in run order. Adding a stage: a module under ablate/stages/ with its `STAGE`, and one line here.
 
-    synth ----------> image_tokenizer --> prepare ---------------> train --> evaluate
-    text_tokenizer --------------------/       \\                  /  /
-                  \\--> pretrain (init=pretrained, demo) ---------/  /
-                                                  \\--> align ------/  (image_init=contrastive)
+synth ----------> image_tokenizer --> prepare ---------------> train --> evaluate
+text_tokenizer --------------------/       \\                  /  /
+              \\--> pretrain (init=pretrained, demo) ---------/  /
+                                              \\--> align ------/  (image_init=contrastive)
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ def run(ctx: StageContext) -> None:
         f"{sum(map(len, docs)):,} characters"
     )
     refs = {}
-    if t.text == "path":
+    if t.text == "path" and t.text_path:  # validation requires text_path for text=path
         tok = TextTokenizer.from_file(t.text_path)
         refs["text_path"] = str(Path(t.text_path).resolve())
     else:
