@@ -1,9 +1,10 @@
-# `make demo` and `make test` are the README's two commands; `make check` runs what CI runs plus lint.
+# `make demo` and `make test` are the README's two commands; `make test` (what CI runs) lints and type-checks
+# first, then runs every test; `make check` is the same; `make test-fast` skips the slow end-to-end tests.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast lint check clean-results
+.PHONY: setup demo test test-fast lint typecheck check clean-results
 
 $(BIN)/ablate: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,7 +20,7 @@ demo: setup
 	$(BIN)/ablate launch sweeps/demo.yaml
 	$(BIN)/ablate plot --sweep demo
 
-test: setup
+test: lint typecheck
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
@@ -29,4 +30,8 @@ lint: setup
 	$(BIN)/ruff check ablate analysis tests bench
 	$(BIN)/ruff format --check ablate analysis tests bench
 
-check: lint test
+# mypy over the library and the figures (settings in pyproject.toml).
+typecheck: setup
+	$(BIN)/mypy
+
+check: test

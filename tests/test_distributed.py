@@ -11,9 +11,7 @@ import json
 import os
 import shutil
 import socket
-import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -286,7 +284,7 @@ def test_extra_stop_is_ored_into_the_signal_stop(monkeypatch, tmp_path):
         seen.append(ctx.should_stop())
         raise StopRequested("stopped at step 1 after a checkpoint")
 
-    monkeypatch.setitem(sys.modules, "ablate.stages.fake_stop", types.SimpleNamespace(run=run))
+    monkeypatch.setitem(registry._BY_NAME, "fake_stop", Stage("fake_stop", 1, config=lambda cfg: {}, run=run))
     job = Job(stage="fake_stop", key="k", out_dir=str(tmp_path), inputs={}, config={})
     with pytest.raises(StopRequested):
         run_job(job, extra_stop=lambda: preempted["flag"])

@@ -75,7 +75,7 @@ def _keys_of(section: str) -> list[str]:
         fields = {f.name: f for f in dataclasses.fields(node)}
         if part not in fields:
             return []
-        node = fields[part].default_factory  # type: ignore[misc]
+        node = fields[part].default_factory
     return [f.name for f in dataclasses.fields(node)]
 
 
