@@ -124,11 +124,11 @@ def launch(
         parent_run_id=parent,
         previous=previous,
     )
-    echo(
-        f"tracking: {uri} (experiment {settings.experiment_prefix}{sweep.name}); manifest: {manifest.path}"
-    )
+    echo(f"tracking: {uri} (experiment {settings.experiment_prefix}{sweep.name}); manifest: {manifest.path}")
     if cluster.kind == "slurm":
-        return _submit_slurm(graph, cluster, results / "jobs" / sweep.name, sweep.name, manifest, active, echo)
+        return _submit_slurm(
+            graph, cluster, results / "jobs" / sweep.name, sweep.name, manifest, active, echo
+        )
 
     start = time.monotonic()
 
