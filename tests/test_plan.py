@@ -143,3 +143,28 @@ def test_contrastive_init_rejects_embeddings_of_another_shape(tmp_path):
     )
     with pytest.raises(CheckpointError, match="relaunch"):
         build_model(ctx, layout)
+
+
+def test_the_registry_holds_every_stage_module_once_with_its_inputs_before_it():
+    from ablate.stages import names, registry
+
+    folder = Path(registry.__file__).parent
+    modules = sorted(p.stem for p in folder.glob("*.py") if "\nSTAGE = Stage(" in p.read_text())
+    assert sorted(registry.STAGE_ORDER) == modules  # a stage module left out of the registry fails here
+    assert set(registry.STAGE_ORDER) == {v for k, v in vars(names).items() if k.isupper()}
+    for i, stage in enumerate(registry.STAGES):
+        assert set(stage.inputs) <= set(registry.STAGE_ORDER[:i]), stage.name
+    with pytest.raises(Exception, match="unknown stage 'nope'"):
+        registry.get("nope")
+
+
+def test_a_stage_logs_the_params_its_record_names():
+    from ablate.stages import registry
+
+    align = registry.get("align")
+    assert align.logs_param("align.steps") and align.logs_param("model.checkpoint")
+    assert not align.logs_param("model.init") and not align.logs_param("data.seq_len")
+    assert not align.logs_param("alignment.x")  # a section is matched whole, not by prefix
+    assert registry.get("train").logs_param("evaluate.temperature")  # train logs the whole config
+    parallel = {s.name for s in registry.STAGES if s.data_parallel}
+    assert parallel == {s.name for s in registry.STAGES if s.checkpoints} == {"pretrain", "train"}
