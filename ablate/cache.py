@@ -1,17 +1,29 @@
 """Content-addressed stage outputs: results/cache/<stage>/<key>/, complete only once its marker exists.
 
-Files inside are written atomically (temporary file + rename), and the completion marker is written last,
-so a stage killed half-way leaves a directory that no later run mistakes for complete.
+Files inside are written atomically (ablate.atomic), and the completion marker is written last, so a
+stage killed half-way leaves a directory that no later run mistakes for complete.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+# Re-exported: stage modules import the atomic writers and read_json from here.
+from ablate.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+
+__all__ = [
+    "MARKER",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "is_complete",
+    "mark_complete",
+    "read_json",
+    "stage_dir",
+]
 
 MARKER = "_COMPLETE.json"
 
@@ -31,37 +43,3 @@ def mark_complete(path: Path, info: dict[str, Any] | None = None) -> None:
     atomic_write_text(
         Path(path) / MARKER, json.dumps({"completed_at": time.time(), **(info or {})}, indent=2)
     )
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so that readers see the old content or the new, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Text version of atomic_write_bytes."""
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """JSON version of atomic_write_bytes."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
-
-
-def read_json(path: Path, default: Any = None) -> Any:
-    """Read a JSON file, or `default` if it does not exist."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        return default

@@ -2,7 +2,8 @@
 
 A shard directory holds ``shard_00000.bin``, ``shard_00001.bin``, ... (C-order ``(count, seq_len)`` arrays
 of ``uint16`` when the vocabulary fits, else ``int32``) and ``meta.json``, written last: its presence
-marks the directory complete. Every file is written to a ``.tmp`` name and renamed into place.
+marks the directory complete. Every file is written under a temporary name and renamed into place
+(``ablate.atomic``), so a shard file is whole whenever it exists under its final name.
 
 Reading keeps at most ``max_open_shards`` memory maps open (least recently used closed first), so the
 resident memory a reader accumulates is bounded by that many shards, whatever the dataset size
@@ -16,6 +17,7 @@ ranks share by striding; see its docstring for the order and for how a run resum
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ablate.atomic import TMP_SUFFIX, AtomicFile, atomic_write_text
 from ablate.errors import ConfigError, DataError
 
 FORMAT = "ablate-token-shards/1"
@@ -46,15 +49,6 @@ def dtype_for_vocab(vocab_size: int) -> np.dtype:
     if vocab_size < 1:
         raise ConfigError("vocab_size", vocab_size, "an integer >= 1")
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.int32)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class ShardWriter:
@@ -98,13 +92,14 @@ class ShardWriter:
             if not overwrite:
                 raise DataError(f"{self.out_dir} already holds finished shards ({META_NAME}); {_REBUILD}")
             meta.unlink()  # first, so the directory reads as incomplete while it is rewritten
-        # Leftovers of an interrupted write would otherwise sit beside the new shards.
-        for stale in [*self.out_dir.glob("shard_*.bin"), *self.out_dir.glob("*.tmp")]:
+        # Leftovers of an interrupted write would otherwise sit beside the new shards (pathlib's glob
+        # matches the hidden temporary files too).
+        for stale in [*self.out_dir.glob("shard_*.bin"), *self.out_dir.glob(f"*{TMP_SUFFIX}")]:
             stale.unlink()
 
         self._shards: list[dict[str, Any]] = []
-        self._file: Any = None
-        self._hash: Any = None
+        self._file: AtomicFile | None = None  # the open shard, under its temporary name
+        self._hash: Any = None  # hashlib's sha256 object of the open shard
         self._count = 0  # sequences in the open shard
         self._finished = False
 
@@ -113,15 +108,10 @@ class ShardWriter:
         """Sequences added so far."""
         return sum(s["count"] for s in self._shards) + self._count
 
-    def _tmp_path(self) -> Path:
-        return self.out_dir / (shard_name(len(self._shards)) + ".tmp")
-
     def _close_shard(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        assert self._file is not None
+        self._file.commit()
         name = shard_name(len(self._shards))
-        os.replace(self._tmp_path(), self.out_dir / name)
         nbytes = self._count * self.seq_len * self.dtype.itemsize
         self._shards.append(
             {"file": name, "count": self._count, "bytes": nbytes, "sha256": self._hash.hexdigest()}
@@ -148,7 +138,7 @@ class ShardWriter:
         done = 0
         while done < arr.shape[0]:
             if self._file is None:
-                self._file = open(self._tmp_path(), "wb")
+                self._file = AtomicFile(self.out_dir / shard_name(len(self._shards)))
                 self._hash = hashlib.sha256()
             take = min(arr.shape[0] - done, self.sequences_per_shard - self._count)
             chunk = arr[done : done + take].tobytes()
@@ -176,15 +166,14 @@ class ShardWriter:
             "metadata": dict(metadata or {}),
         }
         text = json.dumps(meta, indent=1, sort_keys=True)  # TypeError here names a non-JSON metadata value
-        _write_atomic(self.out_dir / META_NAME, text.encode())
+        atomic_write_text(self.out_dir / META_NAME, text)
         self._finished = True
         return meta
 
     def abort(self) -> None:
         """Drop the unfinished shard (finished shards stay, but without meta.json nothing reads them)."""
         if self._file is not None:
-            self._file.close()
-            self._tmp_path().unlink(missing_ok=True)
+            self._file.abort()
             self._file, self._hash, self._count = None, None, 0
 
     def __enter__(self) -> ShardWriter:
@@ -329,7 +318,7 @@ class ShardDataset:
         for f, s in zip(self._files, self.meta["shards"], strict=True):
             h = hashlib.sha256()
             with open(f, "rb") as fh:
-                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                for block in iter(functools.partial(fh.read, 1 << 20), b""):
                     h.update(block)
             if "sha256" in s and h.hexdigest() != s["sha256"]:
                 raise DataError(f"shard {f}: sha256 {h.hexdigest()} != recorded {s['sha256']}; {_REBUILD}")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ablate.atomic import atomic_path
 from ablate.data.synthetic import MIN_IOU, Scene, matches_caption, parse_caption, parse_image
 from ablate.errors import AssetMissingError, ConfigError, DataError
 
@@ -137,10 +138,9 @@ def sample_grid(
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=150)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        # The format is given explicitly: the temporary name's .tmp suffix would not tell savefig.
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=150)
     return path
 
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ablate.atomic import atomic_write_text
 from ablate.errors import LaunchError
 
 log = logging.getLogger(__name__)
@@ -241,7 +242,7 @@ def _write(path: Path, text: str, mode: int) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     old = path.read_text() if path.exists() else None
     if old != text:
-        path.write_text(text)
+        atomic_write_text(path, text, mode=mode)
     os.chmod(path, mode)
     if os.geteuid() == 0:
         os.chown(path, 0, 0)  # slurmdbd wants its conf owned by SlurmUser (root here)
@@ -334,9 +335,9 @@ def _ensure_mariadb(info: ClusterInfo, deadline: float, password: str, fresh: bo
         f"ALTER USER 'slurm'@'localhost' IDENTIFIED BY '{password}'; "
         f"GRANT ALL ON {DATABASE}.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
     )
-    proc = _sql(setup)
-    if proc.returncode != 0:
-        raise LaunchError(f"could not set up the accounting database in MariaDB: {proc.stderr.strip()}")
+    result = _sql(setup)
+    if result.returncode != 0:
+        raise LaunchError(f"could not set up the accounting database in MariaDB: {result.stderr.strip()}")
 
 
 def _start(info: ClusterInfo, daemon: str, deadline: float, ready: Callable[[], bool]) -> None:

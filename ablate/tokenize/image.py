@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ablate.atomic import atomic_path, atomic_write_text
 from ablate.errors import AssetMissingError, ConfigError, DataError
 
 CONFIG_FILE = "config.json"
@@ -77,6 +78,12 @@ class _ResBlock(nn.Module):
 class VectorQuantizer(nn.Module):
     """Nearest-code quantizer; the codebook follows its assignments by EMA, dead codes restart on data."""
 
+    # Buffers (register_buffer), declared so that type checkers see tensors, not nn.Module's __getattr__.
+    embed: torch.Tensor  # (codebook_size, dim)
+    cluster_size: torch.Tensor  # (codebook_size,) EMA of assignment counts
+    embed_sum: torch.Tensor  # (codebook_size, dim) EMA of assigned vectors' sums
+    initialised: torch.Tensor  # bool scalar
+
     def __init__(
         self, codebook_size: int, dim: int, decay: float = 0.95, eps: float = 1e-5, dead_below: float = 0.02
     ) -> None:
@@ -131,12 +138,12 @@ class VectorQuantizer(nn.Module):
         """z (N, D, h, w) -> (straight-through quantized z, codes (N, h, w), commitment loss)."""
         n, d, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)
-        train = self.training and gen is not None
-        if train and not bool(self.initialised):
-            self._init_from(flat.detach(), gen)
+        train_gen = gen if self.training else None  # the codebook learns only in training, given a generator
+        if train_gen is not None and not bool(self.initialised):
+            self._init_from(flat.detach(), train_gen)
         idx = self.codes(flat)
-        if train:
-            self._ema_update(flat.detach(), idx, gen)
+        if train_gen is not None:
+            self._ema_update(flat.detach(), idx, train_gen)
         zq = self.embed[idx].view(n, h, w, d).permute(0, 3, 1, 2)
         commit = F.mse_loss(z, zq.detach())
         # Straight-through: the decoder sees codes, the encoder gets the decoder's gradient unchanged.
@@ -249,10 +256,10 @@ class VQVAETokenizer:
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Write config.json and model.pt."""
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        torch.save(self.model.state_dict(), d / WEIGHTS_FILE)
+        with atomic_path(d / WEIGHTS_FILE) as tmp:
+            torch.save(self.model.state_dict(), tmp)
         cfg = {"type": self.kind, "image_size": self.image_size, **self.config}
-        (d / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(d / CONFIG_FILE, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 _HOW_TO_PROVIDE = (

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from ablate.atomic import atomic_path
 from ablate.errors import AssetMissingError, ConfigError, DataError
 
 
@@ -55,9 +56,9 @@ class TextTokenizer:
         return self._tok.decode(list(ids), skip_special_tokens=False)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the tokenizer.json."""
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._tok.save(str(path))
+        """Write the tokenizer.json (atomically)."""
+        with atomic_path(path) as tmp:
+            self._tok.save(str(tmp))
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out_path: str | os.PathLike[str]) -> TextTokenizer:
@@ -82,9 +83,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_path: str | os.PathLike
     )
     tok.train_from_iterator(texts, trainer=trainer)
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Write to a temporary name first so a crash never leaves a truncated tokenizer.json behind.
-    tmp = out.with_name(out.name + ".tmp")
-    tok.save(str(tmp), pretty=True)
-    os.replace(tmp, out)
+    # Atomic, so a crash never leaves a truncated tokenizer.json behind.
+    with atomic_path(out) as tmp:
+        tok.save(str(tmp), pretty=True)
     return TextTokenizer.from_file(out)

@@ -28,6 +28,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ablate.atomic import atomic_write_text
 from ablate.errors import AblateError
 
 log = logging.getLogger(__name__)
@@ -150,8 +151,7 @@ def _ensure_user_and_db(data_dir: Path, port: int, user: str, database: str) -> 
         password = pw_file.read_text().strip()
     else:
         password = secrets.token_hex(16)  # hex: safe in a URI and in SQL quotes without escaping
-        pw_file.touch(mode=0o600)
-        pw_file.write_text(password + "\n")
+        atomic_write_text(pw_file, password + "\n", mode=0o600)
     if not _psql(data_dir, port, f"SELECT 1 FROM pg_roles WHERE rolname = '{user}'"):
         _psql(data_dir, port, f"CREATE ROLE \"{user}\" LOGIN PASSWORD '{password}'")
     else:  # keep the role's password in step with the file (the file may have been recreated)
@@ -214,15 +214,19 @@ class ServerProcess:
         env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": self.backend_uri}
         # The job runner (GenAI evaluation, trace rollups) starts seven more processes we never use.
         env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115 (child owns it)
+        log_out = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115 (child owns it)
         try:
             # A new session: the server outlives a CLI that started it, and stop() signals the whole group.
             self._proc = subprocess.Popen(
-                self.command(), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                self.command(),
+                env=env,
+                stdout=subprocess.DEVNULL if log_out is None else log_out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         finally:
-            if out is not subprocess.DEVNULL:
-                out.close()
+            if log_out is not None:
+                log_out.close()
         self.pid = self._proc.pid
         deadline = time.monotonic() + wait_s
         while not health(self.url):
@@ -243,6 +247,8 @@ class ServerProcess:
 
     def _group_alive(self) -> bool:
         """Whether any process of the server's process group (started as its own session) is alive."""
+        if self.pid is None:
+            return False
         if self._proc is not None:
             self._proc.poll()  # reap our child: a zombie still counts as a member of the group
         try:
@@ -331,7 +337,7 @@ def up(root: Path, port: int, pg_port: int, host: str = "127.0.0.1", workers: in
     server = start_server(
         backend, root / "artifacts", port, host=host, workers=workers, log_file=root / "mlflow-server.log"
     )
-    pid_file.write_text(f"{server.pid} {server.port} {server.host}\n")
+    atomic_write_text(pid_file, f"{server.pid} {server.port} {server.host}\n")
     return server.url
 
 
