@@ -1,18 +1,18 @@
 """Content-addressed stage outputs: results/cache/<stage>/<key>/, complete only once its marker exists.
 
 Files inside are written atomically (ablate.atomic), and the completion marker is written last, so a
-stage killed half-way leaves a directory that no later run mistakes for complete.
+stage killed half-way leaves a directory that no later run mistakes for complete. The directory's file
+names, the marker's included, are defined in ablate.rundir.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 from typing import Any
 
 # Re-exported: stage modules import the atomic writers and read_json from here.
 from ablate.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from ablate.rundir import MARKER, RunDir
 
 __all__ = [
     "MARKER",
@@ -25,8 +25,6 @@ __all__ = [
     "stage_dir",
 ]
 
-MARKER = "_COMPLETE.json"
-
 
 def stage_dir(results: Path, stage: str, key: str) -> Path:
     """Where a stage's output with this key lives."""
@@ -35,11 +33,9 @@ def stage_dir(results: Path, stage: str, key: str) -> Path:
 
 def is_complete(path: Path) -> bool:
     """True once the stage that writes `path` finished and wrote its marker."""
-    return (Path(path) / MARKER).is_file()
+    return RunDir(path).is_complete()
 
 
 def mark_complete(path: Path, info: dict[str, Any] | None = None) -> None:
     """Write the completion marker (last step of a stage)."""
-    atomic_write_text(
-        Path(path) / MARKER, json.dumps({"completed_at": time.time(), **(info or {})}, indent=2)
-    )
+    RunDir(path).mark_complete(info)

@@ -12,11 +12,10 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from ablate.cache import is_complete
 from ablate.errors import AblateError
 from ablate.launch.manifest import Manifest
-from ablate.rundir import read_progress, read_status
-from ablate.stages.plan import STAGE_ORDER
+from ablate.rundir import RunDir
+from ablate.stages.registry import STAGE_ORDER
 
 # SLURM state -> what status shows (anything else is shown lower-cased as SLURM says it).
 _SLURM_STATE = {
@@ -54,14 +53,14 @@ def job_state(job: dict[str, Any], slurm: Any | None = None) -> str:
     `slurm` is the job's sacct row (ablate.launch.slurm.JobState) for SLURM sweeps; a job SLURM says
     COMPLETED without a complete output, or one whose local process is gone, is `lost`.
     """
-    out = Path(job["dir"])
-    if is_complete(out):
+    out = RunDir(job["dir"])
+    if out.is_complete():
         return "done"
     if slurm is not None:
         if slurm.state == "COMPLETED":
             return "lost"
         return _SLURM_STATE.get(slurm.state, slurm.state.lower())
-    st = read_status(out)
+    st = out.read_status()
     if st.get("state") in ("failed", "stopped"):
         return st["state"]
     if st.get("state") == "running":
@@ -79,7 +78,7 @@ def _slurm_states(manifest: Manifest) -> dict[str, Any]:
     ids = [
         j["job_id"]
         for j in manifest.data["jobs"].values()
-        if j.get("job_id") and not is_complete(Path(j["dir"]))
+        if j.get("job_id") and not RunDir(j["dir"]).is_complete()
     ]
     return slurm.sacct(ids)
 
@@ -127,7 +126,7 @@ def arm_rows(manifest: Manifest, slurm_states: dict[str, Any] | None = None) -> 
 
 def _progress(row: dict[str, Any], mlflow: dict[str, dict[str, Any]]) -> tuple[Any, Any, Any]:
     """(tokens, total tokens, last loss) of the row's current stage: MLflow first, then progress.json."""
-    prog = read_progress(Path(row["dir"]))
+    prog = RunDir(row["dir"]).read_progress()
     run = mlflow.get(row["run_id"], {})
     metrics = run.get("metrics", {})
     tokens = metrics.get("tokens", prog.get("tokens"))
@@ -150,7 +149,7 @@ def _error_tail(manifest: Manifest, row: dict[str, Any], lines: int = 6) -> str:
         kept = [ln for ln in text.splitlines() if not ln.startswith(("srun: error", "srun: launch/"))]
         if kept:
             return "\n".join(kept[-lines:])
-    err = read_status(Path(row["dir"])).get("error", "")
+    err = RunDir(row["dir"]).read_status().get("error", "")
     return "\n".join(err.strip().splitlines()[-lines:])
 
 

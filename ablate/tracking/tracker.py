@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ablate.errors import AblateError
+from ablate.rundir import METRICS, RunDir
 from ablate.tracking.store import (
     MAX_METRICS_PER_BATCH,
     TERMINAL_STATUSES,
@@ -197,14 +198,14 @@ class MLflowTracker:
         # Queued: ("metrics", step, {key: value}, ts); built into ops: ("metrics", [Metric, ...]).
         values = sum(len(i[1] if len(i) == 2 else i[2]) for i in items if i[0] == "metrics")
         artifacts = [i[1] for i in items if i[0] == "artifact"]
-        run_dir = str(self.run_dir) if self.run_dir else "results/cache/<stage>/<key>"
+        run_dir = RunDir(self.run_dir or "results/cache/<stage>/<key>")
         log.warning(
             "MLflow run %s: %d queued items (%d metric values%s) not delivered to %s %s (last error: %s). "
-            "They are not lost: %s/metrics.jsonl holds every logged step. Once the store answers, re-send "
+            "They are not lost: %s holds every logged step. Once the store answers, re-send "
             "them with `ablate resend %s --tracking-uri %s` (steps already in the run are skipped)%s.",
             self.run_id, len(items), values, f", {len(artifacts)} artifacts" if artifacts else "",
             redact_uri(self.uri), when, self._last_error or "none yet, the client is still retrying its call",
-            run_dir, run_dir, redact_uri(self.uri),
+            run_dir.metrics, run_dir.path, redact_uri(self.uri),
             f"; artifacts are not re-sent, log them again: {', '.join(artifacts)}" if artifacts else "",
         )  # fmt: skip
 
@@ -278,9 +279,9 @@ class MLflowTracker:
                 if not _is_permanent(exc):
                     return self._failed(exc)
                 log.warning(
-                    "MLflow run %s: dropped a %s batch the store rejected: %s (metrics.jsonl keeps metrics; "
+                    "MLflow run %s: dropped a %s batch the store rejected: %s (%s keeps metrics; "
                     "`ablate resend <run_dir>` re-sends them, to a new run if this one is gone)",
-                    self.run_id, op[0], exc,
+                    self.run_id, op[0], exc, METRICS,
                 )  # fmt: skip
             with self._cond:
                 self._pending.popleft()

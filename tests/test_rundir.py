@@ -1,0 +1,66 @@
+"""RunDir: one place naming a run directory's files; the older path-taking functions agree with it."""
+
+from __future__ import annotations
+
+import os
+
+from ablate import cache, rundir
+from ablate.rundir import MetricsLog, RunDir
+
+
+def test_paths_of_the_common_files(tmp_path):
+    rd = RunDir(tmp_path)
+    assert rd.config == tmp_path / "config.yaml"
+    assert rd.provenance == tmp_path / "provenance.json"
+    assert rd.status == tmp_path / "status.json"
+    assert rd.progress == tmp_path / "progress.json"
+    assert rd.metrics == tmp_path / "metrics.jsonl"
+    assert rd.marker == tmp_path / "_COMPLETE.json" == tmp_path / cache.MARKER
+    assert rd.checkpoints == tmp_path / "checkpoints"
+    assert rd.last_checkpoint == tmp_path / "checkpoints" / "last.pt"
+    assert rd / "model.pt" == tmp_path / "model.pt"
+    assert os.fspath(rd) == str(tmp_path) and RunDir(str(tmp_path)) == rd
+
+
+def test_description_status_and_progress(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    assert rd.read_status() == {} and rd.read_progress() == {}
+    assert rd.read_provenance() is None and rd.read_config() == {}
+    rd.write_description("model:\n  dim: 8\n", {"stage": "train", "key": "abc"})
+    assert rd.read_config() == {"model": {"dim": 8}}
+    prov = rd.read_provenance()
+    assert prov["stage"] == "train" and prov["key"] == "abc" and "git_commit" in prov and "host" in prov
+    rd.set_status("running", attempt=2)
+    status = rd.read_status()
+    assert status["state"] == "running" and status["attempt"] == 2 and status["pid"] == os.getpid()
+    rd.write_progress({"step": 3, "loss": 1.5})
+    assert rd.read_progress()["step"] == 3 and "time" in rd.read_progress()
+
+
+def test_path_functions_use_the_same_files(tmp_path):
+    rd = RunDir(tmp_path)
+    rundir.write_description(tmp_path, "a: 1\n", {"stage": "s", "key": "k"})
+    rundir.set_status(tmp_path, "failed", error="boom")
+    rundir.write_progress(tmp_path, {"step": 7})
+    assert rd.config.is_file() and rd.provenance.is_file()
+    assert rd.read_status()["error"] == "boom" and rundir.read_status(tmp_path)["state"] == "failed"
+    assert rd.read_progress()["step"] == rundir.read_progress(tmp_path)["step"] == 7
+
+
+def test_completion_marker_agrees_with_cache(tmp_path):
+    rd = RunDir(tmp_path)
+    assert not rd.is_complete() and not cache.is_complete(tmp_path)
+    cache.mark_complete(tmp_path, {"n": 1})
+    assert rd.is_complete() and rd.marker.is_file()
+    other = RunDir(tmp_path / "other")
+    other.mark_complete()
+    assert cache.is_complete(other.path)
+
+
+def test_metrics_log(tmp_path):
+    log = RunDir(tmp_path).metrics_log()
+    assert isinstance(log, MetricsLog) and log.path == tmp_path / "metrics.jsonl" and log.rows() == []
+    for step in (1, 2, 3):
+        log.append(step, {"loss": float(step)})
+    log.truncate_after(2)
+    assert log.rows() == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 2.0}]
