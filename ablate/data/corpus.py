@@ -56,7 +56,7 @@ def _module_docstrings(path: Path) -> str:
 
 def _stdlib_sources(root: Path) -> list[Path]:
     """Python sources under the stdlib directory, in sorted (deterministic) order."""
-    files = []
+    files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("test"))
         files.extend(Path(dirpath) / f for f in filenames if f.endswith(".py") and not f.startswith("test_"))

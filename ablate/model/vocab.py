@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from ablate.config.schema import NEW_ROW_INITS
 from ablate.errors import ConfigError
 
-EXPAND_MODES = ("random", "mean")
+if TYPE_CHECKING:
+    from ablate.model.transformer import Transformer
+
+EXPAND_MODES = NEW_ROW_INITS  # how widened rows start: the schema's model.new_rows_init choices
 
 
 @torch.no_grad()
@@ -44,7 +49,7 @@ def expand_rows(
 
 @torch.no_grad()
 def expand_vocab(
-    model: nn.Module,
+    model: Transformer,
     new_vocab_size: int,
     mode: str,
     generator: torch.Generator | None = None,

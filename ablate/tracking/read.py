@@ -145,9 +145,9 @@ def _sql_histories(uri: str, run_ids: list[str], keys: list[str]) -> dict:
     engine = sqlalchemy.create_engine(uri)
     mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[engine.dialect.paramstyle]
     key_col = engine.dialect.identifier_preparer.quote("key")
-    conn = engine.raw_connection()  # DB-API rows: SQLAlchemy Row objects cost ~3x more per row
+    raw = engine.raw_connection()  # DB-API rows: SQLAlchemy Row objects cost ~3x more per row
     try:
-        cur, rows = conn.cursor(), []
+        cur, rows = raw.cursor(), []
         for chunk in _chunks(run_ids, 500):  # stay under the database's limit on bound variables
             cur.execute(
                 f"SELECT run_uuid, {key_col}, step, value, timestamp, is_nan FROM metrics WHERE run_uuid IN"
@@ -156,7 +156,7 @@ def _sql_histories(uri: str, run_ids: list[str], keys: list[str]) -> dict:
             )
             rows.extend(cur.fetchall())
     finally:
-        conn.close()
+        raw.close()
         engine.dispose()
     return _columns(rows, run_ids, keys)
 

@@ -30,7 +30,8 @@ _PERMANENT_CODES |= {"PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_ALREADY_E
 
 def all_experiment_ids(client: Any) -> list[str]:
     """Ids of every active experiment in the store (all pages)."""
-    ids, token = [], None
+    ids: list[str] = []
+    token: str | None = None
     while True:
         page = client.search_experiments(max_results=1000, page_token=token)
         ids.extend(e.experiment_id for e in page)

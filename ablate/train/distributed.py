@@ -177,18 +177,19 @@ def sum_gradients(params: Iterable[nn.Parameter]) -> None:
     """
     if not current().distributed:
         return
-    params = list(params)
+    grads: list[torch.Tensor] = []
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
     bucket: list[torch.Tensor] = []
     size = 0
-    for p in params:
-        if bucket and (p.grad.dtype != bucket[0].dtype or size + p.grad.nbytes > BUCKET_BYTES):
+    for grad in grads:
+        if bucket and (grad.dtype != bucket[0].dtype or size + grad.nbytes > BUCKET_BYTES):
             _reduce_bucket(bucket)
             bucket, size = [], 0
-        bucket.append(p.grad)
-        size += p.grad.nbytes
+        bucket.append(grad)
+        size += grad.nbytes
     if bucket:
         _reduce_bucket(bucket)
 

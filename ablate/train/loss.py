@@ -54,11 +54,11 @@ class LossParts:
         parts = list(parts)
         if not parts:
             raise ValueError("merge needs at least one LossParts")
-        n_text = sum(p.n_text for p in parts)
-        n_image = sum(p.n_image for p in parts)
-        n_ignored = sum(p.n_ignored for p in parts)
-        text_sum = sum(p.text_loss.detach() * p.n_text for p in parts)
-        image_sum = sum(p.image_loss.detach() * p.n_image for p in parts)
+        n_text = _total(p.n_text for p in parts)
+        n_image = _total(p.n_image for p in parts)
+        n_ignored = _total(p.n_ignored for p in parts)
+        text_sum = _total(p.text_loss.detach() * p.n_text for p in parts)
+        image_sum = _total(p.image_loss.detach() * p.n_image for p in parts)
         n_used = n_text + n_image
         return LossParts(
             loss=(text_sum + image_sum) / n_used.clamp(min=1),
@@ -68,6 +68,15 @@ class LossParts:
             n_image=n_image,
             n_ignored=n_ignored,
         )
+
+
+def _total(values: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Sum of a non-empty run of tensors, added left to right as sum() would (same rounding, same dtype)."""
+    it = iter(values)
+    total = next(it)
+    for v in it:
+        total = total + v
+    return total
 
 
 def shift_targets(input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
