@@ -9,29 +9,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from ablate.cache import is_complete, read_json
 from ablate.config.compose import flatten
 from ablate.config.schema import TrackingConfig
 from ablate.errors import AblateError
-from ablate.rundir import MetricsLog
+from ablate.rundir import RunDir
 
 
 def resend(run_dir: Path, uri: str) -> tuple[str, int]:
     """Send run_dir's params, tags and metrics to `uri`; returns (run id, rows sent)."""
     from ablate import tracking
 
-    run_dir = Path(run_dir)
-    prov = read_json(run_dir / "provenance.json")
+    rd = RunDir(run_dir)
+    prov = rd.read_provenance()
     if prov is None:
         raise AblateError(
-            f"{run_dir} is not a stage directory (no provenance.json); give results/cache/<stage>/<key>/"
+            f"{rd.path} is not a stage directory (no {rd.provenance.name}); give results/cache/<stage>/<key>/"
         )
-    rows = MetricsLog(run_dir / "metrics.jsonl").rows()
-    config = (
-        yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
-    )
+    rows = rd.metrics_log().rows()
+    config = rd.read_config()
     sweep = prov.get("sweep") or "resent"
     run_id = prov.get("mlflow_run_id")
     try:
@@ -64,9 +59,11 @@ def resend(run_dir: Path, uri: str) -> tuple[str, int]:
             tags=tags,
             params=flatten(config),
         )
+    if run_id is None:  # get_or_create_stage_run creates the run unless told not to
+        raise AblateError(f"no MLflow run for {rd.path} in {tracking.describe_store(uri)}")
     tracker = tracking.MLflowTracker(uri, run_id)
     for row in rows:
         step = int(row.pop("step"))
         tracker.log_metrics({k: float(v) for k, v in row.items()}, step)
-    tracker.close("FINISHED" if is_complete(run_dir) else "KILLED")
+    tracker.close("FINISHED" if rd.is_complete() else "KILLED")
     return run_id, len(rows)

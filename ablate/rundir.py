@@ -176,32 +176,6 @@ class RunDir:
         atomic_write_text(self.marker, json.dumps({"completed_at": time.time(), **(info or {})}, indent=2))
 
 
-# The functions below predate RunDir; callers that hold a plain path use them.
-def write_description(out_dir: Path, config_yaml: str, info: dict[str, Any]) -> None:
-    """Write config.yaml and provenance.json at the start of a stage."""
-    RunDir(out_dir).write_description(config_yaml, info)
-
-
-def set_status(out_dir: Path, state: str, **extra: Any) -> None:
-    """Record the stage's state for `ablate status` (no tracking server needed)."""
-    RunDir(out_dir).set_status(state, **extra)
-
-
-def read_status(out_dir: Path) -> dict[str, Any]:
-    """The last recorded state, or {} if the stage never started."""
-    return RunDir(out_dir).read_status()
-
-
-def write_progress(out_dir: Path, progress: dict[str, Any]) -> None:
-    """Record training progress (step, tokens, loss, rate) for status lines."""
-    RunDir(out_dir).write_progress(progress)
-
-
-def read_progress(out_dir: Path) -> dict[str, Any]:
-    """The last recorded progress, or {}."""
-    return RunDir(out_dir).read_progress()
-
-
 class MetricsLog:
     """Append-only metrics.jsonl: one JSON row per logged step, truncated to the resume step on restart."""
 

@@ -16,6 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
+from ablate.atomic import atomic_path
 from ablate.errors import AblateError
 from analysis.runs import init_label, label_rank
 from analysis.smoothing import ema
@@ -146,9 +147,12 @@ def save(fig: Figure, points: pd.DataFrame, out_dir: Path, name: str) -> list[Pa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf", out_dir / f"{name}.csv"]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], dpi=150, bbox_inches="tight")
-    points.to_csv(paths[2], index=False)
+    # Atomic: a figure redrawn while someone has the old one open is never seen half-written.
+    for path in paths[:2]:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix[1:], dpi=150, bbox_inches="tight")
+    with atomic_path(paths[2]) as tmp:
+        points.to_csv(tmp, index=False)
     return paths
 
 

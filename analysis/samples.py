@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import imread
 
 from ablate.errors import AblateError
+from analysis.figures import save
 from analysis.runs import label_rank
 
 SAMPLES_ARTIFACT = "samples.png"
@@ -76,10 +77,4 @@ def figure5_samples(panels: pd.DataFrame, out_dir: Path) -> list[Path]:
     fig.suptitle("Generated samples (green caption: the image matches it)", fontsize=12)
     rows["panel"] = np.arange(1, len(rows) + 1)
     rows["local_path"] = rows["local_path"].map(str)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"figure5_samples.{ext}" for ext in ("png", "pdf", "csv")]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], dpi=150, bbox_inches="tight")
-    rows[PANEL_COLUMNS].to_csv(paths[2], index=False)
-    return paths
+    return save(fig, rows[PANEL_COLUMNS], out_dir, "figure5_samples")

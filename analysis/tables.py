@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ablate import paper
+from ablate.atomic import atomic_write_text
 from ablate.errors import AblateError
 from analysis.runs import label_rank
 
@@ -145,8 +146,8 @@ def table1_completions(completions: pd.DataFrame, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md, csv = out_dir / "table1_completions.md", out_dir / "table1_completions.csv"
-    md.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    table.to_csv(csv, index=False)
+    atomic_write_text(md, "\n".join(lines) + "\n")
+    atomic_write_text(csv, table.to_csv(index=False))
     return [md, csv]
 
 
@@ -186,5 +187,5 @@ def write_summary(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "summary.csv"
-    summary.to_csv(path, index=False)
+    atomic_write_text(path, summary.to_csv(index=False))
     return [path]

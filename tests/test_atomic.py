@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablate import cache
 from ablate.atomic import (
     TMP_SUFFIX,
     AtomicFile,
@@ -39,13 +38,6 @@ def test_writes_round_trip_and_create_parents(tmp_path):
     assert read_json(tmp_path / "j.json") == {"a": "x", "b": 1}
     assert read_json(tmp_path / "missing.json", {"default": True}) == {"default": True}
     assert not _leftovers(tmp_path) and not _leftovers(tmp_path / "a")
-
-
-def test_cache_reexports_the_same_functions():
-    assert cache.atomic_write_bytes is atomic_write_bytes
-    assert cache.atomic_write_text is atomic_write_text
-    assert cache.atomic_write_json is atomic_write_json
-    assert cache.read_json is read_json
 
 
 def test_permissions_follow_umask_or_mode(tmp_path):

@@ -25,8 +25,8 @@ from ablate.data.sequence import VocabLayout, layout_t2i
 from ablate.data.shards import ShardDataset, ShardWriter
 from ablate.errors import ConfigError
 from ablate.model.transformer import ModelArgs, Transformer
-from ablate.rundir import read_status
-from ablate.stages import registry, runner
+from ablate.rundir import MetricsLog, RunDir
+from ablate.stages import registry
 from ablate.stages.runner import Job, run_job
 from ablate.stages.stage import Stage
 from ablate.tracking import NullTracker
@@ -93,11 +93,10 @@ def _forbid_writes_off_rank_0() -> None:
         raise AssertionError(f"rank {dist.current().rank} wrote an output")
 
     loop_module.save_checkpoint = refuse
-    loop_module.write_progress = refuse
-    loop_module.MetricsLog.append = refuse
-    loop_module.MetricsLog.truncate_after = refuse
-    for name in ("write_description", "set_status", "mark_complete"):
-        setattr(runner, name, refuse)
+    for name in ("write_description", "set_status", "mark_complete", "write_progress"):
+        setattr(RunDir, name, refuse)
+    MetricsLog.append = refuse  # type: ignore[method-assign]
+    MetricsLog.truncate_after = refuse  # type: ignore[method-assign]
 
 
 def _fake_stage(name: str, out: Path) -> None:
@@ -258,7 +257,9 @@ def test_the_runner_runs_a_data_parallel_stage_on_every_rank_and_writes_on_rank_
         seen = json.loads((runs / f"dp_probe_rank{rank}.json").read_text())
         # rank 0 has the job's tracker (MLflow when tracking_uri is set; none here), the others NullTracker
         assert seen == {"world": 2, "tracker": "NullTracker"}
-    assert read_status(runs / "job")["state"] == "done"  # written by rank 0 (rank 1 would have failed)
+    assert (
+        RunDir(runs / "job").read_status()["state"] == "done"
+    )  # written by rank 0 (rank 1 would have failed)
     assert not torch.distributed.is_initialized()
 
 
@@ -289,7 +290,7 @@ def test_extra_stop_is_ored_into_the_signal_stop(monkeypatch, tmp_path):
     with pytest.raises(StopRequested):
         run_job(job, extra_stop=lambda: preempted["flag"])
     assert seen == [False, True]
-    assert read_status(tmp_path)["state"] == "stopped"
+    assert RunDir(tmp_path).read_status()["state"] == "stopped"
 
 
 # --- pure helpers, one process ----------------------------------------------------------------------------

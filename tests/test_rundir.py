@@ -1,10 +1,10 @@
-"""RunDir: one place naming a run directory's files; the older path-taking functions agree with it."""
+"""RunDir: the one place naming a run directory's files, with their reads and writes."""
 
 from __future__ import annotations
 
 import os
 
-from ablate import cache, rundir
+from ablate import rundir
 from ablate.rundir import MetricsLog, RunDir
 
 
@@ -15,7 +15,7 @@ def test_paths_of_the_common_files(tmp_path):
     assert rd.status == tmp_path / "status.json"
     assert rd.progress == tmp_path / "progress.json"
     assert rd.metrics == tmp_path / "metrics.jsonl"
-    assert rd.marker == tmp_path / "_COMPLETE.json" == tmp_path / cache.MARKER
+    assert rd.marker == tmp_path / "_COMPLETE.json" == tmp_path / rundir.MARKER
     assert rd.checkpoints == tmp_path / "checkpoints"
     assert rd.last_checkpoint == tmp_path / "checkpoints" / "last.pt"
     assert rd / "model.pt" == tmp_path / "model.pt"
@@ -37,24 +37,12 @@ def test_description_status_and_progress(tmp_path):
     assert rd.read_progress()["step"] == 3 and "time" in rd.read_progress()
 
 
-def test_path_functions_use_the_same_files(tmp_path):
+def test_completion_marker(tmp_path):
     rd = RunDir(tmp_path)
-    rundir.write_description(tmp_path, "a: 1\n", {"stage": "s", "key": "k"})
-    rundir.set_status(tmp_path, "failed", error="boom")
-    rundir.write_progress(tmp_path, {"step": 7})
-    assert rd.config.is_file() and rd.provenance.is_file()
-    assert rd.read_status()["error"] == "boom" and rundir.read_status(tmp_path)["state"] == "failed"
-    assert rd.read_progress()["step"] == rundir.read_progress(tmp_path)["step"] == 7
-
-
-def test_completion_marker_agrees_with_cache(tmp_path):
-    rd = RunDir(tmp_path)
-    assert not rd.is_complete() and not cache.is_complete(tmp_path)
-    cache.mark_complete(tmp_path, {"n": 1})
-    assert rd.is_complete() and rd.marker.is_file()
-    other = RunDir(tmp_path / "other")
-    other.mark_complete()
-    assert cache.is_complete(other.path)
+    assert not rd.is_complete()
+    rd.mark_complete({"n": 1})
+    assert rd.is_complete() and rd.marker.is_file() and RunDir(str(tmp_path)).is_complete()
+    assert not RunDir(tmp_path / "other").is_complete()
 
 
 def test_metrics_log(tmp_path):

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from ablate.cache import is_complete
 from ablate.launch import slurm
 from ablate.launch.manifest import Manifest
+from ablate.rundir import RunDir
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -176,7 +176,7 @@ def test_a_sweep_runs_as_one_array_per_stage_with_dependencies_honoured(results,
     for name, node in graph.nodes.items():
         for dep in node.deps:
             assert times[ids[name]][0] >= times[ids[dep]][1], (name, dep, times[ids[name]], times[ids[dep]])
-    assert all(is_complete(Path(j["dir"])) for j in manifest["jobs"].values())
+    assert all(RunDir(j["dir"]).is_complete() for j in manifest["jobs"].values())
 
 
 def test_status_shows_each_arm_done_with_its_job_and_run(results, tiny):

@@ -174,9 +174,9 @@ def test_server_and_database_outage_loses_nothing(stack: Any, tmp_path: Path) ->
 def test_close_with_server_down_warns_and_resend_restores(
     stack: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from ablate.cache import atomic_write_json, mark_complete
+    from ablate.atomic import atomic_write_json
     from ablate.resend import resend
-    from ablate.rundir import MetricsLog
+    from ablate.rundir import MetricsLog, RunDir
     from ablate.tracking import MLflowTracker
 
     (run_id,) = _new_runs(stack.url, 1)
@@ -200,7 +200,7 @@ def test_close_with_server_down_warns_and_resend_restores(
             values = {"m0": step + 0.0, "m1": step + 0.1}
             metrics_log.append(step, values)
             tracker.log_metrics(values, step)
-        mark_complete(run_dir)
+        RunDir(run_dir).mark_complete()
         with caplog.at_level(logging.WARNING, logger="ablate.tracking.tracker"):
             tracker.close("FINISHED")
     finally:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.cache import atomic_write_text
+from ablate.atomic import atomic_write_text
 from ablate.data.shards import ShardDataset, read_batch
 from ablate.errors import ConfigError, DataError
 from ablate.tokenize.text import TextTokenizer

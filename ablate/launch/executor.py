@@ -15,7 +15,7 @@ import submitit
 from ablate.config.schema import ClusterConfig
 from ablate.errors import LaunchError
 from ablate.launch.graph import Graph, Node
-from ablate.rundir import read_progress
+from ablate.rundir import RunDir
 from ablate.stages.runner import run_job
 
 Event = Callable[[str, Node, str], None]  # (event, node, detail): submitted | done | failed | skipped
@@ -46,7 +46,7 @@ def arms_label(labels: list[str]) -> str:
 
 def progress_line(node: Node) -> str:
     """One status line for a running job, from its progress.json (steps; tokens and ETA when known)."""
-    p = read_progress(Path(node.job.out_dir))
+    p = RunDir(node.job.out_dir).read_progress()
     who = f"{node.job.stage:<15} {arms_label(node.job.labels):<32}"
     if "step" not in p:
         return f"  {who} running"

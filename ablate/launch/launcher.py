@@ -13,7 +13,7 @@ from ablate.launch.estimate import estimate_table
 from ablate.launch.executor import arms_label, make_executor, run_graph
 from ablate.launch.graph import Graph, Node, build_graph
 from ablate.launch.manifest import Manifest
-from ablate.rundir import git_commit
+from ablate.rundir import RunDir, git_commit
 from ablate.stages import registry
 from ablate.sweep import load_sweep
 
@@ -72,7 +72,7 @@ def _create_runs(
             tags=tags,
             params=params,
             create=not node.done,
-            fresh=not (Path(job.out_dir) / "provenance.json").exists(),  # nothing of an earlier attempt
+            fresh=not RunDir(job.out_dir).provenance.exists(),  # nothing of an earlier attempt
         )
         if node.done:
             continue

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ablate.arms import ResolvedArm
-from ablate.cache import atomic_write_json, read_json
+from ablate.atomic import atomic_write_json, read_json
 from ablate.errors import AblateError
 from ablate.launch.graph import Graph
 from ablate.sweep import Sweep

@@ -27,13 +27,13 @@ import numpy as np
 import torch
 
 from ablate.align import nearest_text_tokens, train_alignment
-from ablate.cache import atomic_write_text
+from ablate.atomic import atomic_write_text
 from ablate.config.schema import RunConfig
 from ablate.data.sequence import VocabLayout, caption_ids, extract_image_codes
 from ablate.data.shards import ShardDataset
 from ablate.errors import CheckpointError, DataError
 from ablate.model.checkpoint_io import load_open_lm_state_dict
-from ablate.rundir import MetricsLog, write_progress
+from ablate.rundir import MetricsLog, RunDir
 from ablate.stages import names
 from ablate.stages.context import StageContext
 from ablate.stages.stage import Stage
@@ -122,7 +122,7 @@ def _on_step(
         ctx.tracker.log_metrics(row, step)
         metrics_log.append(step, row)
         if step % PROGRESS_EVERY == 0 or step == total:
-            write_progress(ctx.out_dir, {"step": step, "total_steps": total, "loss": row["loss"]})
+            RunDir(ctx.out_dir).write_progress({"step": step, "total_steps": total, "loss": row["loss"]})
         if ctx.should_stop() and step < total:
             raise StopRequested(f"stopped at step {step}; alignment restarts from scratch")
 
@@ -147,7 +147,7 @@ def run(ctx: StageContext) -> None:
         f"from {ckpt}; {s['steps']} steps of {min(s['batch_size'], len(captions))} pairs, lr {s['lr']}"
     )
 
-    metrics_log = MetricsLog(ctx.out_dir / "metrics.jsonl")
+    metrics_log = RunDir(ctx.out_dir).metrics_log()
     metrics_log.truncate_after(0)  # a relaunch starts over: drop the rows of an interrupted attempt
     device = "cuda" if torch.cuda.is_available() else "cpu"
     image_table, history = train_alignment(

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict
 
-from ablate.cache import atomic_write_text
+from ablate.atomic import atomic_write_text
 from ablate.config.schema import RunConfig
 from ablate.data.sequence import VocabLayout
 from ablate.data.shards import ShardDataset

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ablate.cache import atomic_write_bytes, atomic_write_text
+from ablate.atomic import atomic_write_bytes, atomic_write_text
 from ablate.config.schema import RunConfig
 from ablate.data.sequence import VocabLayout, caption_ids, prompt_t2i, prompt_uncond
 from ablate.data.shards import ShardDataset
@@ -33,6 +33,7 @@ from ablate.evaluate.image_metrics import caption_matches, colours_present, samp
 from ablate.evaluate.sampling import sample_from_prompts
 from ablate.model.checkpoint_io import load_into, load_open_lm_state_dict
 from ablate.model.transformer import ModelArgs, Transformer
+from ablate.rundir import RunDir
 from ablate.stages import names
 from ablate.stages.context import StageContext
 from ablate.stages.image_tokenizer import open_image_tokenizer
@@ -137,7 +138,7 @@ def run(ctx: StageContext) -> None:
     atomic_write_bytes(ctx.out_dir / "samples.npz", npz.getvalue())
     atomic_write_text(ctx.out_dir / "metrics.json", json.dumps(metrics, indent=2))
     # metrics.jsonl as every stage writes it, so `ablate resend` can rebuild this run from the directory.
-    atomic_write_text(ctx.out_dir / "metrics.jsonl", json.dumps({"step": 0, **metrics}) + "\n")
+    atomic_write_text(RunDir(ctx.out_dir).metrics, json.dumps({"step": 0, **metrics}) + "\n")
 
     ctx.tracker.log_metrics(metrics, step=0)
     for path in (grid, ctx.out_dir / "samples.csv"):

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ablate.cache import atomic_write_json, read_json
+from ablate.atomic import atomic_write_json, read_json
 from ablate.config.schema import RunConfig
-from ablate.rundir import write_progress
+from ablate.rundir import RunDir
 from ablate.stages import names
 from ablate.stages.context import StageContext
 from ablate.stages.stage import Stage
@@ -36,8 +36,7 @@ def run(ctx: StageContext) -> None:
             if step % 25 == 0:
                 ctx.tracker.log_metrics({f"vq_{k}": float(v) for k, v in metrics.items()}, step)
                 elapsed = metrics.get("elapsed_s", 0.0)
-                write_progress(
-                    ctx.out_dir,
+                RunDir(ctx.out_dir).write_progress(
                     {
                         "step": step,
                         "total_steps": t.vq_steps,

@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ablate.cache import is_complete, stage_dir
+from ablate.cache import stage_dir
 from ablate.config.compose import stable_hash
 from ablate.config.schema import RunConfig
+from ablate.rundir import RunDir
 from ablate.stages import registry
 from ablate.stages.stage import Stage
 
@@ -26,7 +27,7 @@ class StageSpec:
         return stage_dir(results, self.name, self.key)
 
     def done(self, results: Path) -> bool:
-        return is_complete(self.dir(results))
+        return RunDir(self.dir(results)).is_complete()
 
 
 def stage_key(stage: Stage, cfg: RunConfig, deps: dict[str, str]) -> str:

@@ -13,9 +13,8 @@ from typing import Any
 
 import yaml
 
-from ablate.cache import is_complete, mark_complete
 from ablate.config.compose import config_from_dict
-from ablate.rundir import set_status, write_description
+from ablate.rundir import RunDir
 from ablate.stages import registry
 from ablate.stages.context import StageContext
 from ablate.train import distributed as dist
@@ -111,17 +110,17 @@ def run_job(job: Job, extra_stop: Callable[[], bool] | None = None) -> str:
 def _run(job: Job, extra_stop: Callable[[], bool] | None) -> str:
     """run_job's body on this rank (inside the process group, if any)."""
     out = Path(job.out_dir)
+    run_dir = RunDir(out)
     main = dist.is_main()
     # Rank 0's view decides for all, so that no rank trains alone while the others have returned.
-    if dist.main_says(is_complete(out)):
+    if dist.main_says(run_dir.is_complete()):
         return "skipped"
     import torch
 
     torch.set_num_threads(max(1, job.threads))
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        write_description(
-            out,
+        run_dir.write_description(
             yaml.safe_dump(job.config, sort_keys=False),
             {
                 "stage": job.stage,
@@ -133,7 +132,7 @@ def _run(job: Job, extra_stop: Callable[[], bool] | None) -> str:
                 "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             },
         )
-        set_status(out, "running")
+        run_dir.set_status("running")
     dist.barrier()  # the output directory exists before any rank's stage looks into it
     tracker = _tracker(job) if main else _null_tracker()
     signal_stop = _StopOnSignal()
@@ -155,17 +154,17 @@ def _run(job: Job, extra_stop: Callable[[], bool] | None) -> str:
             registry.get(job.stage).run(ctx)
     except StopRequested as e:
         if main:
-            set_status(out, "stopped", error=str(e))
+            run_dir.set_status("stopped", error=str(e))
         tracker.close("KILLED")
         raise
     except BaseException as e:
         if main:
-            set_status(out, "failed", error=traceback.format_exc()[-4000:])
+            run_dir.set_status("failed", error=traceback.format_exc()[-4000:])
         tracker.close("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     dist.barrier()  # every rank finished before the output is marked complete
     if main:
-        mark_complete(out, {"stage": job.stage, "key": job.key})
-        set_status(out, "done")
+        run_dir.mark_complete({"stage": job.stage, "key": job.key})
+        run_dir.set_status("done")
     tracker.close("FINISHED")
     return "done"

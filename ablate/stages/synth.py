@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from ablate.cache import atomic_write_bytes, atomic_write_text
+from ablate.atomic import atomic_write_bytes, atomic_write_text
 from ablate.config.schema import RunConfig
 from ablate.data.synthetic import generate
 from ablate.stages import names

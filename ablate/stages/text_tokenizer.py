@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ablate.cache import atomic_write_json, atomic_write_text, read_json
+from ablate.atomic import atomic_write_json, atomic_write_text, read_json
 from ablate.config.schema import RunConfig
 from ablate.data.corpus import corpus_fingerprint, english_documents, split_documents
 from ablate.stages import names

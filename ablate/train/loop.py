@@ -29,7 +29,7 @@ from torch import nn
 from ablate.config.schema import OptimConfig
 from ablate.data.sequence import VocabLayout
 from ablate.data.shards import ShardDataset, ShardSampler, read_batch
-from ablate.rundir import MetricsLog, write_progress
+from ablate.rundir import RunDir
 from ablate.tracking import Tracker
 from ablate.train import distributed as dist
 from ablate.train.checkpoint import load_checkpoint, save_checkpoint
@@ -121,8 +121,9 @@ def train_loop(
     optimizer = torch.optim.AdamW(
         _param_groups(model, o.weight_decay), lr=cfg.lr, betas=(o.beta1, o.beta2), eps=o.eps
     )
-    ckpt_path = out_dir / "checkpoints" / "last.pt"
-    metrics_log = MetricsLog(out_dir / "metrics.jsonl")
+    run_dir = RunDir(out_dir)
+    ckpt_path = run_dir.last_checkpoint
+    metrics_log = run_dir.metrics_log()
     step = 0
     # Every rank reads the same file: nothing writes it until a step, which needs every rank, is done.
     state = load_checkpoint(ckpt_path)
@@ -233,8 +234,7 @@ def train_loop(
         if main and (now - last_progress >= cfg.progress_every_s or step == total_steps):
             last_progress = now
             rate = tokens_this_session / (now - t_start)
-            write_progress(
-                out_dir,
+            run_dir.write_progress(
                 {
                     "step": step,
                     "total_steps": total_steps,
