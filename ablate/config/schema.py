@@ -20,11 +20,11 @@ _Init = Literal["pretrained", "random"]
 _NewRowInit = Literal["random", "mean"]
 _ImageInit = Literal["random", "mean", "contrastive"]
 _Task = Literal["t2i", "uncond"]
-_DataSource = Literal["synthetic"]
+_DataSource = Literal["synthetic", "webdataset", "folder"]
 _Norm = Literal["default_layer_norm", "gain_only_layer_norm", "rms_norm"]
 _FfnType = Literal["swiglu", "gelu"]
 _Positional = Literal["rotary", "head_rotary", "none"]
-_ImageTokenizer = Literal["vqvae", "path"]
+_ImageTokenizer = Literal["vqvae", "path", "diffusers"]
 _TextTokenizer = Literal["bpe", "path"]
 # The paper's partial-freeze settings (Fig. 6), cumulative; ablate.model.freeze implements them.
 _Trainable = Literal["all", "emb_out", "emb_out_norm", "emb_out_norm_half", "emb_out_norm_ffn"]
@@ -109,7 +109,22 @@ class DataConfig:
     """Image-caption pairs and the token sequences built from them."""
 
     source: DataSource = "synthetic"
-    """synthetic: coloured-shape scenes generated from a seed."""
+    """synthetic: coloured-shape scenes generated from a seed; webdataset: img2dataset's tar shards
+    (data.path); folder: a directory of images with captions.jsonl or same-stem .txt files (data.path)."""
+    path: str | None = None
+    """webdataset: a directory of NNNNN.tar shards or a brace pattern (/data/cc12m/{00000..01242}.tar);
+    folder: the image directory. Unused by synthetic."""
+    eval_path: str | None = None
+    """Optional reference set for samples and FID (same formats as data.path; MS-COCO at paper scale)."""
+    val_fraction: float = 0.002
+    """webdataset, folder: fraction of samples in the validation split, chosen by a stable hash of the
+    sample key (adding shards never moves a sample between splits)."""
+    heldout_fraction: float = 0.002
+    """webdataset, folder: fraction in the held-out split, by the same hash."""
+    min_image_side: int = 64
+    """webdataset, folder: images whose shorter side is smaller are skipped (counted as too_small)."""
+    max_bad_fraction: float = 0.05
+    """webdataset, folder: the stage fails once more than this fraction of samples was skipped as bad."""
     task: Task = "t2i"
     """t2i: caption then image; uncond: image tokens only."""
     image_size: int = 32
@@ -135,7 +150,8 @@ class TokenizerConfig:
     """The image tokenizer (codes) and the text tokenizer (BPE) shared by the LM and the captions."""
 
     image: ImageTokenizer = "vqvae"
-    """vqvae: trained by the `image_tokenizer` stage; path: a saved tokenizer directory (image_path)."""
+    """vqvae: trained by the `image_tokenizer` stage; path: a saved ablate tokenizer directory
+    (image_path); diffusers: a diffusers VQModel directory, e.g. MoVQGAN (image_path)."""
     image_path: str | None = None
     """Directory of a saved image tokenizer, for image=path."""
     codebook_size: int = 256

@@ -225,14 +225,42 @@ def validate(cfg: RunConfig, arm: str | None = None) -> None:
             arm=arm,
         )
 
+    if d.source != "synthetic":
+        if not d.path:
+            raise ConfigError(
+                "data.path",
+                d.path,
+                "a directory of NNNNN.tar shards or a brace pattern (data=webdataset), or an image directory "
+                "(data=folder)",
+                arm=arm,
+            )
+        for key, frac in (
+            ("data.val_fraction", d.val_fraction),
+            ("data.heldout_fraction", d.heldout_fraction),
+        ):
+            if not 0 < frac < 0.5:
+                raise ConfigError(key, frac, "a fraction in (0, 0.5)", arm=arm)
+        if not 0 <= d.max_bad_fraction <= 1:
+            raise ConfigError("data.max_bad_fraction", d.max_bad_fraction, "a fraction in [0, 1]", arm=arm)
+        raise ConfigError(
+            "data.source",
+            d.source,
+            "synthetic",
+            arm=arm,
+            hint="the webdataset and folder readers are not wired into the stages yet: no stage would read "
+            "data.path, and the synthetic generator would run instead",
+        )
     if tok.text == "path" and not tok.text_path:
         raise ConfigError(
             "tokenizer.text_path", None, "a path to a tokenizer.json (e.g. GPT-NeoX's)", arm=arm
         )
-    if tok.image == "path" and not tok.image_path:
-        raise ConfigError(
-            "tokenizer.image_path", None, "a directory holding a saved image tokenizer", arm=arm
+    if tok.image in ("path", "diffusers") and not tok.image_path:
+        what = (
+            "a diffusers VQModel directory (config.json + weights)"
+            if tok.image == "diffusers"
+            else ("a directory holding a saved image tokenizer")
         )
+        raise ConfigError("tokenizer.image_path", None, what, arm=arm)
     ev = cfg.evaluate
     if not 0 < ev.top_p <= 1:
         raise ConfigError("evaluate.top_p", ev.top_p, "a number in (0, 1]", arm=arm)
