@@ -155,23 +155,46 @@ def _context(tmp: Path, stage: str, cfg: RunConfig, plan: dict[str, Any]) -> Sta
     )
 
 
-def test_every_stage_reads_only_fields_its_key_covers(tiny: RunConfig, tmp_path: Path) -> None:
-    plan = {s.name: s for s in plan_stages(tiny)}
-    assert list(plan) == list(registry.STAGE_ORDER), "the tiny config must plan every stage"
-    problems = {}
-    read_any: dict[str, set[str]] = {}
-    for stage in registry.STAGES:
+def _run_every_planned_stage(cfg: RunConfig, tmp: Path) -> dict[str, set[str]]:
+    """Run the arm's stages in order on recording configs; the fields each read that its key misses."""
+    plan = {s.name: s for s in plan_stages(cfg)}
+    missing: dict[str, set[str]] = {}
+    reads_of: dict[str, set[str]] = {}
+    for name in plan:
         reads: set[str] = set()
-        stage.run(_context(tmp_path, stage.name, recording(tiny, reads), plan))
-        read_any[stage.name] = reads
-        missing = reads - covered_fields(stage.name, tiny)
-        if missing:
-            problems[stage.name] = sorted(missing)
-    assert not problems, f"stages read fields their keys do not cover: {problems}"
-    # The recorder saw real reads (a recorder that records nothing would pass the check above).
-    assert {"data.n_train", "data.seed"} <= read_any[names.SYNTH]
-    assert {"optim.beta2", "evaluate.prompts", "train.trainable"} <= read_any[names.TRAIN]
-    assert "align.steps" in read_any[names.ALIGN]
+        registry.get(name).run(_context(tmp, name, recording(cfg, reads), plan))
+        reads_of[name] = reads
+        if reads - covered_fields(name, cfg):
+            missing[name] = reads - covered_fields(name, cfg)
+    assert not missing, f"stages read fields their keys do not cover: {missing}"
+    return reads_of
+
+
+def test_every_stage_reads_only_fields_its_key_covers(tiny: RunConfig, tmp_path: Path) -> None:
+    # The demo arm: its own pretrained LM (pretrain) and contrastive image rows (align).
+    demo = _run_every_planned_stage(tiny, tmp_path / "demo")
+    # A given checkpoint (the demo's LM stands in for open_lm-1b) with held-out text from a file.
+    text = tmp_path / "heldout.txt"
+    text.write_text(
+        "\n\n".join(f"Document {i} says that the sky is blue and water is wet." for i in range(60))
+    )
+    paper_like = dataclasses.replace(
+        tiny,
+        model=dataclasses.replace(
+            tiny.model, checkpoint=str(tmp_path / "demo" / names.PRETRAIN / "model.pt")
+        ),
+        pretrain=dataclasses.replace(tiny.pretrain, heldout_text_path=str(text)),
+    )
+    given = _run_every_planned_stage(paper_like, tmp_path / "given")
+    assert set(demo) | set(given) == set(registry.STAGE_ORDER), "some stage was never run"
+    assert names.PRETRAIN not in given and names.HELDOUT_TEXT in given
+    # The recorder saw real reads (a recorder that records nothing would pass the checks above).
+    assert {"data.n_train", "data.seed"} <= demo[names.SYNTH]
+    assert {"optim.beta2", "evaluate.prompts", "train.trainable"} <= demo[names.TRAIN]
+    assert "align.steps" in demo[names.ALIGN]
+    assert "pretrain.heldout_text_path" in given[names.HELDOUT_TEXT]
+    # With the checkpoint, the probe measured forgetting on the file's text.
+    assert (tmp_path / "given" / names.TRAIN / "completions.jsonl").is_file()
 
 
 def test_a_planted_read_outside_the_key_is_caught(tiny: RunConfig, tmp_path: Path) -> None:

@@ -182,6 +182,12 @@ class PretrainConfig:
     """Characters of the corpus used (tokenizer and LM)."""
     heldout_fraction: float = 0.05
     """Documents kept out of pretraining, to measure forgetting."""
+    heldout_text_path: str | None = None
+    """With model.checkpoint (paper scale): held-out text the LM was not trained on, e.g. a slice of the
+    Pile, as a .txt (documents separated by blank lines) or .jsonl (one {"text": ...} per line). The
+    `heldout_text` stage tokenizes it for the text-ability probe (forgetting), which is off without it."""
+    heldout_max_tokens: int = 2_000_000
+    """Tokens of heldout_text_path kept (the probe reads evaluate.probe_sequences sequences of them)."""
     total_tokens: int = 600_000
     """Pretraining tokens (about 1.1 passes over the demo corpus)."""
     batch_tokens: int = 4608

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ablate.config import schema as S
 from ablate.config.schema import RunConfig
 from ablate.data.sequence import min_seq_len
@@ -166,6 +168,7 @@ def validate(cfg: RunConfig, arm: str | None = None) -> None:
         ("train.micro_batch_size", tr.micro_batch_size),
         ("train.checkpoint_every_tokens", tr.checkpoint_every_tokens),
         ("pretrain.total_tokens", p.total_tokens),
+        ("pretrain.heldout_max_tokens", p.heldout_max_tokens),
         ("align.batch_size", cfg.align.batch_size),
         ("align.steps", cfg.align.steps),
         ("align.lr", cfg.align.lr),
@@ -279,6 +282,19 @@ def validate(cfg: RunConfig, arm: str | None = None) -> None:
         if d.task != "t2i":
             raise ConfigError(
                 "model.image_init", m.image_init, "random or mean when data.task=uncond", arm=arm
+            )
+    if p.heldout_text_path:
+        if not Path(p.heldout_text_path).is_file():
+            raise ConfigError(
+                "pretrain.heldout_text_path",
+                p.heldout_text_path,
+                "an existing .txt or .jsonl file of held-out text",
+                arm=arm,
+                hint="e.g. a slice of the Pile's validation set; the forgetting probe tokenizes it",
+            )
+        if Path(p.heldout_text_path).suffix not in (".txt", ".jsonl"):
+            raise ConfigError(
+                "pretrain.heldout_text_path", p.heldout_text_path, "a .txt or .jsonl file", arm=arm
             )
     if m.init == "pretrained" and cfg.scale == "paper" and not m.checkpoint:
         raise ConfigError(

@@ -14,21 +14,46 @@ from ablate.stages import names
 from ablate.stages.context import StageContext
 from ablate.stages.stage import Stage
 from ablate.stages.synth import load_split
+from ablate.errors import ConfigError, DataError
+from ablate.tokenize.diffusers_vq import KIND as DIFFUSERS, load_diffusers_tokenizer
 from ablate.tokenize.image import ImageTokenizer, load_image_tokenizer, train_vqvae
 
 
 def open_image_tokenizer(tok_dir: Path) -> ImageTokenizer:
     """The image tokenizer an `image_tokenizer` output refers to."""
     ref = read_json(Path(tok_dir) / "refs.json", {})
+    if ref.get("kind") == DIFFUSERS:
+        tok = load_diffusers_tokenizer(ref["image_path"], int(ref["image_size"]))
+        # The stage's key hashes the path, not the weights: weights replaced in place would otherwise be
+        # used with the codes (and models) made from the old ones.
+        if tok.fingerprint != ref["fingerprint"]:
+            raise DataError(
+                f"the VQModel at {ref['image_path']} changed since {tok_dir} was made (fingerprint "
+                f"{ref['fingerprint']}, now {tok.fingerprint}); put the new weights in a new directory "
+                f"(tokenizer.image_path is part of the key) or delete {tok_dir} and what was made from it"
+            )
+        return tok
     return load_image_tokenizer(ref.get("image_path") or Path(tok_dir) / "vqvae")
 
 
 def run(ctx: StageContext) -> None:
     t = ctx.cfg.tokenizer
-    refs = {}
+    refs: dict[str, object] = {}
+    extra: dict[str, object] = {}
     if t.image == "path" and t.image_path:  # validation requires image_path for image=path
         tok = load_image_tokenizer(t.image_path)
         refs["image_path"] = str(Path(t.image_path).resolve())
+    elif t.image == DIFFUSERS and t.image_path:  # and for image=diffusers
+        size = ctx.cfg.data.image_size
+        dtok = load_diffusers_tokenizer(t.image_path, size, codebook_size=t.codebook_size)
+        if dtok.grid != (size // t.downsample, size // t.downsample):
+            raise ConfigError(
+                "tokenizer.downsample", t.downsample, f"{size // dtok.grid[0]} (the VQModel's downsampling)"
+            )
+        refs = {"kind": DIFFUSERS, "image_path": dtok.path, "image_size": size, "fingerprint": dtok.fingerprint}
+        extra = {"image_path": dtok.path, "fingerprint": dtok.fingerprint}
+        ctx.log(f"VQModel {dtok.path} fingerprint {dtok.fingerprint} on {dtok.device}")
+        tok = dtok
     else:
         images, _, _ = load_split(ctx.inputs["synth"], "train")
 
@@ -70,7 +95,7 @@ def run(ctx: StageContext) -> None:
         recon = tok.decode(tok.encode(sample))
     mse = float(np.mean((recon.astype(np.float32) - sample.astype(np.float32)) ** 2) / 255**2)
     summary = {"recon_mse": mse, "codebook_size": tok.codebook_size, "image_tokens": tok.tokens_per_image}
-    atomic_write_json(ctx.out_dir / "summary.json", summary)
+    atomic_write_json(ctx.out_dir / "summary.json", {**summary, **extra})
     ctx.tracker.log_metrics({k: float(v) for k, v in summary.items()}, step=t.vq_steps)
     ctx.log("validation " + " ".join(f"{k}={v:.4g}" for k, v in summary.items()))
 
@@ -87,7 +112,8 @@ def config(cfg: RunConfig) -> dict:
 
 STAGE = Stage(
     names.IMAGE_TOKENIZER,
-    version=1,
+    # 2: image=diffusers loads the VQModel (before, it fell through to training the demo VQ-VAE).
+    version=2,
     config=config,
     run=run,
     inputs=(names.SYNTH,),

@@ -1,15 +1,26 @@
-"""Every stage, in run order. Adding a stage: a module under ablate/stages/ with its `STAGE`, and one line here.
+r"""Every stage, in run order. Adding a stage: a module under ablate/stages/ with its `STAGE`, and one line here.
 
 synth ----------> image_tokenizer --> prepare ---------------> train --> evaluate
-text_tokenizer --------------------/       \\                  /  /
-              \\--> pretrain (init=pretrained, demo) ---------/  /
-                                              \\--> align ------/  (image_init=contrastive)
+text_tokenizer --------------------/       \                  /  /
+              |--> pretrain (init=pretrained, demo) --------/  /
+              |--> heldout_text (init=pretrained, paper) ---/  /
+                                              \--> align ------/  (image_init=contrastive)
 """
 
 from __future__ import annotations
 
 from ablate.errors import AblateError
-from ablate.stages import align, evaluate, image_tokenizer, prepare, pretrain, synth, text_tokenizer, train
+from ablate.stages import (
+    align,
+    evaluate,
+    heldout_text,
+    image_tokenizer,
+    prepare,
+    pretrain,
+    synth,
+    text_tokenizer,
+    train,
+)
 from ablate.stages.stage import Stage
 
 STAGES: tuple[Stage, ...] = (
@@ -18,6 +29,7 @@ STAGES: tuple[Stage, ...] = (
     image_tokenizer.STAGE,
     prepare.STAGE,
     pretrain.STAGE,
+    heldout_text.STAGE,
     align.STAGE,
     train.STAGE,
     evaluate.STAGE,

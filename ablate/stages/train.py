@@ -19,6 +19,7 @@ from ablate.model.vocab import expand_vocab
 from ablate.stages import names
 from ablate.stages.common import loop_config, model_args, train_and_save
 from ablate.stages.context import StageContext
+from ablate.stages.heldout_text import SPLIT as HELDOUT_SPLIT
 from ablate.stages.stage import Stage
 from ablate.stages.text_tokenizer import open_text_tokenizer
 from ablate.train import distributed as dist
@@ -75,6 +76,16 @@ def aligned_image_rows(ctx: StageContext, layout: VocabLayout, dim: int) -> torc
     return table
 
 
+def heldout_shards(ctx: StageContext) -> Path | None:
+    """The held-out text shards the probe reads: the `heldout_text` stage's (a given checkpoint) or the
+    demo `pretrain` stage's corpus split; None if the arm has neither."""
+    if names.HELDOUT_TEXT in ctx.inputs:
+        return ctx.inputs[names.HELDOUT_TEXT] / HELDOUT_SPLIT
+    if names.PRETRAIN in ctx.inputs:
+        return ctx.inputs[names.PRETRAIN] / "data" / "heldout"
+    return None
+
+
 def text_probe(ctx: StageContext, model: Transformer, layout: VocabLayout):
     """Table 1's text-ability probe as a train_loop callback, or None (with the reason logged)."""
     cfg, e = ctx.cfg, ctx.cfg.evaluate
@@ -82,12 +93,11 @@ def text_probe(ctx: StageContext, model: Transformer, layout: VocabLayout):
         return None  # text ability is lost only where there was some: a pretrained LM trained on t2i
     if not dist.is_main():
         return None  # data-parallel: rank 0 probes (the loop calls it there only) and writes its file
-    pretrain = ctx.inputs.get("pretrain")
-    heldout = pretrain / "data" / "heldout" if pretrain else None
-    if heldout is None or not (heldout / "meta.json").exists():
+    heldout = heldout_shards(ctx)
+    if heldout is None:
         ctx.log(
-            "text-ability probe off: no held-out pretraining text (the demo's `pretrain` stage writes it; "
-            "with model.checkpoint there is none)"
+            "text-ability probe off: no held-out text (the demo's `pretrain` stage keeps some of its corpus "
+            "out; with model.checkpoint, give pretrain.heldout_text_path)"
         )
         return None
     probe = TextProbe(
@@ -161,7 +171,14 @@ STAGE = Stage(
     version=3,
     config=config,
     run=run,
-    inputs=(names.PREPARE, names.IMAGE_TOKENIZER, names.TEXT_TOKENIZER, names.PRETRAIN, names.ALIGN),
+    inputs=(
+        names.PREPARE,
+        names.IMAGE_TOKENIZER,
+        names.TEXT_TOKENIZER,
+        names.PRETRAIN,
+        names.HELDOUT_TEXT,
+        names.ALIGN,
+    ),
     data_parallel=True,
     checkpoints=True,
 )
