@@ -8,6 +8,7 @@ from ablate.config import schema as S
 from ablate.config.schema import RunConfig
 from ablate.data.sequence import min_seq_len
 from ablate.errors import ConfigError
+from ablate.tokenize.diffusers_vq import check_vq_config
 from ablate.train.schedule import sequences_per_step
 
 
@@ -264,6 +265,9 @@ def validate(cfg: RunConfig, arm: str | None = None) -> None:
             else ("a directory holding a saved image tokenizer")
         )
         raise ConfigError("tokenizer.image_path", None, what, arm=arm)
+    if tok.image == "diffusers":
+        # Reads config.json only: a wrong directory fails here, not in a job after the queue wait.
+        check_vq_config(tok.image_path, tok.codebook_size, tok.downsample, arm=arm)
     ev = cfg.evaluate
     if not 0 < ev.top_p <= 1:
         raise ConfigError("evaluate.top_p", ev.top_p, "a number in (0, 1]", arm=arm)

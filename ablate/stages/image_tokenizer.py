@@ -9,13 +9,14 @@ import torch
 
 from ablate.atomic import atomic_write_json, read_json
 from ablate.config.schema import RunConfig
+from ablate.errors import ConfigError, DataError
 from ablate.rundir import RunDir
 from ablate.stages import names
 from ablate.stages.context import StageContext
 from ablate.stages.stage import Stage
 from ablate.stages.synth import load_split
-from ablate.errors import ConfigError, DataError
-from ablate.tokenize.diffusers_vq import KIND as DIFFUSERS, load_diffusers_tokenizer
+from ablate.tokenize.diffusers_vq import KIND as DIFFUSERS
+from ablate.tokenize.diffusers_vq import load_diffusers_tokenizer
 from ablate.tokenize.image import ImageTokenizer, load_image_tokenizer, train_vqvae
 
 
@@ -50,7 +51,12 @@ def run(ctx: StageContext) -> None:
             raise ConfigError(
                 "tokenizer.downsample", t.downsample, f"{size // dtok.grid[0]} (the VQModel's downsampling)"
             )
-        refs = {"kind": DIFFUSERS, "image_path": dtok.path, "image_size": size, "fingerprint": dtok.fingerprint}
+        refs = {
+            "kind": DIFFUSERS,
+            "image_path": dtok.path,
+            "image_size": size,
+            "fingerprint": dtok.fingerprint,
+        }
         extra = {"image_path": dtok.path, "fingerprint": dtok.fingerprint}
         ctx.log(f"VQModel {dtok.path} fingerprint {dtok.fingerprint} on {dtok.device}")
         tok = dtok

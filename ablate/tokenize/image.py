@@ -265,13 +265,16 @@ class VQVAETokenizer:
 _HOW_TO_PROVIDE = (
     "Give a directory saved by an image tokenizer (config.json + weights) with "
     "tokenizer.image=path tokenizer.image_path=/path/to/dir, or use tokenizer.image=vqvae to train the demo "
-    "VQ-VAE. MoVQGAN weights for scale=paper are not shipped: download the checkpoint yourself, wrap it "
-    "behind ablate.tokenize.image.ImageTokenizer, and point tokenizer.image_path at it."
+    "VQ-VAE. MoVQGAN weights for scale=paper are not shipped: download them as a diffusers VQModel directory "
+    "and use tokenizer.image=diffusers tokenizer.image_path=/path/to/dir (see the README)."
 )
 
 
-def load_image_tokenizer(directory: str | os.PathLike[str]) -> ImageTokenizer:
-    """Load a saved image tokenizer; AssetMissingError naming the missing file and how to provide it."""
+def load_image_tokenizer(directory: str | os.PathLike[str], image_size: int | None = None) -> ImageTokenizer:
+    """Load a saved image tokenizer or a diffusers VQModel directory (which needs image_size).
+
+    AssetMissingError names the missing file and how to provide it.
+    """
     d = Path(directory)
     cfg_path = d / CONFIG_FILE
     if not cfg_path.is_file():
@@ -280,6 +283,13 @@ def load_image_tokenizer(directory: str | os.PathLike[str]) -> ImageTokenizer:
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise DataError(f"{cfg_path} is not valid JSON: {e}") from e
+    if isinstance(cfg, dict) and cfg.get("_class_name") == "VQModel":
+        from ablate.tokenize.diffusers_vq import load_diffusers_tokenizer
+
+        if image_size is None:
+            # A VQModel is fully convolutional: its config does not say which image size it is used at.
+            raise ConfigError("image_size", None, "the image side in pixels (data.image_size) for a VQModel")
+        return load_diffusers_tokenizer(d, image_size)
     kind = cfg.get("type")
     if kind != VQVAETokenizer.kind:
         raise ConfigError(f"{cfg_path}: type", kind, "'vqvae'", hint=_HOW_TO_PROVIDE)
