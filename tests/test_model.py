@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from ablate.config.schema import NORMS
 from ablate.errors import AssetMissingError, ConfigError
 from ablate.model import (
     ModelArgs,
@@ -17,7 +18,7 @@ from ablate.model import (
     flops_per_token,
     non_embedding_parameters,
 )
-from ablate.model.transformer import Rotary
+from ablate.model.transformer import Rotary, make_norm
 
 OPEN_LM_1B = {  # open_lm/model_configs/open_lm_1b.json plus keys of the "_old" variant and an unknown one
     "hidden_dim": 2048,
@@ -66,7 +67,7 @@ def test_from_json_ignores_unknown_keys(tmp_path) -> None:
     [
         ({"hidden_dim": 30}, "model.hidden_dim"),  # not divisible by 4 heads
         ({"ffn_type": "moe"}, "model.ffn_type"),
-        ({"model_norm": "lp_layer_norm"}, "model.model_norm"),
+        ({"model_norm": "lp_rms_norm"}, "model.model_norm"),  # open_lm has no such norm
         ({"positional_embedding_type": "alibi"}, "model.positional_embedding_type"),
         ({"n_layers": 0}, "model.n_layers"),
         ({"weight_tying": "yes"}, "model.weight_tying"),
@@ -204,3 +205,63 @@ def test_rotary_buffer_not_in_state_dict_but_moves_with_model() -> None:
     model = Transformer(tiny())
     assert "layers.0.attention.pos_embed.inv_freq" in dict(model.named_buffers())
     assert not any("inv_freq" in k for k in model.state_dict())
+
+
+# The parameters of each open_lm norm (open_lm/norms.py get_norm_class): torch's LayerNorm for
+# default_layer_norm, its own LayerNorm/LPLayerNorm with elementwise_gain/elementwise_bias for the others
+# (absent ones registered as None, so not in the state dict), RmsNorm with a weight.
+OPEN_LM_NORM_PARAMS = {
+    "default_layer_norm": {"weight", "bias"},
+    "lp_layer_norm": {"weight", "bias"},
+    "gain_only_layer_norm": {"weight"},
+    "gain_only_lp_layer_norm": {"weight"},
+    "no_wb_layer_norm": set(),
+    "rms_norm": {"weight"},
+}
+LP_TWINS = {"lp_layer_norm": "default_layer_norm", "gain_only_lp_layer_norm": "gain_only_layer_norm"}
+
+
+def test_every_open_lm_norm_is_a_choice() -> None:
+    assert set(NORMS) == set(OPEN_LM_NORM_PARAMS)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_each_norm_builds_with_open_lm_parameter_names(norm: str) -> None:
+    args = tiny(model_norm=norm, qk_norm=True, post_embed_norm=True)
+    assert set(make_norm(args).state_dict()) == OPEN_LM_NORM_PARAMS[norm]
+    model = Transformer(args)
+    names = set(model.state_dict())
+    for prefix in ("post_embed_norm", "norm", "layers.1.attention_norm", "layers.0.attention.q_norm"):
+        assert {n.removeprefix(prefix + ".") for n in names if n.startswith(prefix + ".")} == (
+            OPEN_LM_NORM_PARAMS[norm]
+        )
+    assert count_parameters(model) == non_embedding_parameters(args) + 50 * 32
+    out = model(torch.randint(0, 50, (2, 5)))
+    assert out.shape == (2, 5, 50) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("lp", "twin"), sorted(LP_TWINS.items()))
+def test_lp_norm_is_its_twin(lp: str, twin: str) -> None:
+    torch.manual_seed(0)
+    a = Transformer(tiny(model_norm=lp, qk_norm=True))
+    b = Transformer(tiny(model_norm=twin, qk_norm=True))
+    assert list(a.state_dict()) == list(b.state_dict())
+    # Non-trivial norm parameters, so a norm that ignored them would show.
+    with torch.no_grad():
+        for name, p in a.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    b.load_state_dict(a.state_dict())  # strict: the same names and shapes
+    ids = torch.randint(0, 50, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(a(ids), b(ids))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(a(ids), b(ids))
+
+
+def test_no_wb_layer_norm_has_no_parameters_and_normalises() -> None:
+    norm = make_norm(tiny(model_norm="no_wb_layer_norm"))
+    assert not list(norm.parameters())
+    y = norm(torch.randn(3, 32) * 5 + 2)
+    assert torch.allclose(y.mean(-1), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(y.std(-1, unbiased=False), torch.ones(3), atol=1e-3)

@@ -21,7 +21,16 @@ _NewRowInit = Literal["random", "mean"]
 _ImageInit = Literal["random", "mean", "contrastive"]
 _Task = Literal["t2i", "uncond"]
 _DataSource = Literal["synthetic", "webdataset", "folder"]
-_Norm = Literal["default_layer_norm", "gain_only_layer_norm", "rms_norm"]
+# open_lm's model_norm choices (open_lm/norms.py); the lp_ ones are built as their non-lp twin
+# (ablate.model.transformer says why).
+_Norm = Literal[
+    "default_layer_norm",
+    "lp_layer_norm",
+    "gain_only_layer_norm",
+    "gain_only_lp_layer_norm",
+    "no_wb_layer_norm",
+    "rms_norm",
+]
 _FfnType = Literal["swiglu", "gelu"]
 _Positional = Literal["rotary", "head_rotary", "none"]
 _ImageTokenizer = Literal["vqvae", "path", "diffusers"]
@@ -82,13 +91,23 @@ class ModelConfig:
     weight_tying: bool = False
     """Share the embedding and output matrices (open_lm-1b: untied)."""
     model_norm: Norm = "default_layer_norm"
-    """Normalisation layer: default_layer_norm (LayerNorm with bias), gain_only_layer_norm or rms_norm."""
+    """Normalisation layer, as open_lm's: default_layer_norm (LayerNorm with gain and bias),
+    gain_only_layer_norm (no bias), no_wb_layer_norm (neither), rms_norm (gain), and lp_layer_norm,
+    gain_only_lp_layer_norm (open_lm's low-precision variants; here the same as their twins)."""
     ffn_type: FfnType = "swiglu"
     """Feed-forward block: swiglu or gelu."""
     qk_norm: bool = False
     """Normalise queries and keys (open_lm `qk_norm`)."""
     positional_embedding_type: Positional = "rotary"
     """rotary, head_rotary (the released open_lm-1b checkpoint) or none."""
+    config_json: str | None = None
+    """An open_lm model-config JSON, e.g. open_lm/model_configs/open_lm_1b.json. When set, its architecture
+    keys (hidden_dim, n_layers, n_heads, vocab_size, post_embed_norm, weight_tying, model_norm, ffn_type,
+    qk_norm, positional_embedding_type, norm_eps) replace the model.* fields above, absent optional keys
+    taking open_lm's defaults; seq_len still comes from data.seq_len, and the JSON's vocab_size is the text
+    vocabulary (model.text_vocab_size must equal it). Keys for what ablate does not implement (MoE,
+    custom attention) are refused. Stage keys hash the architecture the file describes, not only its path
+    (ablate.stages.common.arch_config)."""
     init: Init = "pretrained"
     """pretrained: start from a language model (demo: the `pretrain` stage; paper: model.checkpoint); random."""
     checkpoint: str | None = None

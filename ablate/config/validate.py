@@ -45,6 +45,30 @@ def validate_batch_over_ranks(cfg: RunConfig, arm: str | None = None) -> None:
             )
 
 
+def validate_config_json(m: S.ModelConfig, arm: str | None = None) -> None:
+    """ConfigError if model.config_json is set and unusable: missing, not JSON, a required key missing, a
+    value ModelArgs refuses, an architecture ablate does not implement, or a vocab_size that is not
+    model.text_vocab_size."""
+    if m.config_json is None:
+        return
+    # Imported here: the model module imports torch, which validating any other config does not need.
+    from ablate.model.transformer import open_lm_arch
+
+    try:
+        arch = open_lm_arch(m.config_json)
+    except ConfigError as e:
+        raise ConfigError(e.key, e.value, e.allowed, arm=arm) from None
+    if m.text_vocab_size != arch["vocab_size"]:
+        # The stages that size the vocabulary (prepare, pretrain, train) read model.text_vocab_size.
+        raise ConfigError(
+            "model.text_vocab_size",
+            m.text_vocab_size,
+            f"{arch['vocab_size']}, the vocab_size of model.config_json ({m.config_json})",
+            arm=arm,
+            hint=f"set model.text_vocab_size={arch['vocab_size']}",
+        )
+
+
 # sbatch options that ClusterConfig sets itself (or submitit does): not allowed in additional_parameters.
 SBATCH_OWNED = {
     "partition": "cluster.partition",
@@ -145,6 +169,7 @@ def validate(cfg: RunConfig, arm: str | None = None) -> None:
     choice("model.model_norm", m.model_norm, S.NORMS)
     choice("model.ffn_type", m.ffn_type, S.FFN_TYPES)
     choice("model.positional_embedding_type", m.positional_embedding_type, S.POSITIONAL)
+    validate_config_json(m, arm=arm)
     choice("data.task", d.task, S.TASKS)
     choice("data.source", d.source, S.DATA_SOURCES)
     choice("tokenizer.image", tok.image, S.IMAGE_TOKENIZERS)

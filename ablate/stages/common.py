@@ -5,19 +5,21 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict
+from typing import Any
 
 from ablate.atomic import atomic_write_text
 from ablate.config.schema import RunConfig
 from ablate.data.sequence import VocabLayout
 from ablate.data.shards import ShardDataset
-from ablate.model.transformer import ModelArgs, Transformer
+from ablate.errors import ConfigError
+from ablate.model.transformer import ModelArgs, Transformer, open_lm_arch
 from ablate.stages.context import StageContext
 from ablate.train import distributed as dist
 from ablate.train.checkpoint import save_checkpoint
 from ablate.train.loop import LoopConfig, train_loop
 
 # Model fields that define the architecture (what a pretrained checkpoint must match); all but
-# text_vocab_size are ModelArgs fields of the same name.
+# text_vocab_size are ModelArgs fields of the same name. model.config_json replaces them all.
 ARCH_FIELDS = (
     "hidden_dim",
     "n_layers",
@@ -32,14 +34,33 @@ ARCH_FIELDS = (
 )
 
 
-def arch_config(cfg: RunConfig) -> dict:
-    """The architecture fields of the model config, for a stage key."""
-    return {k: getattr(cfg.model, k) for k in ARCH_FIELDS}
+def _architecture(cfg: RunConfig) -> dict[str, Any]:
+    """ARCH_FIELDS from model.config_json when set (plus its norm_eps), else from the model.* fields."""
+    m = cfg.model
+    if m.config_json is None:
+        return {k: getattr(m, k) for k in ARCH_FIELDS}
+    arch = open_lm_arch(m.config_json)
+    return {"text_vocab_size": arch.pop("vocab_size"), **arch}
+
+
+def arch_config(cfg: RunConfig) -> dict[str, Any]:
+    """The architecture the model is built with, for a stage key.
+
+    With model.config_json it is read from the file, so the key follows its content: a changed file
+    changes the key, and two paths to the same architecture share one.
+    """
+    try:
+        return _architecture(cfg)
+    except ConfigError as e:
+        # Keys are also computed for configs never validated (planning a perturbed config, say). An
+        # unusable file gets a key of its own, naming it and why; validate() refuses it before anything
+        # is submitted, and model_args raises the same error.
+        return {"config_json": cfg.model.config_json, "unusable": str(e)}
 
 
 def model_args(cfg: RunConfig, vocab_size: int) -> ModelArgs:
-    """open_lm model arguments from the run config."""
-    arch = {k: v for k, v in arch_config(cfg).items() if k != "text_vocab_size"}
+    """open_lm model arguments from the run config (model.config_json's architecture when set)."""
+    arch = {k: v for k, v in _architecture(cfg).items() if k != "text_vocab_size"}
     return ModelArgs(seq_len=cfg.data.seq_len, vocab_size=vocab_size, **arch)
 
 
