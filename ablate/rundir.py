@@ -7,6 +7,7 @@ Layout of results/cache/<stage>/<key>/ (the names are defined here only; ``RunDi
     progress.json        step, tokens done/total, last loss, tokens/s (updated during training)
     metrics.jsonl        every metric row as it was logged (re-sendable to MLflow without the server)
     checkpoints/last.pt  the training state a resumed stage starts from
+    units/<unit>/        a stage split into units of work (one job each): each unit's own run directory
     _COMPLETE.json       completion marker, written last (see ablate.cache)
 
 Stage-specific outputs (model.pt, samples.png, ...) are named by their stage modules.
@@ -33,6 +34,7 @@ METRICS = "metrics.jsonl"
 MARKER = "_COMPLETE.json"
 CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
+UNITS = "units"  # units/<unit>/: one unit of work of a stage split into units, itself a RunDir
 
 
 def git_commit() -> str:
@@ -113,6 +115,10 @@ class RunDir:
     def checkpoints(self) -> Path:
         """checkpoints/: training state for resuming."""
         return self.path / CHECKPOINTS
+
+    def unit(self, name: str) -> RunDir:
+        """The run directory of one unit of work (units/<name>/), with its own files and marker."""
+        return RunDir(self.path / UNITS / name)
 
     @property
     def last_checkpoint(self) -> Path:

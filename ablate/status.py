@@ -153,6 +153,36 @@ def _error_tail(manifest: Manifest, row: dict[str, Any], lines: int = 6) -> str:
     return "\n".join(err.strip().splitlines()[-lines:])
 
 
+def unit_lines(manifest: Manifest, rows: list[dict[str, Any]], slurm_states: dict[str, Any]) -> list[str]:
+    """For each stage split into units that an arm is at: units done / running / failed, the running
+    units' combined rate (images/s) and an ETA from their progress (each unit's progress.json)."""
+    jobs = manifest.data["jobs"]
+    seen, lines = set(), []
+    for row in rows:
+        arm = next(a for a in manifest.data["arms"] if a["label"] == row["arm"])
+        name = arm["stages"][row["stage"]]
+        units = {n: j for n, j in jobs.items() if n.startswith(name + "/")}
+        if not units or name in seen:
+            continue
+        seen.add(name)
+        states = {n: job_state(j, slurm_states.get(j.get("job_id") or "")) for n, j in units.items()}
+        count = {s: sum(v == s for v in states.values()) for s in set(states.values())}
+        progress = [RunDir(units[n]["dir"]).read_progress() for n, s in states.items() if s == "running"]
+        rate = sum(p.get("images_per_s", 0.0) for p in progress)
+        eta = max((p.get("eta_s", 0.0) for p in progress), default=0.0)
+        left = sum(1 for s in states.values() if s != "done")
+        parts = [f"{count.get('done', 0)}/{len(units)} units done"]
+        parts += [f"{n} {s}" for s, n in sorted(count.items()) if s != "done"]
+        if progress:
+            per_unit = eta if left <= len(progress) else eta * left / len(progress)
+            parts.append(f"{rate:,.0f} images/s, ETA {int(per_unit) // 60}m{int(per_unit) % 60:02d}s")
+        lines.append(f"{row['stage']} ({name}): " + ", ".join(parts))
+        lines += [
+            f"  unit {n.rsplit('/', 1)[1]}: {s}" for n, s in sorted(states.items()) if s in PROBLEM_STATES
+        ]
+    return lines
+
+
 def format_status(manifest: Manifest) -> str:
     """The status table, then for each problem the SLURM state, log location and the tail of its error."""
     try:
@@ -186,6 +216,7 @@ def format_status(manifest: Manifest) -> str:
         f"tracking {manifest.data['tracking_uri']}"
     ]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    lines += unit_lines(manifest, rows, slurm_states)
     lines += [note for note in (slurm_note, mlflow_note) if note]
     for r in rows:
         if r["state"] not in PROBLEM_STATES:

@@ -126,11 +126,6 @@ def test_the_pretrain_key_hashes_content_not_path(tmp_path: Path) -> None:
     assert keys(a)[names.PRETRAIN] == keys(b)[names.PRETRAIN]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train's key hashes model.config_json's path only (ablate/stages/train.py config); it sees the "
-    "file's content through the pretrain input, so an arm without pretrain needs arch_config(cfg) there",
-)
 def test_changing_the_file_changes_the_train_key_without_pretrain(tmp_path: Path) -> None:
     path = write(tmp_path / "tiny.json", TINY)
     cfg = run_config(f"model.config_json={path}", "model.init=random")

@@ -48,6 +48,11 @@ def progress_line(node: Node) -> str:
     """One status line for a running job, from its progress.json (steps; tokens and ETA when known)."""
     p = RunDir(node.job.out_dir).read_progress()
     who = f"{node.job.stage:<15} {arms_label(node.job.labels):<32}"
+    if "images" in p:  # a unit of work reading images (the prepare stage on real data)
+        unit = f" unit {node.job.unit}" if node.job.unit else ""
+        rate = f"  {p.get('images_per_s', 0.0):,.0f} images/s" if "images_per_s" in p else ""
+        eta = f"  ETA {_fmt_eta(p['eta_s'])}" if "eta_s" in p else ""
+        return f"  {who}{unit} {p['images']:,} images{rate}{eta}"
     if "step" not in p:
         return f"  {who} running"
     parts = [f"step {p['step']}/{p.get('total_steps', '?')}"]

@@ -18,12 +18,20 @@ from ablate.stages import registry
 from ablate.sweep import load_sweep
 
 
+def _units(graph: Graph, name: str) -> str:
+    """'[3/40 units]' (done / all) for a stage split into units, else ''."""
+    units = [n for n in graph.nodes.values() if n.job.unit is not None and n.job.name.startswith(name + "/")]
+    return f"[{sum(n.done for n in units)}/{len(units)} units]" if units else ""
+
+
 def dry_run_table(arms: list[ResolvedArm], graph: Graph) -> str:
     """The arms, their run keys and stages, marking which outputs already exist."""
     rows = [("arm", "run key", "stages (* = output exists)")]
     for arm in arms:
         names = graph.arm_stages[arm.label]
-        stages = " -> ".join(f"{s}{'*' if graph.nodes[n].done else ''}" for s, n in names.items())
+        stages = " -> ".join(
+            f"{s}{_units(graph, n)}{'*' if graph.nodes[n].done else ''}" for s, n in names.items()
+        )
         rows.append((arm.label, arm.key, stages))
     width = [max(len(r[i]) for r in rows) for i in range(2)]
     lines = [f"{r[0]:<{width[0]}}  {r[1]:<{width[1]}}  {r[2]}" for r in rows]
@@ -48,6 +56,8 @@ def _create_runs(
     sweeps_of = {a.label: a.sweeps or (sweep_name,) for a in arms}
     for node in graph.nodes.values():
         job = node.job
+        if job.unit is not None:  # a unit of work is tracked through its stage's run, which sums it up
+            continue
         # A done stage keeps its run: only this sweep's tags are added (no commit, no params).
         tags = tracking.stage_run_tags(
             sweep=sweep_name,

@@ -83,9 +83,10 @@ def chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
-def job_parameters(cluster: ClusterConfig, stage: str, job_name: str) -> dict[str, Any]:
-    """submitit SlurmExecutor parameters for one stage's array (without the dependency)."""
-    distributed = registry.get(stage).data_parallel
+def job_parameters(cluster: ClusterConfig, stage: str, job_name: str, units: bool = False) -> dict[str, Any]:
+    """submitit SlurmExecutor parameters for one stage's array (without the dependency); `units`: the array
+    of the stage's units of work, one task (and one GPU where nodes have them) each."""
+    distributed = registry.get(stage).data_parallel and not units
     gpus = cluster.gpus_per_node if distributed else min(cluster.gpus_per_node, 1)
     params: dict[str, Any] = {
         "job_name": job_name,
@@ -159,16 +160,24 @@ def submit_graph(
     wait_for: dict[str, str] = dict(active)
     tasks_of: dict[str, list[str]] = {}  # array id of this launch -> node names in task order
     done: list[Submitted] = []
-    for stage in registry.STAGE_ORDER:
+    # A stage split into units is two sbatch: the units' array, then the stage's own job waiting for it.
+    for stage, units in ((s, u) for s in registry.STAGE_ORDER for u in (True, False)):
         nodes = [
-            n for n in graph.ordered() if n.job.stage == stage and not n.done and n.job.name not in active
+            n
+            for n in graph.ordered()
+            if n.job.stage == stage
+            and (n.job.unit is not None) == units
+            and not n.done
+            and n.job.name not in active
         ]
         for corr, part in _groups(nodes, tasks_of, limit):
             deps = sorted({wait_for[d] for n in part for d in n.deps if d in wait_for} - {corr})
             spec = ",".join(
                 ([f"afterok:{':'.join(deps)}"] if deps else []) + ([f"aftercorr:{corr}"] if corr else [])
             )
-            params = job_parameters(cluster, stage, f"{sweep_name}:{stage}")
+            params = job_parameters(
+                cluster, stage, f"{sweep_name}:{stage}" + (":units" if units else ""), units
+            )
             if spec:
                 params["additional_parameters"] = {**params["additional_parameters"], "dependency": spec}
             executor.update_parameters(**params)

@@ -27,6 +27,8 @@ class StageContext:
     labels: list[str] = field(default_factory=list)
     should_stop: Callable[[], bool] = lambda: False
     """True once the job was asked to stop (SIGINT/SIGTERM): checkpoint and return."""
+    unit: str | None = None
+    """The unit of work this job does, for a stage split into units (ablate.stages.stage.Stage.units)."""
 
     def log(self, msg: str) -> None:
         """A timestamped line on the job's stdout (the job log)."""

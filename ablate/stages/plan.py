@@ -22,6 +22,8 @@ class StageSpec:
     name: str
     key: str
     deps: dict[str, str] = field(default_factory=dict)
+    units: tuple[str, ...] = ()
+    """The stage's units of work (Stage.units), each a job of its own; () for a one-job stage."""
 
     def dir(self, results: Path) -> Path:
         return stage_dir(results, self.name, self.key)
@@ -46,5 +48,6 @@ def plan_stages(cfg: RunConfig) -> list[StageSpec]:
             continue
         deps = {name: keys[name] for name in stage.inputs if name in keys}
         keys[stage.name] = stage_key(stage, cfg, deps)
-        specs.append(StageSpec(stage.name, keys[stage.name], deps))
+        units = stage.units(cfg) if stage.units is not None else ()
+        specs.append(StageSpec(stage.name, keys[stage.name], deps, tuple(units)))
     return specs

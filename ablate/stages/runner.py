@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from ablate.config.compose import config_from_dict
+from ablate.errors import AblateError
 from ablate.rundir import RunDir
 from ablate.stages import registry
 from ablate.stages.context import StageContext
@@ -38,10 +39,12 @@ class Job:
     threads: int = 1
     flush_interval_s: float = 2.0
     close_timeout_s: float = 300.0
+    unit: str | None = None
+    """One unit of work of a stage split into units: out_dir is then the unit's directory."""
 
     @property
     def name(self) -> str:
-        return f"{self.stage}/{self.key}"
+        return f"{self.stage}/{self.key}" + (f"/{self.unit}" if self.unit else "")
 
 
 def _null_tracker():
@@ -99,7 +102,7 @@ def run_job(job: Job, extra_stop: Callable[[], bool] | None = None) -> str:
     description, status, tracker and completion marker. Other stages run on rank 0, and any other rank
     returns 'skipped' at once (the launcher normally gives them one task).
     """
-    if not registry.get(job.stage).data_parallel:
+    if job.unit is not None or not registry.get(job.stage).data_parallel:
         if not DistEnv.from_env().is_main:
             return "skipped"
         return _run(job, extra_stop)
@@ -130,6 +133,7 @@ def _run(job: Job, extra_stop: Callable[[], bool] | None) -> str:
                 "mlflow_run_id": job.run_id,
                 "sweep": job.sweep,
                 "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                **({"unit": job.unit} if job.unit else {}),
             },
         )
         run_dir.set_status("running")
@@ -148,10 +152,15 @@ def _run(job: Job, extra_stop: Callable[[], bool] | None) -> str:
         tracker=tracker,
         labels=job.labels,
         should_stop=should_stop,
+        unit=job.unit,
     )
+    stage = registry.get(job.stage)
+    run = stage.run if job.unit is None else stage.run_unit
+    if run is None:
+        raise AblateError(f"stage {job.stage!r} has no units, but job {job.name} is one")
     try:
         with signal_stop:
-            registry.get(job.stage).run(ctx)
+            run(ctx)
     except StopRequested as e:
         if main:
             run_dir.set_status("stopped", error=str(e))
@@ -164,7 +173,9 @@ def _run(job: Job, extra_stop: Callable[[], bool] | None) -> str:
         raise
     dist.barrier()  # every rank finished before the output is marked complete
     if main:
-        run_dir.mark_complete({"stage": job.stage, "key": job.key})
+        run_dir.mark_complete(
+            {"stage": job.stage, "key": job.key, **({"unit": job.unit} if job.unit else {})}
+        )
         run_dir.set_status("done")
     tracker.close("FINISHED")
     return "done"

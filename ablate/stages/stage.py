@@ -44,6 +44,13 @@ class Stage:
     checkpoints: bool = False
     """Polls ctx.should_stop, checkpoints at a step boundary and resumes: a SLURM signal lets it finish
     its step before the requeue; other stages are requeued at once and start over."""
+    units: Callable[[RunConfig], tuple[str, ...]] | None = None
+    """Units of work (e.g. one per input shard), or none: each unit is a job of its own (a task of the
+    stage's array on SLURM) that `run_unit` does into units/<unit>/ with its own completion marker, so a
+    failed or preempted unit resumes alone; `run` then assembles the units' outputs. An empty tuple: the
+    stage is one job, as a stage without units."""
+    run_unit: Callable[[StageContext], None] | None = None
+    """Does one unit (ctx.unit) into ctx.out_dir (the unit's directory)."""
 
     def logs_param(self, key: str) -> bool:
         """Whether the flattened config key `key` (e.g. 'model.init') is one of its MLflow params."""

@@ -17,7 +17,7 @@ from ablate.model.freeze import apply_trainable, positional_parameter_names
 from ablate.model.transformer import Transformer
 from ablate.model.vocab import expand_vocab
 from ablate.stages import names
-from ablate.stages.common import loop_config, model_args, train_and_save
+from ablate.stages.common import arch_config, loop_config, model_args, train_and_save
 from ablate.stages.context import StageContext
 from ablate.stages.heldout_text import SPLIT as HELDOUT_SPLIT
 from ablate.stages.stage import Stage
@@ -162,6 +162,8 @@ def config(cfg: RunConfig) -> dict:
     full = asdict(cfg)
     out = {k: v for k, v in full.items() if k not in (*EXECUTION_SECTIONS, "pretrain", "align", "evaluate")}
     out["evaluate"] = {k: full["evaluate"][k] for k in PROBE_FIELDS}
+    if cfg.model.config_json:  # the file's architecture, not just its path (edited in place, it differs)
+        out["config_json_arch"] = arch_config(cfg)
     return out
 
 
