@@ -184,11 +184,12 @@ class MLflowTracker:
             self._incoming.append(("status", status))
             self._closed = True
         timeout = self.close_timeout_s if timeout is None else timeout
-        if not self.flush(None if math.isinf(timeout) else timeout):
-            self._warn_undelivered(f"within {timeout:g}s")
+        delivered = self.flush(None if math.isinf(timeout) else timeout)
         with self._cond:
-            self._stop = True
+            self._stop = True  # the thread sends nothing more, whatever it still holds
             self._cond.notify_all()
+        if not delivered:
+            self._warn_undelivered(f"within {timeout:g}s")
         atexit.unregister(self._at_exit)
 
     def _warn_undelivered(self, when: str) -> None:
@@ -218,6 +219,12 @@ class MLflowTracker:
     def _loop(self) -> None:
         backoff = 0.0
         while True:
+            with self._cond:
+                # Checked before every attempt, not only after one: once close() gave up (and told the user
+                # to `ablate resend` from metrics.jsonl), a late delivery would put every step in twice.
+                if self._stop or self._dead:
+                    self._cond.notify_all()
+                    return
             try:
                 ok = self._work()
             except Exception:  # a bug here must not kill the thread silently and lose everything queued
@@ -269,6 +276,8 @@ class MLflowTracker:
             self._pending.extend(self._to_ops(items))
         while True:
             with self._cond:
+                if self._stop:  # close() gave up on what is left: resend delivers it from metrics.jsonl
+                    return True
                 if not self._pending:
                     self._cond.notify_all()
                     break
