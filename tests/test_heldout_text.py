@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ablate.config.compose import compose_config, to_run_config
-from ablate.config.validate import validate
+from ablate.config.validate import check_assets, validate
 from ablate.errors import AssetMissingError, ConfigError, DataError
 from ablate.stages.heldout_text import pack, read_documents
 from ablate.stages.plan import plan_stages
@@ -56,13 +56,20 @@ def test_the_stage_runs_only_for_a_given_checkpoint_with_a_file(tmp_path: Path) 
 
 
 def test_a_missing_or_wrong_kind_of_file_is_a_config_error(tmp_path: Path) -> None:
-    def check(path: str) -> None:
-        validate(
-            to_run_config(compose_config(["model.checkpoint=/x/e.pt", f"pretrain.heldout_text_path={path}"]))
+    ckpt = tmp_path / "e.pt"
+    ckpt.write_bytes(b"x")
+
+    def cfg(path: Path, checkpoint: Path = ckpt):
+        return to_run_config(
+            compose_config([f"model.checkpoint={checkpoint}", f"pretrain.heldout_text_path={path}"])
         )
 
+    missing = cfg(tmp_path / "nope.txt")
+    validate(missing)  # a dry run may look at an arm whose files live elsewhere; the launch checks them
     with pytest.raises(ConfigError, match="an existing .txt or .jsonl file"):
-        check(str(tmp_path / "nope.txt"))
+        check_assets(missing)
+    with pytest.raises(ConfigError, match="model.checkpoint.*an existing open_lm checkpoint"):
+        check_assets(cfg(tmp_path / "nope.txt", tmp_path / "no.pt"))  # the first missing file is named
     (tmp_path / "h.csv").write_text("x")
     with pytest.raises(ConfigError, match="a .txt or .jsonl file"):
-        check(str(tmp_path / "h.csv"))
+        validate(cfg(tmp_path / "h.csv"))

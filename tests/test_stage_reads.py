@@ -1,22 +1,27 @@
 """Every config field a stage's code reads is covered by its key, so a changed field never reuses stale cache.
 
 Each stage of the registry runs (at tiny sizes) on a config that records every field read. A field is
-covered when changing it changes the stage's key as the plan computes it, i.e. through the stage's own
-config slice or through the key of one of its inputs (the slice a key hashes is a free-form function, so
-coverage is measured by perturbing fields, not by comparing names).
+covered when changing it changes the stage's key: through the stage's own config slice or through the key
+of one of its inputs (the slice a key hashes is a free-form function, so coverage is measured by
+perturbing fields, not by comparing names).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+import realdata
 
-from ablate.config.compose import compose_config, to_run_config
+from ablate.config.compose import compose_config, stable_hash, to_run_config
 from ablate.config.schema import RunConfig
+from ablate.config.validate import validate
+from ablate.data.shards import ShardDataset
+from ablate.rundir import RunDir
 from ablate.stages import names, registry
 from ablate.stages.context import StageContext
 from ablate.stages.plan import plan_stages
@@ -120,13 +125,14 @@ def perturbed(cfg: RunConfig, path: str) -> RunConfig:
 
 
 def covered_fields(stage: str, cfg: RunConfig) -> set[str]:
-    """The fields whose change changes the stage's key (or drops the stage from the arm's plan)."""
-    base = {s.name: s.key for s in plan_stages(cfg)}[stage]
-    covered = set()
-    for path in leaf_paths(cfg):
-        keys = {s.name: s.key for s in plan_stages(perturbed(cfg, path))}
-        if keys.get(stage) != base:
-            covered.add(path)
+    """The fields whose change changes the stage's key: those its own config slice hashes, and those of
+    the stages whose keys its key holds (its planned inputs, recursively)."""
+    plan = {s.name: s for s in plan_stages(cfg)}
+    record = registry.get(stage)
+    base = stable_hash(record.config(cfg))
+    covered = {p for p in leaf_paths(cfg) if stable_hash(record.config(perturbed(cfg, p))) != base}
+    for dep in plan[stage].deps:
+        covered |= covered_fields(dep, cfg)
     return covered
 
 
@@ -162,7 +168,15 @@ def _run_every_planned_stage(cfg: RunConfig, tmp: Path) -> dict[str, set[str]]:
     reads_of: dict[str, set[str]] = {}
     for name in plan:
         reads: set[str] = set()
-        registry.get(name).run(_context(tmp, name, recording(cfg, reads), plan))
+        stage = registry.get(name)
+        for unit in plan[name].units:  # a stage split into units: each unit's job, then the stage's own
+            assert stage.run_unit is not None
+            ctx = _context(tmp, name, recording(cfg, reads), plan)
+            ctx.out_dir, ctx.unit = RunDir(ctx.out_dir).unit(unit).path, unit
+            ctx.out_dir.mkdir(parents=True, exist_ok=True)
+            stage.run_unit(ctx)
+            RunDir(ctx.out_dir).mark_complete()  # as the runner does after a unit
+        stage.run(_context(tmp, name, recording(cfg, reads), plan))
         reads_of[name] = reads
         if reads - covered_fields(name, cfg):
             missing[name] = reads - covered_fields(name, cfg)
@@ -195,6 +209,25 @@ def test_every_stage_reads_only_fields_its_key_covers(tiny: RunConfig, tmp_path:
     assert "pretrain.heldout_text_path" in given[names.HELDOUT_TEXT]
     # With the checkpoint, the probe measured forgetting on the file's text.
     assert (tmp_path / "given" / names.TRAIN / "completions.jsonl").is_file()
+
+
+def test_every_stage_on_real_data_reads_only_fields_its_key_covers(tmp_path: Path) -> None:
+    real = to_run_config(compose_config([*TINY, *realdata.overrides(tmp_path / "assets")]))
+    validate(real)
+    plan = plan_stages(real)
+    prepare = next(s for s in plan if s.name == names.PREPARE)
+    assert names.SYNTH not in {s.name for s in plan} and prepare.units == ("00000", "00001", "00002")
+    reads = _run_every_planned_stage(real, tmp_path / "real")
+    assert {"data.path", "data.val_fraction", "data.min_image_side"} <= reads[names.PREPARE]
+    counts = json.loads((tmp_path / "real" / names.PREPARE / "units" / "00000" / "unit.json").read_text())
+    skipped = {k[len("skipped_") :]: v for k, v in counts["skips"].items() if k.startswith("skipped_") and v}
+    assert skipped == realdata.PLANTED_BAD
+    # The combined dataset reads across the units: every kept sample is in exactly one split.
+    total = sum(
+        ShardDataset(tmp_path / "real" / names.PREPARE / split).__len__()
+        for split in ("train", "val", "heldout")
+    )
+    assert total == 3 * 40 + 2  # the planted grayscale and CMYK images are usable
 
 
 def test_a_planted_read_outside_the_key_is_caught(tiny: RunConfig, tmp_path: Path) -> None:

@@ -271,14 +271,15 @@ def validate(cfg: RunConfig, arm: str | None = None) -> None:
                 raise ConfigError(key, frac, "a fraction in (0, 0.5)", arm=arm)
         if not 0 <= d.max_bad_fraction <= 1:
             raise ConfigError("data.max_bad_fraction", d.max_bad_fraction, "a fraction in [0, 1]", arm=arm)
-        raise ConfigError(
-            "data.source",
-            d.source,
-            "synthetic",
-            arm=arm,
-            hint="the webdataset and folder readers are not wired into the stages yet: no stage would read "
-            "data.path, and the synthetic generator would run instead",
-        )
+        if tok.image == "vqvae":
+            raise ConfigError(
+                "tokenizer.image",
+                tok.image,
+                "path or diffusers with real data (data.source=" + d.source + ")",
+                arm=arm,
+                hint="the demo VQ-VAE trains on the synthetic scenes; give a trained tokenizer, e.g. "
+                "tokenizer.image=diffusers tokenizer.image_path=<MoVQGAN as a diffusers VQModel directory>",
+            )
     if tok.text == "path" and not tok.text_path:
         raise ConfigError(
             "tokenizer.text_path", None, "a path to a tokenizer.json (e.g. GPT-NeoX's)", arm=arm
@@ -290,8 +291,9 @@ def validate(cfg: RunConfig, arm: str | None = None) -> None:
             else ("a directory holding a saved image tokenizer")
         )
         raise ConfigError("tokenizer.image_path", None, what, arm=arm)
-    if tok.image == "diffusers":
-        # Reads config.json only: a wrong directory fails here, not in a job after the queue wait.
+    if tok.image == "diffusers" and tok.image_path and Path(tok.image_path).exists():
+        # Reads config.json only: a wrong directory fails here, not in a job after the queue wait (a
+        # missing one is check_assets' to report, at launch).
         check_vq_config(tok.image_path, tok.codebook_size, tok.downsample, arm=arm)
     ev = cfg.evaluate
     if not 0 < ev.top_p <= 1:
@@ -313,14 +315,6 @@ def validate(cfg: RunConfig, arm: str | None = None) -> None:
                 "model.image_init", m.image_init, "random or mean when data.task=uncond", arm=arm
             )
     if p.heldout_text_path:
-        if not Path(p.heldout_text_path).is_file():
-            raise ConfigError(
-                "pretrain.heldout_text_path",
-                p.heldout_text_path,
-                "an existing .txt or .jsonl file of held-out text",
-                arm=arm,
-                hint="e.g. a slice of the Pile's validation set; the forgetting probe tokenizes it",
-            )
         if Path(p.heldout_text_path).suffix not in (".txt", ".jsonl"):
             raise ConfigError(
                 "pretrain.heldout_text_path", p.heldout_text_path, "a .txt or .jsonl file", arm=arm
@@ -332,4 +326,43 @@ def validate(cfg: RunConfig, arm: str | None = None) -> None:
             "a path to an open_lm checkpoint (epoch_N.pt)",
             arm=arm,
             hint="model.init=pretrained at scale=paper starts from the released open_lm-1b weights",
+        )
+
+
+def check_assets(cfg: RunConfig, arm: str | None = None) -> None:
+    """Raise the first error about a file the arm needs that is missing (data, tokenizers, checkpoint,
+    held-out text): `ablate launch` calls it before submitting anything; a dry run only reports it, so
+    a paper-scale arm can be looked at on a machine without its assets."""
+    d, tok, m, p = cfg.data, cfg.tokenizer, cfg.model, cfg.pretrain
+    if d.source == "webdataset":  # the shards exist (DataError naming what is missing otherwise)
+        from ablate.data.sources import expand_shards
+
+        expand_shards(str(d.path))
+    elif d.source == "folder" and not Path(str(d.path)).is_dir():
+        raise ConfigError("data.path", d.path, "an existing directory of images (data=folder)", arm=arm)
+    if tok.image == "diffusers":
+        check_vq_config(tok.image_path, tok.codebook_size, tok.downsample, arm=arm)
+    elif tok.image == "path" and not Path(str(tok.image_path)).is_dir():
+        raise ConfigError(
+            "tokenizer.image_path", tok.image_path, "an existing image tokenizer directory", arm=arm
+        )
+    if tok.text == "path" and not Path(str(tok.text_path)).is_file():
+        raise ConfigError(
+            "tokenizer.text_path", tok.text_path, "an existing tokenizer.json (e.g. GPT-NeoX's)", arm=arm
+        )
+    if m.init == "pretrained" and m.checkpoint and not Path(m.checkpoint).is_file():
+        raise ConfigError(
+            "model.checkpoint",
+            m.checkpoint,
+            "an existing open_lm checkpoint file (epoch_N.pt)",
+            arm=arm,
+            hint="the released open_lm-1b weights, downloaded once (nothing is fetched at run time)",
+        )
+    if p.heldout_text_path and not Path(p.heldout_text_path).is_file():
+        raise ConfigError(
+            "pretrain.heldout_text_path",
+            p.heldout_text_path,
+            "an existing .txt or .jsonl file of held-out text",
+            arm=arm,
+            hint="e.g. a slice of the Pile's validation set; the forgetting probe tokenizes it",
         )

@@ -184,6 +184,46 @@ class ShardWriter:
             self.abort()
 
 
+def combine(parts: list[Path], out_dir: Path, metadata: dict[str, Any]) -> dict[str, Any]:
+    """Write ``out_dir/meta.json`` naming every shard of the finished shard directories ``parts`` (paths
+    relative to out_dir), so one ShardDataset reads across all of them without copying a byte.
+
+    The parts must agree on seq_len, dtype and vocab_size; an empty part (no shards) is allowed.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shards: list[dict[str, Any]] = []
+    first: dict[str, Any] | None = None
+    for part in parts:
+        meta_path = Path(part) / META_NAME
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as e:
+            raise DataError(f"{meta_path} is missing or unreadable ({e}); {_REBUILD}") from None
+        first = first or meta
+        for key in ("seq_len", "dtype", "vocab_size"):
+            if meta.get(key) != first.get(key):
+                raise DataError(
+                    f"{meta_path}: {key} {meta.get(key)!r} differs from {first.get(key)!r}; {_REBUILD}"
+                )
+        rel = Path(os.path.relpath(Path(part).resolve(), out_dir.resolve()))
+        shards += [{**s, "file": (rel / s["file"]).as_posix()} for s in meta["shards"]]
+    if first is None:
+        raise DataError(f"no shard directories to combine into {out_dir}")
+    meta = {
+        "format": FORMAT,
+        "seq_len": first["seq_len"],
+        "dtype": first["dtype"],
+        "vocab_size": first["vocab_size"],
+        "sequences_per_shard": first["sequences_per_shard"],
+        "total": sum(int(s["count"]) for s in shards),
+        "shards": shards,
+        "metadata": dict(metadata),
+    }
+    atomic_write_text(out_dir / META_NAME, json.dumps(meta, indent=1, sort_keys=True))
+    return meta
+
+
 class ShardDataset:
     """Random access to the sequences of a shard directory; validates ``meta.json`` against the files.
 

@@ -9,6 +9,8 @@ from pathlib import Path
 from ablate.arms import ResolvedArm, execution_settings, resolve_arms
 from ablate.config.compose import flatten
 from ablate.config.schema import ClusterConfig
+from ablate.config.validate import check_assets
+from ablate.errors import AblateError
 from ablate.launch.estimate import estimate_table
 from ablate.launch.executor import arms_label, make_executor, run_graph
 from ablate.launch.graph import Graph, Node, build_graph
@@ -102,10 +104,15 @@ def launch(
     sweep = load_sweep(sweep_file, overrides)
     arms = resolve_arms(sweep)  # raises ConfigError before anything is submitted
     cluster, settings = execution_settings(arms)
+    missing = _missing_assets(arms)
+    if missing and not dry_run:
+        raise missing[0]
     graph = build_graph(arms, results, threads=cluster.threads)
     echo(f"sweep {sweep.name!r} from {sweep.path}")
     echo(dry_run_table(arms, graph))
     if dry_run:
+        for problem in missing:
+            echo(f"missing (a launch stops here): {problem}")
         echo("")
         echo(estimate_table([(a.label, a.config) for a in arms]))
         return 0
@@ -164,6 +171,17 @@ def launch(
         "which and their logs; `ablate launch` again resumes from the last checkpoints"
     )
     return 1
+
+
+def _missing_assets(arms: list[ResolvedArm]) -> list[AblateError]:
+    """Per arm, the first file it needs that is missing (data, tokenizers, checkpoint, held-out text)."""
+    problems = []
+    for arm in arms:
+        try:
+            check_assets(arm.config, arm=arm.label)
+        except AblateError as e:
+            problems.append(e)
+    return problems
 
 
 def _active_slurm_jobs(graph: Graph, previous: Manifest | None) -> dict[str, str]:

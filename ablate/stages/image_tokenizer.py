@@ -94,13 +94,15 @@ def run(ctx: StageContext) -> None:
         tok.save(ctx.out_dir / "vqvae")
     atomic_write_json(ctx.out_dir / "refs.json", refs)
 
-    # Reconstruction error on validation images (never trained on).
-    val_images, _, _ = load_split(ctx.inputs["synth"], "val")
-    sample = np.array(val_images[:256])
-    with torch.no_grad():
-        recon = tok.decode(tok.encode(sample))
-    mse = float(np.mean((recon.astype(np.float32) - sample.astype(np.float32)) ** 2) / 255**2)
-    summary = {"recon_mse": mse, "codebook_size": tok.codebook_size, "image_tokens": tok.tokens_per_image}
+    summary: dict[str, float] = {"codebook_size": tok.codebook_size, "image_tokens": tok.tokens_per_image}
+    if names.SYNTH in ctx.inputs:  # reconstruction error on validation images (never trained on)
+        val_images, _, _ = load_split(ctx.inputs[names.SYNTH], "val")
+        sample = np.array(val_images[:256])
+        with torch.no_grad():
+            recon = tok.decode(tok.encode(sample))
+        summary["recon_mse"] = float(
+            np.mean((recon.astype(np.float32) - sample.astype(np.float32)) ** 2) / 255**2
+        )
     atomic_write_json(ctx.out_dir / "summary.json", {**summary, **extra})
     ctx.tracker.log_metrics({k: float(v) for k, v in summary.items()}, step=t.vq_steps)
     ctx.log("validation " + " ".join(f"{k}={v:.4g}" for k, v in summary.items()))
@@ -113,7 +115,10 @@ def config(cfg: RunConfig) -> dict:
         *("image", "image_path", "codebook_size", "downsample"),
         *("vq_hidden", "vq_steps", "vq_batch_size", "vq_lr"),
     )
-    return {k: getattr(t, k) for k in fields}
+    out = {k: getattr(t, k) for k in fields}
+    if t.image == "diffusers":  # a VQModel's code grid depends on the image size it is used at
+        out["image_size"] = cfg.data.image_size
+    return out
 
 
 STAGE = Stage(

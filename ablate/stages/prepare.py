@@ -1,24 +1,45 @@
-"""`prepare`: image codes + caption tokens -> fixed-length token sequences in memory-mapped shards."""
+"""`prepare`: image codes + caption tokens -> fixed-length token sequences in memory-mapped shards.
+
+Synthetic data (data.source=synthetic): one job over the `synth` stage's splits. Real data (webdataset,
+folder): one unit of work per input shard (or group of UNIT_IMAGES images of a folder), each a job of its
+own that pretokenizes its samples into units/<unit>/<split>/ (`ablate.data.pretokenize`) with its own
+completion marker, so a failed or preempted unit is redone alone and a relaunch runs only missing units;
+then the stage's own job combines them: <split>/meta.json names every unit's shards (no copy), units.json
+lists every output shard with its sample counts, and the bad samples are summed and logged by reason.
+"""
 
 from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from ablate.atomic import atomic_write_json
 from ablate.config.schema import RunConfig
+from ablate.data.preprocess import SkipCounter
+from ablate.data.pretokenize import Settings, pretokenize
 from ablate.data.sequence import VocabLayout, layout_t2i, layout_uncond
-from ablate.data.shards import ShardWriter
+from ablate.data.shards import ShardDataset, ShardWriter, combine
+from ablate.data.sources import RawSample, expand_shards, folder_units, iter_folder, iter_webdataset
+from ablate.errors import DataError
+from ablate.rundir import RunDir
 from ablate.stages import names
 from ablate.stages.context import StageContext
 from ablate.stages.image_tokenizer import open_image_tokenizer
 from ablate.stages.stage import Stage
 from ablate.stages.synth import SPLITS, load_split
 from ablate.stages.text_tokenizer import open_text_tokenizer
+from ablate.tokenize.image import ImageTokenizer
+from ablate.tokenize.text import TextTokenizer
 
 ENCODE_BATCH = 256
 
 
-def run(ctx: StageContext) -> None:
+def _run_synthetic(ctx: StageContext) -> None:
     d = ctx.cfg.data
     image_tok = open_image_tokenizer(ctx.inputs["image_tokenizer"])
     text_tok = open_text_tokenizer(ctx.inputs["text_tokenizer"])
@@ -76,15 +97,213 @@ def run(ctx: StageContext) -> None:
             ctx.tracker.log_metrics(metrics, step=0)
 
 
+UNIT_IMAGES = 10_000  # images per unit of an image folder (img2dataset writes 10,000 per shard)
+UNIT_SUMMARY = "unit.json"
+UNITS_MANIFEST = "units.json"
+
+
+def _input_units(cfg: RunConfig) -> dict[str, list[Path]]:
+    """Unit name -> its input files: one tar shard each (webdataset), or a group of images (folder)."""
+    d = cfg.data
+    if d.source == "webdataset":
+        shards = expand_shards(str(d.path))
+        stems = [p.stem for p in shards]
+        unique = len(set(stems)) == len(stems)
+        return {
+            (stem if unique else f"s{i:05d}"): [p]
+            for i, (stem, p) in enumerate(zip(stems, shards, strict=True))
+        }
+    if d.source == "folder":
+        return {f"g{i:05d}": files for i, files in enumerate(folder_units(str(d.path), UNIT_IMAGES))}
+    return {}
+
+
+def units(cfg: RunConfig) -> tuple[str, ...]:
+    """Real data: one unit per input shard or folder group; synthetic data: none (one job)."""
+    return tuple(_input_units(cfg))
+
+
+def _settings(cfg: RunConfig) -> Settings:
+    d = cfg.data
+    return Settings(
+        task=d.task,
+        seq_len=d.seq_len,
+        caption_tokens=d.caption_tokens,
+        image_size=d.image_size,
+        min_image_side=d.min_image_side,
+        val_fraction=d.val_fraction,
+        heldout_fraction=d.heldout_fraction,
+        max_bad_fraction=d.max_bad_fraction,
+    )
+
+
+def _samples(cfg: RunConfig, files: list[Path]) -> Iterator[RawSample]:
+    if cfg.data.source == "webdataset":
+        for shard in files:
+            yield from iter_webdataset(shard)
+    else:
+        yield from iter_folder(str(cfg.data.path), files)
+
+
+def run_unit(ctx: StageContext) -> None:
+    """Pretokenize one unit of real data into ctx.out_dir (units/<unit>/)."""
+    cfg, unit = ctx.cfg, str(ctx.unit)
+    files = _input_units(cfg).get(unit)
+    if files is None:
+        raise DataError(f"unit {unit!r} is no longer in data.path={cfg.data.path!r}; relaunch to replan")
+    image_tok = open_image_tokenizer(ctx.inputs[names.IMAGE_TOKENIZER])
+    text_tok = open_text_tokenizer(ctx.inputs[names.TEXT_TOKENIZER])
+    layout = VocabLayout(text_vocab_size=cfg.model.text_vocab_size, codebook_size=image_tok.codebook_size)
+    size = sum(f.stat().st_size for f in files)
+    run_dir = RunDir(ctx.out_dir)
+
+    def progress(p: dict) -> None:
+        # ETA from the bytes per image so far (a tar stream has no sample count up front): an estimate.
+        done = max(p["images"], 1)
+        est_total = size / max(bytes_read[0] / done, 1.0)
+        rate = max(p["images_per_s"], 1e-9)
+        run_dir.write_progress({**p, "eta_s": max(est_total - done, 0) / rate, "unit": unit})
+
+    bytes_read = [0]
+
+    def counted(samples: Iterator[RawSample]) -> Iterator[RawSample]:
+        for raw in samples:
+            bytes_read[0] += len(raw.image or b"") + len(raw.caption or "") + 1536  # + tar headers
+            yield raw
+
+    meta = _shard_meta(layout, image_tok, text_tok, cfg) | {"unit": unit, "inputs": [str(f) for f in files]}
+    result = pretokenize(
+        counted(_samples(cfg, files)),
+        ctx.out_dir,
+        image_tok,
+        text_tok,
+        layout,
+        _settings(cfg),
+        meta,
+        progress,
+    )
+    atomic_write_json(ctx.out_dir / UNIT_SUMMARY, result.to_dict())
+    ctx.log(
+        f"unit {unit}: {result.skips.kept} samples kept of {result.skips.seen} "
+        + ", ".join(f"{k} {v}" for k, v in result.sequences.items())
+    )
+
+
+def _shard_meta(
+    layout: VocabLayout, image_tok: ImageTokenizer, text_tok: TextTokenizer, cfg: RunConfig
+) -> dict:
+    """Metadata every shard directory of this stage records (vocabulary, tokenizers)."""
+    return {
+        "task": cfg.data.task,
+        "vocab": layout.to_dict(),
+        "special_ids": layout.special_ids,
+        "image_tokens": image_tok.tokens_per_image,
+        "image_tokenizer": getattr(image_tok, "fingerprint", None),
+        "text_tokenizer": text_tok.fingerprint,
+        "text_vocab_size": text_tok.vocab_size,
+    }
+
+
+def _combine_units(ctx: StageContext) -> None:
+    """The stage's own job on real data: one dataset per split across every unit, the manifest, metrics."""
+    cfg = ctx.cfg
+    names_ = units(cfg)
+    out = RunDir(ctx.out_dir)
+    skips = SkipCounter()
+    manifest: dict[str, dict] = {}
+    caption_tokens = kept_t2i = 0
+    for unit in names_:
+        unit_dir = out.unit(unit)
+        if not unit_dir.is_complete():
+            raise DataError(f"unit {unit} of {ctx.out_dir} is not complete; relaunch to run it")
+        summary = json.loads((unit_dir.path / UNIT_SUMMARY).read_text())
+        part = SkipCounter()
+        for key, n in summary["skips"].items():
+            if key.startswith("skipped_"):
+                part.skipped[key[len("skipped_") :]] = int(n)
+        part.seen = int(summary["skips"]["samples_seen"])
+        skips.merge(part)
+        caption_tokens += int(summary["caption_tokens"])
+        kept_t2i += sum(summary["sequences"].values())
+        manifest[unit] = {
+            "sequences": summary["sequences"],
+            "shards": {
+                split: [s["file"] for s in ShardDataset(unit_dir.path / split).meta["shards"]]
+                for split in SPLITS
+            },
+        }
+    first = ShardDataset(out.unit(names_[0]).path / "train").metadata if names_ else {}
+    for split in SPLITS:
+        combine(
+            [out.unit(u).path / split for u in names_],
+            ctx.out_dir / split,
+            {**first, "split": split, "unit": None},
+        )
+    atomic_write_json(ctx.out_dir / UNITS_MANIFEST, manifest)
+    if skips.seen and skips.fraction > cfg.data.max_bad_fraction:
+        counts = ", ".join(f"{r} {n}" for r, n in skips.skipped.items() if n)
+        raise DataError(
+            f"{skips.bad} of {skips.seen} samples ({skips.fraction:.1%}) were bad, more than "
+            f"data.max_bad_fraction={cfg.data.max_bad_fraction} ({counts}); see each unit's {UNIT_SUMMARY} "
+            f"under {ctx.out_dir}/units/"
+        )
+    totals = {split: sum(m["sequences"][split] for m in manifest.values()) for split in SPLITS}
+    metrics = {
+        **{k: float(v) for k, v in skips.as_metrics().items()},
+        **{f"sequences_{k}": float(v) for k, v in totals.items()},
+    }
+    if cfg.data.task == "t2i" and kept_t2i and caption_tokens:
+        metrics["caption_tokens_mean"] = caption_tokens / kept_t2i
+        metrics["image_text_ratio"] = float(first.get("image_tokens", 0)) / metrics["caption_tokens_mean"]
+    ctx.tracker.log_metrics(metrics, step=0)
+    ctx.log(
+        f"{len(names_)} units: "
+        + ", ".join(f"{k} {v}" for k, v in totals.items())
+        + f"; skipped {skips.bad} of {skips.seen} ("
+        + ", ".join(f"{r} {n}" for r, n in skips.skipped.items() if n)
+        + ")"
+    )
+
+
+def run(ctx: StageContext) -> None:
+    if ctx.cfg.data.source == "synthetic":
+        _run_synthetic(ctx)
+    else:
+        _combine_units(ctx)
+
+
 def config(cfg: RunConfig) -> dict:
     """What the key hashes: the sequence layout (images and captions come in through the inputs' keys)."""
     d = cfg.data
-    return {
+    out: dict[str, Any] = {
         "task": d.task,
         "seq_len": d.seq_len,
         "caption_tokens": d.caption_tokens,
         "text_vocab_size": cfg.model.text_vocab_size,
     }
+    if d.source != "synthetic":  # real data: the inputs themselves, and how they are read and split
+        files: dict[str, Any]
+        try:
+            files = {
+                u: [(str(f.resolve()), f.stat().st_size) for f in fs] for u, fs in _input_units(cfg).items()
+            }
+        except Exception as e:  # a missing path is validation's to report; the key still has to be computable
+            files = {"error": str(e)}
+        out.update(
+            source=d.source,
+            inputs=files,
+            **{
+                k: getattr(d, k)
+                for k in (
+                    "image_size",
+                    "min_image_side",
+                    "val_fraction",
+                    "heldout_fraction",
+                    "max_bad_fraction",
+                )
+            },
+        )
+    return out
 
 
 STAGE = Stage(
@@ -94,4 +313,6 @@ STAGE = Stage(
     run=run,
     inputs=(names.SYNTH, names.IMAGE_TOKENIZER, names.TEXT_TOKENIZER),
     params=("data", "tokenizer"),
+    units=units,
+    run_unit=run_unit,
 )

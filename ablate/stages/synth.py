@@ -47,4 +47,11 @@ def config(cfg: RunConfig) -> dict:
     return {k: getattr(d, k) for k in fields}
 
 
-STAGE = Stage(names.SYNTH, version=1, config=config, run=run, params=("data",))
+STAGE = Stage(
+    names.SYNTH,
+    version=1,
+    config=config,
+    run=run,
+    applies=lambda cfg: cfg.data.source == "synthetic",
+    params=("data",),
+)
