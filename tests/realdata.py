@@ -29,23 +29,26 @@ def _encode(arr: np.ndarray, fmt: str, mode: str | None = None) -> bytes:
     return buf.getvalue()
 
 
-def write_webdataset(root: Path, shards: int = 3, per_shard: int = 40, seed: int = 0) -> list[Path]:
+def write_webdataset(
+    root: Path, shards: int = 3, per_shard: int = 40, seed: int = 0, planted: bool = True
+) -> list[Path]:
     """`shards` tar shards of synthetic scenes as img2dataset writes them (KEY.png|jpg + KEY.txt +
-    KEY.json); the first also holds a grayscale PNG, a CMYK JPEG and the PLANTED_BAD samples."""
+    KEY.json); with `planted`, the first also holds a grayscale PNG, a CMYK JPEG and the PLANTED_BAD
+    samples."""
     root.mkdir(parents=True, exist_ok=True)
     images, captions, _ = synthetic.generate(shards * per_shard, seed, "train", IMAGE_SIZE)
     paths = []
     for s in range(shards):
         members: list[tuple[str, bytes]] = []
         for i in range(s * per_shard, (s + 1) * per_shard):
-            key = f"{s:05d}{i:04d}"
+            key = f"{seed:02d}{s:05d}{i:04d}"
             ext, fmt = ("png", "PNG") if i % 2 == 0 else ("jpg", "JPEG")
             members += [
                 (f"{key}.{ext}", _encode(images[i], fmt)),
                 (f"{key}.txt", captions[i].encode()),
                 (f"{key}.json", json.dumps({"key": key}).encode()),
             ]
-        if s == 0:
+        if s == 0 and planted:
             gray, cmyk, small = images[0], images[1], images[2][:8, :8]
             members += [
                 ("gray0001.png", _encode(gray, "PNG", "L")),
