@@ -173,3 +173,33 @@ def test_estimate_table_flags_a_batch_far_from_whole_sequences():
     text = estimate_table([("tiny", config("train.batch_tokens=400"))])  # 1.39 sequences of 288 -> 1
     assert "note: tiny: effective batch 288 tokens is -28.0% off train.batch_tokens=400" in text
     assert "would give" not in text  # no micro-batch would do better: it does not change the batch
+
+
+def test_pretokenization_estimate_at_paper_scale_from_a_brace_pattern_without_the_data():
+    from ablate.config.compose import compose_config, to_run_config
+    from ablate.launch.estimate import (
+        A100_FP32_PEAK_FLOPS,
+        ASSUMED_ENCODE_UTILIZATION,
+        MOVQGAN_ENCODE_FLOPS,
+        pretokenize_lines,
+    )
+
+    cfg = to_run_config(
+        compose_config(
+            [
+                "scale=paper",
+                "cluster=slurm_a100",
+                "data=webdataset",
+                "data.path='/nowhere/{00000..13399}.tar'",
+                "model.checkpoint=/x.pt",
+                "tokenizer.image_path=/m",
+                "tokenizer.text_path=/t.json",
+            ]
+        )
+    )
+    (line,) = pretokenize_lines([("a", cfg), ("b", cfg)])  # one prepare job for both arms
+    gpu_h = 134_000_000 * MOVQGAN_ENCODE_FLOPS / (A100_FP32_PEAK_FLOPS * ASSUMED_ENCODE_UTILIZATION) / 3600
+    assert "13,400 units" in line and "134.0M images" in line and f"{gpu_h:,.0f} GPU-h" in line
+    assert "assumed" in line and "8 unit(s) at once" in line
+    demo = to_run_config(compose_config([]))
+    assert pretokenize_lines([("demo", demo)]) == []  # synthetic data: prepare is one job, nothing to say

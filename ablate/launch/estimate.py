@@ -28,6 +28,14 @@ A100_BF16_PEAK_FLOPS = 312e12
 # Assumed model FLOPs utilisation (achieved model FLOPs / peak). ~0.4 is typical of a well-tuned 1B-scale
 # data-parallel run on A100s (bf16, fused attention); the real value is measured by the run (tokens_per_s).
 ASSUMED_MFU = 0.40
+# Pretokenization (the prepare stage's units on real data): MoVQGAN-270M's encoder (block_out_channels
+# 256, 512, 512, 1024; 2 layers per block) costs 865 GFLOP per 256x256 image, counted with torch's
+# FlopCounterMode on the architecture (bench/pretokenize_throughput.py --flops). Encoding runs in float32
+# (bf16 or TF32 flip near-ties among 16,384 codes), so the peak is the A100's float32 one.
+MOVQGAN_ENCODE_FLOPS = 865e9
+A100_FP32_PEAK_FLOPS = 19.5e12
+ASSUMED_ENCODE_UTILIZATION = 0.5  # a convolutional encoder in float32; assumed, not measured here
+IMAGES_PER_SHARD = 10_000  # img2dataset's default samples per tar shard (the webdataset units' size)
 # |effective / requested batch - 1| above which the table suggests another micro-batch size.
 DEVIATION_NOTE = 0.05
 
@@ -247,3 +255,33 @@ def estimate_table(rows: list[tuple[str, RunConfig]]) -> str:
         "negligible; evaluation, checkpointing, queueing and requeues are not counted"
     )
     return "\n".join(lines)
+
+
+def pretokenize_lines(rows: list[tuple[str, RunConfig]]) -> list[str]:
+    """Lines estimating the prepare stage's pretokenization on real data (units, images, GPU-hours), once
+    per distinct prepare job, with the assumptions stated."""
+    lines, seen = [], set()
+    for _, cfg in rows:
+        spec = next((s for s in plan_stages(cfg) if s.name == "prepare"), None)
+        if spec is None or not spec.units or spec.key in seen:
+            continue
+        seen.add(spec.key)
+        d, c = cfg.data, cfg.cluster
+        per_unit = IMAGES_PER_SHARD  # webdataset: assumed; folder: the unit's size (the last may be smaller)
+        images = len(spec.units) * per_unit
+        how = f"~{per_unit:,} images each (img2dataset's default per shard; assumed)"
+        line = f"prepare: {len(spec.units):,} units of {how} = {images / 1e6:,.1f}M images"
+        if cfg.tokenizer.image != "diffusers":
+            lines.append(line + "; no encode cost known for this image tokenizer")
+            continue
+        flops = MOVQGAN_ENCODE_FLOPS * (d.image_size / 256) ** 2
+        per_image = flops / (A100_FP32_PEAK_FLOPS * ASSUMED_ENCODE_UTILIZATION)
+        gpu_h = images * per_image / 3600
+        at_once = min(len(spec.units), c.array_parallelism) if c.kind == "slurm" else 1
+        lines.append(
+            f"{line}; encode {flops / 1e9:,.0f} GFLOP/image (MoVQGAN-270M at {d.image_size}x{d.image_size}), "
+            f"float32 on A100s at {ASSUMED_ENCODE_UTILIZATION:.0%} of {A100_FP32_PEAK_FLOPS / 1e12:.1f} TFLOP/s "
+            f"(assumed): {per_image * 1e3:.0f} ms/image, {gpu_h:,.0f} GPU-h, wall {gpu_h / at_once:,.1f} h with "
+            f"{at_once} unit(s) at once (cluster.array_parallelism)"
+        )
+    return lines

@@ -11,7 +11,7 @@ from ablate.config.compose import flatten
 from ablate.config.schema import ClusterConfig
 from ablate.config.validate import check_assets
 from ablate.errors import AblateError
-from ablate.launch.estimate import estimate_table
+from ablate.launch.estimate import estimate_table, pretokenize_lines
 from ablate.launch.executor import arms_label, make_executor, run_graph
 from ablate.launch.graph import Graph, Node, build_graph
 from ablate.launch.manifest import Manifest
@@ -111,10 +111,12 @@ def launch(
     echo(f"sweep {sweep.name!r} from {sweep.path}")
     echo(dry_run_table(arms, graph))
     if dry_run:
-        for problem in missing:
+        for problem in dict.fromkeys(str(p) for p in missing):  # arms sharing an asset: said once
             echo(f"missing (a launch stops here): {problem}")
         echo("")
         echo(estimate_table([(a.label, a.config) for a in arms]))
+        for line in pretokenize_lines([(a.label, a.config) for a in arms]):
+            echo(line)
         return 0
     previous = Manifest.load_if_exists(results, sweep.name)
     active: dict[str, str] = {}

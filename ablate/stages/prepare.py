@@ -24,7 +24,14 @@ from ablate.data.preprocess import SkipCounter
 from ablate.data.pretokenize import Settings, pretokenize
 from ablate.data.sequence import VocabLayout, layout_t2i, layout_uncond
 from ablate.data.shards import ShardDataset, ShardWriter, combine
-from ablate.data.sources import RawSample, expand_shards, folder_units, iter_folder, iter_webdataset
+from ablate.data.sources import (
+    RawSample,
+    expand_pattern,
+    expand_shards,
+    folder_units,
+    iter_folder,
+    iter_webdataset,
+)
 from ablate.errors import DataError
 from ablate.rundir import RunDir
 from ablate.stages import names
@@ -106,7 +113,10 @@ def _input_units(cfg: RunConfig) -> dict[str, list[Path]]:
     """Unit name -> its input files: one tar shard each (webdataset), or a group of images (folder)."""
     d = cfg.data
     if d.source == "webdataset":
-        shards = expand_shards(str(d.path))
+        # A brace pattern names its shards without looking at the disk, so a dry run can plan (and
+        # estimate) a launch whose data lives elsewhere; check_assets verifies they exist at launch.
+        path = str(d.path)
+        shards = [Path(p) for p in expand_pattern(path)] if "{" in path else expand_shards(path)
         stems = [p.stem for p in shards]
         unique = len(set(stems)) == len(stems)
         return {
@@ -285,7 +295,8 @@ def config(cfg: RunConfig) -> dict:
         files: dict[str, Any]
         try:
             files = {
-                u: [(str(f.resolve()), f.stat().st_size) for f in fs] for u, fs in _input_units(cfg).items()
+                u: [(str(f.resolve()), f.stat().st_size if f.exists() else None) for f in fs]
+                for u, fs in _input_units(cfg).items()
             }
         except Exception as e:  # a missing path is validation's to report; the key still has to be computable
             files = {"error": str(e)}
