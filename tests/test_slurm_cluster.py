@@ -368,3 +368,26 @@ def test_eight_concurrent_jobs_log_every_step_to_one_mlflow_server(results, tiny
             assert sorted(logged.step) == [r["step"] for r in rows], key
             assert logged.sort_values("step").value.tolist() == pytest.approx([r[key] for r in rows])
         assert tracking.run_info(uri, job["run_id"])["status"] == "FINISHED"
+
+
+def test_real_data_pretokenizes_as_one_array_of_units_then_trains(results, tmp_path):
+    """data=webdataset on SLURM: the prepare stage's units are the tasks of one array, the stage's own
+    job waits for that array, then training runs on the combined shards; a relaunch submits nothing."""
+    import realdata
+
+    overrides = realdata.overrides(tmp_path / "assets")
+    path = sweep_file(tmp_path, "slurmreal", [1e-3])
+    launch(results, path, *overrides, "pretrain.corpus_max_chars=60000")
+    states = wait_for(results, "slurmreal")
+    assert all(s.state == "COMPLETED" for s in states.values()), states
+    ids = job_ids(results, "slurmreal")
+    units = {n: j for n, j in ids.items() if n.startswith("prepare/") and n.count("/") == 2}
+    assert sorted(n.rsplit("/", 1)[1] for n in units) == ["00000", "00001", "00002"]
+    arrays = {j.split("_")[0] for j in units.values()}
+    assert len(arrays) == 1, units  # one sbatch: the units are its tasks
+    (stage_job,) = [j for n, j in ids.items() if n.startswith("prepare/") and n.count("/") == 1]
+    times = sacct_times([*units.values(), stage_job])
+    assert all(times[stage_job][0] >= times[j][1] for j in units.values())  # waited for every unit
+    assert RunDir(stage_dir(results, "slurmreal", 0, "evaluate")).is_complete()
+    proc = launch(results, path, *overrides, "pretrain.corpus_max_chars=60000")
+    assert "0 job(s) in 0 array(s) submitted" in proc.stdout, proc.stdout
