@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import realdata
 
@@ -212,7 +213,10 @@ def test_every_stage_reads_only_fields_its_key_covers(tiny: RunConfig, tmp_path:
 
 
 def test_every_stage_on_real_data_reads_only_fields_its_key_covers(tmp_path: Path) -> None:
-    real = to_run_config(compose_config([*TINY, *realdata.overrides(tmp_path / "assets")]))
+    # data.eval_path: a reference set (MS-COCO at paper scale) in the same format, prompts of evaluate.
+    reference = realdata.write_webdataset(tmp_path / "eval", shards=1, per_shard=6, seed=3, planted=False)[0]
+    overrides = [*TINY, *realdata.overrides(tmp_path / "assets"), f"data.eval_path={reference}"]
+    real = to_run_config(compose_config(overrides))
     validate(real)
     plan = plan_stages(real)
     prepare = next(s for s in plan if s.name == names.PREPARE)
@@ -228,6 +232,11 @@ def test_every_stage_on_real_data_reads_only_fields_its_key_covers(tmp_path: Pat
         for split in ("train", "val", "heldout")
     )
     assert total == 3 * 40 + 2  # the planted grayscale and CMYK images are usable
+    assert "data.eval_path" in reads[names.EVALUATE]
+    samples = np.load(tmp_path / "real" / names.EVALUATE / "samples.npz")
+    n = real.evaluate.n_samples
+    assert samples["references"].shape == (n, realdata.IMAGE_SIZE, realdata.IMAGE_SIZE, 3)
+    assert samples["images"].shape == samples["references"].shape
 
 
 def test_a_planted_read_outside_the_key_is_caught(tiny: RunConfig, tmp_path: Path) -> None:

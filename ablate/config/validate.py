@@ -280,6 +280,14 @@ def validate(cfg: RunConfig, arm: str | None = None) -> None:
                 hint="the demo VQ-VAE trains on the synthetic scenes; give a trained tokenizer, e.g. "
                 "tokenizer.image=diffusers tokenizer.image_path=<MoVQGAN as a diffusers VQModel directory>",
             )
+    if d.eval_path and d.source == "synthetic":
+        raise ConfigError(
+            "data.eval_path",
+            d.eval_path,
+            "null with data=synthetic (the synthetic splits are the reference)",
+            arm=arm,
+            hint="data.eval_path is a reference set in data.source's format (webdataset or folder)",
+        )
     if tok.text == "path" and not tok.text_path:
         raise ConfigError(
             "tokenizer.text_path", None, "a path to a tokenizer.json (e.g. GPT-NeoX's)", arm=arm
@@ -340,6 +348,14 @@ def check_assets(cfg: RunConfig, arm: str | None = None) -> None:
         expand_shards(str(d.path))
     elif d.source == "folder" and not Path(str(d.path)).is_dir():
         raise ConfigError("data.path", d.path, "an existing directory of images (data=folder)", arm=arm)
+    if d.eval_path and d.source == "webdataset":
+        from ablate.data.sources import expand_shards
+
+        expand_shards(str(d.eval_path), key="data.eval_path")
+    elif d.eval_path and not Path(str(d.eval_path)).is_dir():
+        raise ConfigError(
+            "data.eval_path", d.eval_path, "an existing directory of images (data=folder)", arm=arm
+        )
     if tok.image == "diffusers":
         check_vq_config(tok.image_path, tok.codebook_size, tok.downsample, arm=arm)
     elif tok.image == "path" and not Path(str(tok.image_path)).is_dir():

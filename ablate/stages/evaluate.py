@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -26,9 +27,12 @@ import torch
 
 from ablate.atomic import atomic_write_bytes, atomic_write_text
 from ablate.config.schema import RunConfig
+from ablate.data.preprocess import BadSample, prepare_sample
 from ablate.data.sequence import VocabLayout, caption_ids, prompt_t2i, prompt_uncond
 from ablate.data.shards import ShardDataset
+from ablate.data.sources import RawSample, expand_shards, iter_folder, iter_webdataset
 from ablate.data.synthetic import Scene
+from ablate.errors import DataError
 from ablate.evaluate.image_metrics import caption_matches, colours_present, sample_grid, scene_valid
 from ablate.evaluate.sampling import sample_from_prompts
 from ablate.model.checkpoint_io import load_into, load_open_lm_state_dict
@@ -68,6 +72,39 @@ def _t2i_prompts(ctx: StageContext, split: str, layout: VocabLayout, n: int, ima
     return prompts, list(captions[:n]), [Scene.from_dict(s) for s in scenes[:n]]
 
 
+EVAL_SPLIT = "eval"  # the split name of data.eval_path's samples in metrics and samples.csv
+
+
+def _eval_set_prompts(ctx: StageContext, layout: VocabLayout, n: int, image_tokens: int):
+    """Prompts, captions and reference images of the first n usable samples of data.eval_path (the
+    reference set, e.g. MS-COCO), read and preprocessed as the training data is."""
+    d = ctx.cfg.data
+    path = str(d.eval_path)
+    raw: Iterator[RawSample]
+    if d.source == "webdataset":
+        raw = (s for shard in expand_shards(path, key="data.eval_path") for s in iter_webdataset(shard))
+    else:
+        raw = iter_folder(path)
+    tok = open_text_tokenizer(ctx.inputs[names.TEXT_TOKENIZER])
+    prompts: list[np.ndarray] = []
+    captions: list[str] = []
+    references: list[np.ndarray] = []
+    for sample in raw:
+        if len(prompts) >= n:
+            break
+        try:
+            image, caption = prepare_sample(sample, d.image_size, d.min_image_side)
+        except BadSample:
+            continue
+        ids = tok.encode(caption)[: d.caption_tokens]
+        prompts.append(prompt_t2i(ids, layout, d.seq_len, image_tokens))
+        captions.append(caption)
+        references.append(image)
+    if not prompts:
+        raise DataError(f"data.eval_path={path!r} holds no usable sample (image and caption)")
+    return prompts, captions, np.stack(references)
+
+
 def run(ctx: StageContext) -> None:
     e = ctx.cfg.evaluate
     model = load_trained(ctx.inputs["train"])
@@ -82,10 +119,16 @@ def run(ctx: StageContext) -> None:
     rows: list[dict] = []
     all_codes, all_images, marks, labels = [], [], [], []
     metrics: dict[str, float] = {}
+    references = None
     if ctx.cfg.data.task == "t2i":
         all_scenes: list[Scene] = []
-        for split, name in T2I_SPLITS.items():
-            prompts, captions, scenes = _t2i_prompts(ctx, split, layout, e.n_samples, n_codes)
+        sets = {EVAL_SPLIT: EVAL_SPLIT} if ctx.cfg.data.eval_path else T2I_SPLITS
+        for split, name in sets.items():
+            if split == EVAL_SPLIT:
+                prompts, captions, references = _eval_set_prompts(ctx, layout, e.n_samples, n_codes)
+                scenes = None
+            else:
+                prompts, captions, scenes = _t2i_prompts(ctx, split, layout, e.n_samples, n_codes)
             codes = sample_from_prompts(model, prompts, layout, n_codes, generator=generator, **sample)
             images = image_tok.decode(codes)  # (n, H, W, 3) uint8
             if scenes is None:  # real data: no grammar to check a sample against (FID is the measure)
@@ -152,7 +195,9 @@ def run(ctx: StageContext) -> None:
         writer.writerow({"index": i, **r})
     atomic_write_text(ctx.out_dir / "samples.csv", buf.getvalue())
     npz = io.BytesIO()
-    np.savez_compressed(npz, codes=np.concatenate(all_codes), images=images)
+    # The reference images (data.eval_path) beside the samples, for FID against the same set.
+    extra = {} if references is None else {"references": references}
+    np.savez_compressed(npz, codes=np.concatenate(all_codes), images=images, **extra)
     atomic_write_bytes(ctx.out_dir / "samples.npz", npz.getvalue())
     atomic_write_text(ctx.out_dir / "metrics.json", json.dumps(metrics, indent=2))
     # metrics.jsonl as every stage writes it, so `ablate resend` can rebuild this run from the directory.
@@ -165,8 +210,16 @@ def run(ctx: StageContext) -> None:
 
 def config(cfg: RunConfig) -> dict:
     """What the key hashes: the sampling settings (the probe's are train's) and the sequence layout."""
-    out = {k: v for k, v in asdict(cfg.evaluate).items() if k not in PROBE_FIELDS}
+    out: dict[str, Any] = {k: v for k, v in asdict(cfg.evaluate).items() if k not in PROBE_FIELDS}
     out.update(task=cfg.data.task, seq_len=cfg.data.seq_len)
+    if cfg.data.eval_path:  # the reference set's prompts, read as the training data is
+        d = cfg.data
+        out["eval_set"] = {
+            "path": d.eval_path,
+            "image_size": d.image_size,
+            "min_image_side": d.min_image_side,
+            "caption_tokens": d.caption_tokens,
+        }
     return out
 
 
