@@ -28,11 +28,12 @@ A100_BF16_PEAK_FLOPS = 312e12
 # Assumed model FLOPs utilisation (achieved model FLOPs / peak). ~0.4 is typical of a well-tuned 1B-scale
 # data-parallel run on A100s (bf16, fused attention); the real value is measured by the run (tokens_per_s).
 ASSUMED_MFU = 0.40
-# Pretokenization (the prepare stage's units on real data): MoVQGAN-270M's encoder (block_out_channels
-# 256, 512, 512, 1024; 2 layers per block) costs 865 GFLOP per 256x256 image, counted with torch's
-# FlopCounterMode on the architecture (bench/pretokenize_throughput.py --flops). Encoding runs in float32
-# (bf16 or TF32 flip near-ties among 16,384 codes), so the peak is the A100's float32 one.
-MOVQGAN_ENCODE_FLOPS = 865e9
+# Pretokenization (the prepare stage's units on real data): MoVQGAN-270M's encoder (channels 256, 512,
+# 512, 1024, 2 layers per block, attention at the 32x32 level: 270.7M parameters as a diffusers VQModel)
+# costs 891 GFLOP per 256x256 image, counted with torch's FlopCounterMode on the architecture
+# (bench/pretokenize_throughput.py --flops; 865 without the attention). Encoding runs in float32 (bf16
+# or TF32 flip near-ties among 16,384 codes), so the peak is the A100's float32 one.
+MOVQGAN_ENCODE_FLOPS = 891e9
 A100_FP32_PEAK_FLOPS = 19.5e12
 ASSUMED_ENCODE_UTILIZATION = 0.5  # a convolutional encoder in float32; assumed, not measured here
 IMAGES_PER_SHARD = 10_000  # img2dataset's default samples per tar shard (the webdataset units' size)
