@@ -48,6 +48,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rss import reset_peak, status_kib  # bench/rss.py (this folder is on sys.path when run)
+
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = (1, 8, 64)  # input shards (= units) per memory measurement
 THROUGHPUT_SHARDS = 32  # shards the throughput and scaling runs share (half to each of 2 processes)
@@ -59,20 +61,6 @@ TOKENIZERS = {"diffusers": "tiny diffusers VQModel", "vqvae": "demo VQ-VAE"}
 
 
 # --- helpers shared by the children ------------------------------------------------------------------------
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux: write 5 to clear_refs); False where not allowed."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def _trimmed_rss_kib() -> int:
@@ -81,7 +69,7 @@ def _trimmed_rss_kib() -> int:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-    return _status_kib("VmRSS")
+    return status_kib("VmRSS")
 
 
 def _shards(root: Path) -> list[Path]:
@@ -217,12 +205,12 @@ def memory_case(root: str, n_shards: int) -> dict[str, float]:
     torch.set_num_threads(1)
     loaded = _load(Path(root), "diffusers")  # loaded before the baseline: a unit's fixed cost
     out_root = Path(root) / "mem" / str(n_shards)
-    reset = _reset_peak()
-    base = _status_kib("VmRSS") if reset else _status_kib("VmHWM")
+    reset = reset_peak()
+    base = status_kib("VmRSS") if reset else status_kib("VmHWM")
     t0 = time.perf_counter()
     kept = _pretokenize_units(_shards(Path(root))[:n_shards], out_root, "diffusers", loaded)
     dt = time.perf_counter() - t0
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     out_files = list(out_root.glob("*/*/shard_*.bin"))
     return {
         "growth_mib": (peak - base) / 1024,
@@ -244,8 +232,8 @@ def read_case(root: str, n_units: int) -> dict[str, float]:
     units = sorted((Path(root) / "mem" / str(max(COUNTS))).iterdir())[:n_units]
     out = Path(root) / "combined" / str(n_units)
     combine([u / "train" for u in units], out, {})
-    reset = _reset_peak()
-    base = _status_kib("VmRSS") if reset else _status_kib("VmHWM")
+    reset = reset_peak()
+    base = status_kib("VmRSS") if reset else status_kib("VmHWM")
     t0 = time.perf_counter()
     ds = ShardDataset(out)
     n = len(ds)
@@ -253,7 +241,7 @@ def read_case(root: str, n_units: int) -> dict[str, float]:
     for i in range(0, n, READ_BATCH):
         checksum += int(ds.read(np.arange(i, min(i + READ_BATCH, n)))[:, 0].sum())  # touch the data
     dt = time.perf_counter() - t0
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     return {
         "growth_mib": (peak - base) / 1024,
         "peak_mib": peak / 1024,

@@ -21,26 +21,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from rss import reset_peak, status_kib  # bench/rss.py (this folder is on sys.path when run)
 
 SEQ_LEN = 1152
 VOCAB = 66_823  # 50,432 text + 7 specials + 16,384 image codes -> int32 shards
 BATCH = 64
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux: write 5 to clear_refs); False where not allowed."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def read_case(path: str, order: str, max_open: int) -> dict[str, float]:
@@ -56,14 +41,14 @@ def read_case(path: str, order: str, max_open: int) -> dict[str, float]:
     else:
         it = ShardSampler(n, seed=0).batches(BATCH)
         batches = (next(it) for _ in range(-(-n // BATCH)))
-    reset = _reset_peak()
-    base = _status_kib("VmRSS") if reset else _status_kib("VmHWM")
+    reset = reset_peak()
+    base = status_kib("VmRSS") if reset else status_kib("VmHWM")
     t0 = time.perf_counter()
     checksum = 0
     for idx in batches:
         checksum += int(read_batch(ds, idx)[:, 0].sum())  # touch the data
     dt = time.perf_counter() - t0
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     return {"growth_mib": (peak - base) / 1024, "seq_per_s": n / dt, "sequences": n, "checksum": checksum}
 
 

@@ -23,27 +23,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from rss import reset_peak, status_kib  # bench/rss.py (this folder is on sys.path when run)
 
 SOURCE_SIDE = 320
 SIZE = 256
 MIN_SIDE = 64
 COUNTS = (1, 8, 64)
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux: write 5 to clear_refs); False where not allowed."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def read_case(directory: str, n_shards: int) -> dict[str, float]:
@@ -53,8 +38,8 @@ def read_case(directory: str, n_shards: int) -> dict[str, float]:
 
     shards = expand_shards(directory)[:n_shards]
     counter = SkipCounter()
-    reset = _reset_peak()
-    base = _status_kib("VmRSS") if reset else _status_kib("VmHWM")
+    reset = reset_peak()
+    base = status_kib("VmRSS") if reset else status_kib("VmHWM")
     t0 = time.perf_counter()
     checksum = 0
     for shard in shards:
@@ -67,7 +52,7 @@ def read_case(directory: str, n_shards: int) -> dict[str, float]:
             counter.keep()
             checksum += int(img[0, 0, 0])  # touch the result
     dt = time.perf_counter() - t0
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     return {
         "growth_mib": (peak - base) / 1024,
         "peak_mib": peak / 1024,

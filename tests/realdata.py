@@ -7,6 +7,7 @@ import io
 import json
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -71,8 +72,9 @@ def write_webdataset(
     return paths
 
 
-def write_vqmodel(path: Path, seed: int = 0) -> Path:
-    """A tiny random diffusers VQModel (2x downsampling, CODES codes, MoVQGAN's spatial norm), saved."""
+def tiny_vqmodel(seed: int = 0) -> Any:
+    """A tiny random diffusers VQModel: 2 blocks (2x downsampling), CODES codes of dim 4, spatial norm as in
+    MoVQGAN (which groups channels by 32, hence 32-channel blocks)."""
     import diffusers
     import torch
 
@@ -92,7 +94,12 @@ def write_vqmodel(path: Path, seed: int = 0) -> Path:
     )
     with torch.no_grad():
         model.quantize.embedding.weight.normal_()  # spread like the latents, so images use many codes
-    model.save_pretrained(path)
+    return model
+
+
+def write_vqmodel(path: Path, seed: int = 0) -> Path:
+    """tiny_vqmodel(seed) saved as a VQModel directory (config.json + weights)."""
+    tiny_vqmodel(seed).save_pretrained(path)
     return path
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import diffusers
 import numpy as np
 import pytest
+import realdata
 import torch
 
 from ablate.atomic import read_json
@@ -28,30 +29,9 @@ from ablate.tokenize.diffusers_vq import (
 from ablate.tokenize.image import ImageTokenizer, load_image_tokenizer
 from ablate.tracking import NullTracker
 
-CODES = 64
+CODES = realdata.CODES
+tiny_vqmodel = realdata.tiny_vqmodel
 IMAGES = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
-
-
-def tiny_vqmodel(seed: int = 0) -> diffusers.VQModel:
-    """Two blocks (2x downsampling), 64 codes of dim 4, spatial norm as in MoVQGAN (groups of 32 channels)."""
-    torch.manual_seed(seed)
-    model = diffusers.VQModel(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(32, 32),  # spatial norm groups by 32
-        layers_per_block=1,
-        latent_channels=4,
-        num_vq_embeddings=CODES,
-        vq_embed_dim=4,
-        norm_num_groups=8,
-        norm_type="spatial",
-    )
-    # A codebook spread like the latents, so that random images use many codes (its default init is tiny).
-    with torch.no_grad():
-        model.quantize.embedding.weight.normal_()
-    return model
 
 
 @pytest.fixture
