@@ -19,7 +19,7 @@ import pytest
 import realdata
 
 from ablate.config.compose import compose_config, stable_hash, to_run_config
-from ablate.config.schema import RunConfig
+from ablate.config.schema import UNKEYED_FIELDS, RunConfig
 from ablate.config.validate import validate
 from ablate.data.shards import ShardDataset
 from ablate.rundir import RunDir
@@ -179,8 +179,9 @@ def _run_every_planned_stage(cfg: RunConfig, tmp: Path) -> dict[str, set[str]]:
             RunDir(ctx.out_dir).mark_complete()  # as the runner does after a unit
         stage.run(_context(tmp, name, recording(cfg, reads), plan))
         reads_of[name] = reads
-        if reads - covered_fields(name, cfg):
-            missing[name] = reads - covered_fields(name, cfg)
+        # UNKEYED_FIELDS say how a stage computes, not what (precision, compile, recomputation): exempt.
+        if reads - covered_fields(name, cfg) - set(UNKEYED_FIELDS):
+            missing[name] = reads - covered_fields(name, cfg) - set(UNKEYED_FIELDS)
     assert not missing, f"stages read fields their keys do not cover: {missing}"
     return reads_of
 
@@ -207,6 +208,8 @@ def test_every_stage_reads_only_fields_its_key_covers(tiny: RunConfig, tmp_path:
     assert {"data.n_train", "data.seed"} <= demo[names.SYNTH]
     assert {"optim.beta2", "evaluate.prompts", "train.trainable"} <= demo[names.TRAIN]
     assert "align.steps" in demo[names.ALIGN]
+    assert set(UNKEYED_FIELDS) <= demo[names.TRAIN]  # the exemption is for fields that are really read
+    assert not set(UNKEYED_FIELDS) & covered_fields(names.TRAIN, tiny)  # and no key hashes them
     assert "pretrain.heldout_text_path" in given[names.HELDOUT_TEXT]
     # With the checkpoint, the probe measured forgetting on the file's text.
     assert (tmp_path / "given" / names.TRAIN / "completions.jsonl").is_file()

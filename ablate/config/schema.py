@@ -38,6 +38,7 @@ _TextTokenizer = Literal["bpe", "path"]
 # The paper's partial-freeze settings (Fig. 6), cumulative; ablate.model.freeze implements them.
 _Trainable = Literal["all", "emb_out", "emb_out_norm", "emb_out_norm_half", "emb_out_norm_ffn"]
 _ClusterKind = Literal["debug", "local", "slurm"]
+_Precision = Literal["auto", "bf16", "float32"]
 
 SCALES: tuple[str, ...] = get_args(_Scale)
 INITS: tuple[str, ...] = get_args(_Init)
@@ -52,6 +53,7 @@ IMAGE_TOKENIZERS: tuple[str, ...] = get_args(_ImageTokenizer)
 TEXT_TOKENIZERS: tuple[str, ...] = get_args(_TextTokenizer)
 TRAINABLE_PRESETS: tuple[str, ...] = get_args(_Trainable)
 CLUSTER_KINDS: tuple[str, ...] = get_args(_ClusterKind)
+PRECISIONS: tuple[str, ...] = get_args(_Precision)
 
 if TYPE_CHECKING:
     Scale: TypeAlias = _Scale
@@ -67,9 +69,10 @@ if TYPE_CHECKING:
     TextTokenizer: TypeAlias = _TextTokenizer
     Trainable: TypeAlias = _Trainable
     ClusterKind: TypeAlias = _ClusterKind
+    Precision: TypeAlias = _Precision
 else:
     Scale = Init = NewRowInit = ImageInit = Task = DataSource = Norm = FfnType = Positional = str
-    ImageTokenizer = TextTokenizer = Trainable = ClusterKind = str
+    ImageTokenizer = TextTokenizer = Trainable = ClusterKind = Precision = str
 
 
 @dataclass
@@ -257,6 +260,15 @@ class TrainConfig:
     """Checkpoint interval, in tokens (and always at the end)."""
     seed: int = 0
     """Seed of initialisation, data order and dropout-free sampling."""
+    precision: Precision = "auto"
+    """auto: bf16 on CUDA, float32 on CPU; bf16: forward and loss under bf16 autocast, with float32 weights,
+    gradients and optimizer state; float32: no autocast. Also the pretrain stage's. Not in any key
+    (UNKEYED_FIELDS): the checkpoint holds float32 state either way, so a run resumes under another one."""
+    compile: bool = False
+    """torch.compile the model for training (the first steps are slower while it compiles). Not in any key."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations during backward instead of keeping them: less memory for about a
+    third more compute. Not in any key."""
 
 
 @dataclass
@@ -402,6 +414,9 @@ class RunConfig:
 
 # Sections that say where and how a run executes, not what it computes: excluded from run identity.
 EXECUTION_SECTIONS = ("cluster", "tracking")
+# Fields that say how a stage computes, not what: no stage key hashes them, so changing one resumes the
+# same run (results agree to float tolerance; tests/test_precision.py measures how closely).
+UNKEYED_FIELDS = ("train.precision", "train.compile", "train.activation_checkpointing")
 
 
 def register_configs() -> None:

@@ -175,6 +175,7 @@ def validate(cfg: RunConfig, arm: str | None = None) -> None:
     choice("tokenizer.image", tok.image, S.IMAGE_TOKENIZERS)
     choice("tokenizer.text", tok.text, S.TEXT_TOKENIZERS)
     choice("train.trainable", tr.trainable, S.TRAINABLE_PRESETS)
+    choice("train.precision", tr.precision, S.PRECISIONS)
     validate_cluster(cfg.cluster, arm=arm)
 
     for key, value in [

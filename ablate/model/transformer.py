@@ -28,6 +28,7 @@ from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from ablate.config.schema import FFN_TYPES, NORMS, POSITIONAL
@@ -498,6 +499,7 @@ class Transformer(nn.Module):
         super().__init__()
         args.validate()
         self.args = args
+        self.activation_checkpointing = False  # recompute block activations in backward (training only)
         d = args.hidden_dim
         # Registration order as open_lm, so named_parameters() lists in the same order.
         self.post_embed_norm = make_norm(args) if args.post_embed_norm else nn.Identity()
@@ -530,8 +532,14 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.check_room(input_ids.shape[1])
         x = self.post_embed_norm(self.tok_embeddings(input_ids))  # (B, T, D)
+        recompute = (
+            self.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled()
+        )
         for layer in self.layers:
-            x = layer(x, cache)  # (B, T, D)
+            if recompute:  # keep only each block's input; its activations are recomputed in backward
+                x = torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)  # (B, T, D)
+            else:
+                x = layer(x, cache)  # (B, T, D)
         if cache is not None:
             cache.advance(input_ids.shape[1])  # after every layer stored its keys at the old length
         # Logits in float32 (as open_lm/llama) so the softmax is stable under bf16 autocast.

@@ -78,6 +78,9 @@ def loop_config(
         optim=cfg.optim,
         checkpoint_every_tokens=cfg.train.checkpoint_every_tokens,
         seed=seed,
+        precision=cfg.train.precision,
+        compile=cfg.train.compile,
+        activation_checkpointing=cfg.train.activation_checkpointing,
     )
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ablate.config.schema import EXECUTION_SECTIONS, RunConfig
+from ablate.config.schema import EXECUTION_SECTIONS, UNKEYED_FIELDS, RunConfig
 from ablate.data.sequence import VocabLayout
 from ablate.data.shards import ShardDataset
 from ablate.errors import CheckpointError
@@ -161,6 +161,8 @@ def config(cfg: RunConfig) -> dict:
     """
     full = asdict(cfg)
     out = {k: v for k, v in full.items() if k not in (*EXECUTION_SECTIONS, "pretrain", "align", "evaluate")}
+    unkeyed = {f.split(".", 1)[1] for f in UNKEYED_FIELDS if f.startswith("train.")}
+    out["train"] = {k: v for k, v in out["train"].items() if k not in unkeyed}
     out["evaluate"] = {k: full["evaluate"][k] for k in PROBE_FIELDS}
     if cfg.model.config_json:  # the file's architecture, not just its path (edited in place, it differs)
         out["config_json_arch"] = arch_config(cfg)

@@ -14,6 +14,7 @@ same checkpoint, and a stop asked of any rank stops all of them after the same s
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -29,6 +30,7 @@ from torch import nn
 from ablate.config.schema import OptimConfig
 from ablate.data.sequence import VocabLayout
 from ablate.data.shards import ShardDataset, ShardSampler, read_batch
+from ablate.errors import ConfigError
 from ablate.rundir import RunDir
 from ablate.tracking import Tracker
 from ablate.train import distributed as dist
@@ -52,8 +54,22 @@ class LoopConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     """AdamW betas, eps, weight decay, clipping and the cosine's floor."""
     checkpoint_every_tokens: int = 0
+    precision: str = "float32"
+    """auto (bf16 on CUDA, float32 on CPU), bf16 (autocast of forward and loss) or float32."""
+    compile: bool = False
+    """torch.compile the model for the training steps."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in backward."""
     seed: int = 0
     progress_every_s: float = 2.0
+
+
+def precision_context(precision: str, device: torch.device) -> Any:
+    """The autocast context of a precision setting: bf16 for bf16 (and auto on CUDA), else a no-op."""
+    if precision not in ("auto", "bf16", "float32"):
+        raise ConfigError("train.precision", precision, "auto, bf16 or float32")
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -118,9 +134,19 @@ def train_loop(
 
     torch.manual_seed(cfg.seed)
     o = cfg.optim
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    if cuda:  # TF32 matmuls and convolutions: float32 storage, tensor-core speed for what autocast leaves
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     optimizer = torch.optim.AdamW(
-        _param_groups(model, o.weight_decay), lr=cfg.lr, betas=(o.beta1, o.beta2), eps=o.eps
+        _param_groups(model, o.weight_decay), lr=cfg.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=cuda
     )
+    autocast = precision_context(cfg.precision, device)
+    if hasattr(model, "activation_checkpointing"):  # ablate's Transformer; other modules train as they are
+        setattr(model, "activation_checkpointing", cfg.activation_checkpointing)  # noqa: B010
+    # Compiled for the forward passes only: state dicts, evaluation and checkpoints use the model itself.
+    forward = torch.compile(model) if cfg.compile else model
     run_dir = RunDir(out_dir)
     ckpt_path = run_dir.last_checkpoint
     metrics_log = run_dir.metrics_log()
@@ -142,7 +168,6 @@ def train_loop(
     # The whole stream, not a rank's: positions are global (step x sequences_per_step + i), so a checkpoint
     # holds no rank-specific position and a resume may even change the world size.
     sampler = ShardSampler(len(dataset), seed=cfg.seed)
-    device = next(model.parameters()).device
     trainable = [p for p in model.parameters() if p.requires_grad]
     info = {
         "total_steps": total_steps,
@@ -182,7 +207,8 @@ def train_loop(
         parts: list[LossParts] = []
         for i in range(0, batch.shape[0], plan.micro_batch_size):
             x, y = inputs[i : i + plan.micro_batch_size], targets[i : i + plan.micro_batch_size]
-            p = split_loss(model(x), y, layout)  # logits (b, L-1, V)
+            with autocast:
+                p = split_loss(forward(x), y, layout)  # logits (b, L-1, V), float32 even under autocast
             (p.loss * ((p.n_text + p.n_image) / n_used)).backward()
             parts.append(p)
         # One plain all-reduce of the accumulated gradients per step rather than a DDP wrapper: DDP would

@@ -1,0 +1,95 @@
+"""Precision and speed settings of the training loop on CPU: bf16 autocast tracks float32, recomputing
+activations and torch.compile change nothing but speed, and a run resumes under another precision."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_train_loop import LAYOUT, SEQ, dataset, loop_config, model, rows  # noqa: F401  (dataset: a fixture)
+
+from ablate.config.compose import compose_config, to_run_config
+from ablate.errors import ConfigError
+from ablate.stages.plan import plan_stages
+from ablate.tracking import NullTracker
+from ablate.train.loop import StopRequested, precision_context, train_loop
+
+# bf16 keeps 8 mantissa bits; over 12 steps of this model the loss stays within this of float32's.
+BF16_REL_TOL = 0.03
+
+
+def losses(out_dir) -> np.ndarray:
+    return np.array([r["loss"] for r in rows(out_dir)])
+
+
+def test_bf16_autocast_trains_and_tracks_float32(dataset, tmp_path):  # noqa: F811
+    train_loop(model(), dataset, LAYOUT, loop_config(precision="float32"), tmp_path / "f32", NullTracker())
+    train_loop(model(), dataset, LAYOUT, loop_config(precision="bf16"), tmp_path / "bf16", NullTracker())
+    f32, bf16 = losses(tmp_path / "f32"), losses(tmp_path / "bf16")
+    assert len(f32) == len(bf16) == 12
+    assert bf16[-1] < bf16[0] - 0.5  # it learns
+    rel = np.abs(bf16 - f32) / f32
+    assert rel.max() < BF16_REL_TOL, rel
+    assert not np.array_equal(bf16, f32)  # autocast really ran: bf16 matmuls round differently
+
+
+def test_auto_is_float32_on_cpu_and_bad_values_are_config_errors():
+    cpu = torch.device("cpu")
+    assert isinstance(precision_context("auto", cpu), type(precision_context("float32", cpu)))
+    assert isinstance(precision_context("bf16", cpu), torch.autocast)
+    with pytest.raises(ConfigError, match="train.precision"):
+        precision_context("fp8", cpu)
+
+
+def test_activation_checkpointing_gives_the_same_losses(dataset, tmp_path):  # noqa: F811
+    train_loop(model(), dataset, LAYOUT, loop_config(), tmp_path / "plain", NullTracker())
+    m = model()
+    train_loop(
+        m, dataset, LAYOUT, loop_config(activation_checkpointing=True), tmp_path / "ckpt", NullTracker()
+    )
+    assert m.activation_checkpointing
+    np.testing.assert_allclose(losses(tmp_path / "ckpt"), losses(tmp_path / "plain"), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compile_gives_the_same_losses(dataset, tmp_path):  # noqa: F811
+    cfg = loop_config(total_tokens=SEQ * 8 * 4, checkpoint_every_tokens=0)
+    train_loop(model(), dataset, LAYOUT, cfg, tmp_path / "eager", NullTracker())
+    compiled = loop_config(total_tokens=SEQ * 8 * 4, checkpoint_every_tokens=0, compile=True)
+    train_loop(model(), dataset, LAYOUT, compiled, tmp_path / "compiled", NullTracker())
+    np.testing.assert_allclose(
+        losses(tmp_path / "compiled"), losses(tmp_path / "eager"), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_a_run_resumes_under_another_precision(dataset, tmp_path):  # noqa: F811
+    calls = {"n": 0}
+
+    def stop_at_6() -> bool:
+        calls["n"] += 1
+        return calls["n"] == 6
+
+    with pytest.raises(StopRequested):
+        train_loop(
+            model(),
+            dataset,
+            LAYOUT,
+            loop_config(precision="float32"),
+            tmp_path,
+            NullTracker(),
+            should_stop=stop_at_6,
+        )
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+    train_loop(model(), dataset, LAYOUT, loop_config(precision="bf16"), tmp_path, NullTracker())
+    logged = rows(tmp_path)
+    assert [r["step"] for r in logged] == list(range(1, 13))  # continued, no step twice
+    assert logged[-1]["loss"] < logged[0]["loss"] - 0.5
+
+
+def test_precision_and_speed_settings_are_in_no_stage_key():
+    base = {s.name: s.key for s in plan_stages(to_run_config(compose_config([])))}
+    other = to_run_config(
+        compose_config(["train.precision=bf16", "train.compile=true", "train.activation_checkpointing=true"])
+    )
+    assert {s.name: s.key for s in plan_stages(other)} == base
