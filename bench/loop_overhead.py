@@ -4,7 +4,10 @@ Same model (the demo's tiny open_lm), same batch size, same number of steps, one
 includes everything it adds: shard reads, the loss split, metric logging to a real MLflow SQLite store
 (through the background tracker), metrics.jsonl, progress writes and the final checkpoint.
 
-    python bench/loop_overhead.py [--steps 30] [--threads 2]
+    python bench/loop_overhead.py [--steps 30] [--threads 2] [--precision float32|bf16]
+
+With --precision bf16 both the bare step and the loop run forward and loss under bf16 autocast (the
+loop's train.precision=bf16); compare the two runs' bare step times for the bf16 / float32 ratio.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch.nn.functional as F
 from ablate.data.sequence import VocabLayout, layout_t2i
 from ablate.data.shards import ShardDataset, ShardWriter, read_batch
 from ablate.model.transformer import ModelArgs, Transformer
-from ablate.train.loop import LoopConfig, train_loop
+from ablate.train.loop import LoopConfig, precision_context, train_loop
 
 SEQ, MICRO, ACCUM = 288, 8, 1
 LAYOUT = VocabLayout(text_vocab_size=8192, codebook_size=256)  # the demo's vocabulary
@@ -42,25 +45,28 @@ def model() -> Transformer:
     return Transformer(ModelArgs(hidden_dim=128, n_layers=4, n_heads=4, seq_len=SEQ, vocab_size=LAYOUT.size))
 
 
-def bare(ds: ShardDataset, steps: int) -> float:
+def bare(ds: ShardDataset, steps: int, precision: str = "float32") -> float:
     """Seconds for `steps` plain steps on one fixed batch (no data loading, no logging)."""
     m = model()
+    autocast = precision_context(precision, torch.device("cpu"))
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     batch = read_batch(ds, np.arange(MICRO * ACCUM))
     x, y = batch[:, :-1], batch[:, 1:]
     t0 = time.perf_counter()
     for _ in range(steps):
-        logits = m(x)
-        F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=LAYOUT.pad
-        ).backward()
+        with autocast:
+            logits = m(x)
+            loss = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=LAYOUT.pad
+            )
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
     return time.perf_counter() - t0
 
 
-def full(ds: ShardDataset, steps: int, root: Path, uri: str | None) -> float:
+def full(ds: ShardDataset, steps: int, root: Path, uri: str | None, precision: str = "float32") -> float:
     """Seconds for `steps` steps of train_loop (setup excluded: the timer starts at its first step)."""
     from ablate import tracking
 
@@ -82,6 +88,7 @@ def full(ds: ShardDataset, steps: int, root: Path, uri: str | None) -> float:
         lr=1e-3,
         warmup_tokens=0,
         checkpoint_every_tokens=0,
+        precision=precision,
     )
     t0 = time.perf_counter()
     train_loop(model(), ds, LAYOUT, cfg, out, tracker)
@@ -95,20 +102,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=("float32", "bf16"), default="float32")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ds = make_data(root)
         uri = f"sqlite:///{root}/mlflow.db"
-        full(ds, 2, root, uri)  # warm-up: store creation, first allocations
-        bare(ds, 2)
+        p = args.precision
+        full(ds, 2, root, uri, p)  # warm-up: store creation, first allocations
+        bare(ds, 2, p)
         b, f = [], []
         for _ in range(args.repeats):  # interleaved, so drift in machine load hits both alike
-            b.append(bare(ds, args.steps))
-            f.append(full(ds, args.steps, root, uri))
+            b.append(bare(ds, args.steps, p))
+            f.append(full(ds, args.steps, root, uri, p))
         mb, mf = statistics.median(b), statistics.median(f)
-        print(f"steps={args.steps} batch={MICRO * ACCUM}x{SEQ} threads={args.threads}")
+        print(f"steps={args.steps} batch={MICRO * ACCUM}x{SEQ} threads={args.threads} precision={p}")
         print(f"bare step  {1000 * mb / args.steps:8.1f} ms   (runs: {', '.join(f'{x:.2f}s' for x in b)})")
         print(f"train_loop {1000 * mf / args.steps:8.1f} ms   (runs: {', '.join(f'{x:.2f}s' for x in f)})")
         print(f"overhead   {100 * (mf / mb - 1):+8.1f} %   (ratio {mf / mb:.3f})")
