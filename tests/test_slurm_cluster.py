@@ -206,8 +206,11 @@ def test_sbatch_refusal_quotes_slurm_and_submits_nothing(results, tmp_path):
 
 
 def test_cancelled_arm_alone_is_resubmitted(results, tiny, tmp_path):
+    # Training long enough (200 steps, ~10 s here) to be still running when scancel comes: with TINY's 6
+    # steps it could finish while `ablate launch` was still creating runs, and the cancel then hit nothing.
+    long = ["train.total_tokens=460800"]
     path = sweep_file(tmp_path, "slurmcancel", [2e-3, 3e-3])
-    launch(results, path)
+    launch(results, path, *long)
     ids = job_ids(results, "slurmcancel")
     victim = Manifest.load(results, "slurmcancel").data["arms"][1]["stages"]
     subprocess.run(["scancel", ids[victim["train"]]], check=True)
@@ -219,7 +222,7 @@ def test_cancelled_arm_alone_is_resubmitted(results, tiny, tmp_path):
     assert states[ids[other["evaluate"]]].state == "COMPLETED"
     status = ablate(results, "status", "slurmcancel")
     assert "cancelled" in status.stdout and "resubmits" in status.stdout, status.stdout
-    proc = launch(results, path)
+    proc = launch(results, path, *long)
     assert "2 job(s) in 2 array(s) submitted" in proc.stdout, proc.stdout
     after = job_ids(results, "slurmcancel")
     assert {n for n in after if after[n] != ids[n]} == {victim["train"], victim["evaluate"]}
@@ -269,9 +272,10 @@ def _log_count(folder: Path, job_id: str, needle: str) -> int:
 
 
 def test_a_timeout_requeues_and_resumes(results, tiny, tmp_path):
-    # A 1-minute limit with the signal 40 s before it: the job is told to stop after ~20 s, checkpoints,
-    # requeues itself and resumes, until the training is done.
-    long = ["train.total_tokens=460800", "cluster.timeout_min=1", "cluster.signal_delay_s=40"]
+    # A 1-minute limit with the signal 45 s before it: the job is told to stop after ~15 s, checkpoints,
+    # requeues itself and resumes, until the training is done. 400 steps take ~20 s of training here (and
+    # a few seconds to start), so at least one signal comes during training on a fast machine too.
+    long = ["train.total_tokens=921600", "cluster.timeout_min=1", "cluster.signal_delay_s=45"]
     path = sweep_file(tmp_path, "slurmtimeout", [1e-3], extra=", train.seed: 6")
     launch(results, path, *long)
     name = Manifest.load(results, "slurmtimeout").data["arms"][0]["stages"]["train"]
@@ -284,7 +288,7 @@ def test_a_timeout_requeues_and_resumes(results, tiny, tmp_path):
     )
     assert _log_count(folder, train_job, "timed-out") >= 1
     steps = [r["step"] for r in metric_rows(stage_dir(results, "slurmtimeout", 0, "train"))]
-    assert steps == list(range(1, 201))
+    assert steps == list(range(1, 401))
 
 
 def test_a_killed_job_is_reported_and_relaunch_restarts_it(results, tiny, tmp_path):
