@@ -175,6 +175,14 @@ class SkipCounter:
             self.skipped[r] += n
         self.seen += other.seen
 
+    @classmethod
+    def from_metrics(cls, metrics: dict[str, int]) -> SkipCounter:
+        """The counter `as_metrics` describes (e.g. read back from a unit's summary)."""
+        return cls(
+            skipped={r: int(metrics.get(f"skipped_{r}", 0)) for r in REASONS},
+            seen=int(metrics["samples_seen"]),
+        )
+
     def as_metrics(self) -> dict[str, int]:
         """{"skipped_<reason>": n for every reason, "samples_seen": n, "samples_kept": n}."""
         out = {f"skipped_{r}": n for r, n in self.skipped.items()}

@@ -96,21 +96,22 @@ def pretokenize(
                 result.skips.check(s.max_bad_fraction, raw.shard, raw.key, bad.reason)
                 continue
             result.skips.keep()
-            split = splits[split_of(raw.key, s.val_fraction, s.heldout_fraction)]
+            name = split_of(raw.key, s.val_fraction, s.heldout_fraction)
+            split = splits[name]
             ids = text_tok.encode(caption) if s.task == "t2i" else []
             result.caption_tokens += len(ids)
             result.captions_truncated += len(ids) > s.caption_tokens
             split.images.append(image)
             split.captions.append(ids[: s.caption_tokens])
             if len(split.images) >= ENCODE_BATCH:
-                _flush(split, image_tok, layout, s, result, name_of(splits, split))
+                _flush(split, image_tok, layout, s, result, name)
             now = time.monotonic()
             if now - last >= PROGRESS_EVERY_S:
                 last = now
                 on_progress({"images": result.skips.seen, "images_per_s": result.skips.seen / (now - start)})
-        for name, split in splits.items():
-            _flush(split, image_tok, layout, s, result, name)
-            split.writer.finish({**metadata, "split": name})
+        for split_name, split in splits.items():
+            _flush(split, image_tok, layout, s, result, split_name)
+            split.writer.finish({**metadata, "split": split_name})
     except BaseException:
         for split in splits.values():
             split.writer.abort()
@@ -119,10 +120,6 @@ def pretokenize(
         {"images": result.skips.seen, "images_per_s": result.skips.seen / max(time.monotonic() - start, 1e-9)}
     )
     return result
-
-
-def name_of(splits: dict[str, _Split], split: _Split) -> str:
-    return next(k for k, v in splits.items() if v is split)
 
 
 def _flush(

@@ -227,12 +227,7 @@ def _combine_units(ctx: StageContext) -> None:
         if not unit_dir.is_complete():
             raise DataError(f"unit {unit} of {ctx.out_dir} is not complete; relaunch to run it")
         summary = json.loads((unit_dir.path / UNIT_SUMMARY).read_text())
-        part = SkipCounter()
-        for key, n in summary["skips"].items():
-            if key.startswith("skipped_"):
-                part.skipped[key[len("skipped_") :]] = int(n)
-        part.seen = int(summary["skips"]["samples_seen"])
-        skips.merge(part)
+        skips.merge(SkipCounter.from_metrics(summary["skips"]))
         caption_tokens += int(summary["caption_tokens"])
         kept_t2i += sum(summary["sequences"].values())
         manifest[unit] = {
