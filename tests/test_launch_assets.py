@@ -1,0 +1,37 @@
+"""A launch whose arms need files that are missing stops before it creates or submits anything; a dry run
+of the same sweep plans, estimates and lists what is missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ablate.errors import AblateError
+from ablate.launch.launcher import launch
+
+PAPER_LIKE = [
+    "data=webdataset",
+    "data.path='/nowhere/{00000..00009}.tar'",
+    "tokenizer.image=diffusers",
+    "tokenizer.image_path=/nowhere/movq",
+    "model.checkpoint=/nowhere/epoch_1.pt",
+]
+
+
+def test_missing_assets_stop_the_launch_before_anything_is_written(tmp_path: Path) -> None:
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("name: assets\ngrid:\n  model.init: [pretrained, random]\n")
+    results = tmp_path / "results"
+    with pytest.raises(AblateError, match=r"data.path=.*names 10 shards but 10 do not exist"):
+        launch(sweep, PAPER_LIKE, results, echo=lambda line: None)
+    assert not (results / "mlflow.db").exists() and not (results / "sweeps").exists()
+
+    lines: list[str] = []
+    assert launch(sweep, PAPER_LIKE, results, dry_run=True, echo=lines.append) == 0
+    text = "\n".join(lines)
+    assert "prepare[0/10 units]" in text  # planned from the pattern alone
+    missing = [line for line in text.splitlines() if line.startswith("missing (a launch stops here)")]
+    assert len(missing) == 1 and "do not exist" in missing[0]  # both arms' problem, said once
+    assert "prepare: 10 units" in text and "GPU-h" in text
+    assert not (results / "mlflow.db").exists()
