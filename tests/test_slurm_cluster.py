@@ -272,10 +272,15 @@ def _log_count(folder: Path, job_id: str, needle: str) -> int:
 
 
 def test_a_timeout_requeues_and_resumes(results, tiny, tmp_path):
-    # A 1-minute limit with the signal 45 s before it: the job is told to stop after ~15 s, checkpoints,
-    # requeues itself and resumes, until the training is done. 400 steps take ~20 s of training here (and
-    # a few seconds to start), so at least one signal comes during training on a fast machine too.
-    long = ["train.total_tokens=921600", "cluster.timeout_min=1", "cluster.signal_delay_s=45"]
+    # A 1-minute limit with the signal 45 s before it: the job is told to stop after 15 s (SLURM's timer
+    # is coarse: here it came up to ~25 s in), checkpoints, requeues itself and resumes, until the training
+    # is done. 800 steps take ~40 s of training on a fast machine, so at least one signal comes during it.
+    long = [
+        "train.total_tokens=1843200",
+        "cluster.timeout_min=1",
+        "cluster.signal_delay_s=45",
+        "cluster.max_timeouts=20",
+    ]
     path = sweep_file(tmp_path, "slurmtimeout", [1e-3], extra=", train.seed: 6")
     launch(results, path, *long)
     name = Manifest.load(results, "slurmtimeout").data["arms"][0]["stages"]["train"]
@@ -288,7 +293,7 @@ def test_a_timeout_requeues_and_resumes(results, tiny, tmp_path):
     )
     assert _log_count(folder, train_job, "timed-out") >= 1
     steps = [r["step"] for r in metric_rows(stage_dir(results, "slurmtimeout", 0, "train"))]
-    assert steps == list(range(1, 401))
+    assert steps == list(range(1, 801))
 
 
 def test_a_killed_job_is_reported_and_relaunch_restarts_it(results, tiny, tmp_path):

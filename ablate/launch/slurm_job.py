@@ -68,7 +68,13 @@ class StageJob(submitit.helpers.Checkpointable):
         preemption = _Preemption(job.stage, env.global_rank)
         preemption.install()
         try:
-            return run_job(job, extra_stop=preemption)
+            result = run_job(job, extra_stop=preemption)
+            # Done: a time-limit signal from now on has nothing left to save (SLURM's timer is coarse, so
+            # it can come after the work). Ignored, it cannot kill the process while Python shuts down
+            # (which restores the default action), and SLURM then reports the job COMPLETED, not FAILED.
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(submitit.JobEnvironment._usr_sig(), signal.SIG_IGN)
+            return result
         except StopRequested:
             if preemption.signalled:
                 preemption.requeue()
