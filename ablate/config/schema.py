@@ -39,6 +39,7 @@ _TextTokenizer = Literal["bpe", "path"]
 _Trainable = Literal["all", "emb_out", "emb_out_norm", "emb_out_norm_half", "emb_out_norm_ffn"]
 _ClusterKind = Literal["debug", "local", "slurm"]
 _Precision = Literal["auto", "bf16", "float32"]
+_GradReduceDtype = Literal["float32", "bf16"]
 
 SCALES: tuple[str, ...] = get_args(_Scale)
 INITS: tuple[str, ...] = get_args(_Init)
@@ -54,6 +55,7 @@ TEXT_TOKENIZERS: tuple[str, ...] = get_args(_TextTokenizer)
 TRAINABLE_PRESETS: tuple[str, ...] = get_args(_Trainable)
 CLUSTER_KINDS: tuple[str, ...] = get_args(_ClusterKind)
 PRECISIONS: tuple[str, ...] = get_args(_Precision)
+GRAD_REDUCE_DTYPES: tuple[str, ...] = get_args(_GradReduceDtype)
 
 if TYPE_CHECKING:
     Scale: TypeAlias = _Scale
@@ -70,9 +72,10 @@ if TYPE_CHECKING:
     Trainable: TypeAlias = _Trainable
     ClusterKind: TypeAlias = _ClusterKind
     Precision: TypeAlias = _Precision
+    GradReduceDtype: TypeAlias = _GradReduceDtype
 else:
     Scale = Init = NewRowInit = ImageInit = Task = DataSource = Norm = FfnType = Positional = str
-    ImageTokenizer = TextTokenizer = Trainable = ClusterKind = Precision = str
+    ImageTokenizer = TextTokenizer = Trainable = ClusterKind = Precision = GradReduceDtype = str
 
 
 @dataclass
@@ -269,6 +272,10 @@ class TrainConfig:
     activation_checkpointing: bool = False
     """Recompute each block's activations during backward instead of keeping them: less memory for about a
     third more compute. Not in any key."""
+    grad_reduce_dtype: GradReduceDtype = "float32"
+    """Data parallel: the dtype gradients travel in when summed over ranks. bf16 halves the traffic at
+    the cost of rounding each rank's contribution to 8 mantissa bits; the sum lands back in float32
+    gradients either way. Not in any key."""
 
 
 @dataclass
@@ -416,7 +423,12 @@ class RunConfig:
 EXECUTION_SECTIONS = ("cluster", "tracking")
 # Fields that say how a stage computes, not what: no stage key hashes them, so changing one resumes the
 # same run (results agree to float tolerance; tests/test_precision.py measures how closely).
-UNKEYED_FIELDS = ("train.precision", "train.compile", "train.activation_checkpointing")
+UNKEYED_FIELDS = (
+    "train.precision",
+    "train.compile",
+    "train.activation_checkpointing",
+    "train.grad_reduce_dtype",
+)
 
 
 def register_configs() -> None:

@@ -176,6 +176,7 @@ def validate(cfg: RunConfig, arm: str | None = None) -> None:
     choice("tokenizer.text", tok.text, S.TEXT_TOKENIZERS)
     choice("train.trainable", tr.trainable, S.TRAINABLE_PRESETS)
     choice("train.precision", tr.precision, S.PRECISIONS)
+    choice("train.grad_reduce_dtype", tr.grad_reduce_dtype, S.GRAD_REDUCE_DTYPES)
     validate_cluster(cfg.cluster, arm=arm)
 
     for key, value in [

@@ -81,6 +81,7 @@ def loop_config(
         precision=cfg.train.precision,
         compile=cfg.train.compile,
         activation_checkpointing=cfg.train.activation_checkpointing,
+        grad_reduce_dtype=cfg.train.grad_reduce_dtype,
     )
 
 

@@ -13,7 +13,7 @@ the result is the token-weighted mean over the whole batch whatever the split be
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,7 +25,6 @@ from torch import nn
 from ablate.train.loss import LossParts
 
 DEFAULT_TIMEOUT_S = 1800.0  # a rank may wait this long for rank 0 to save a checkpoint or run its probe
-BUCKET_BYTES = 64 << 20  # gradients are all-reduced in flat buffers of about this size (fewer, larger calls)
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ def init_distributed(timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[DistEnv]:
         dist.destroy_process_group()
 
 
-def _device() -> torch.device:
+def collective_device() -> torch.device:
     """Where collective buffers live: NCCL needs them on this rank's GPU, gloo on the CPU."""
     return training_device() if dist.get_backend() == "nccl" else torch.device("cpu")
 
@@ -134,7 +133,7 @@ def any_rank(flag: bool) -> bool:
     """True on every rank if it is True on any (e.g. a stop request seen by one rank only)."""
     if not current().distributed:
         return bool(flag)
-    t = torch.tensor([int(bool(flag))], dtype=torch.int32, device=_device())
+    t = torch.tensor([int(bool(flag))], dtype=torch.int32, device=collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
@@ -143,7 +142,7 @@ def main_says(flag: bool) -> bool:
     """Rank 0's value of ``flag`` on every rank (e.g. whether the output is already complete)."""
     if not current().distributed:
         return bool(flag)
-    t = torch.tensor([int(bool(flag))], dtype=torch.int32, device=_device())
+    t = torch.tensor([int(bool(flag))], dtype=torch.int32, device=collective_device())
     dist.broadcast(t, src=0)
     return bool(t.item())
 
@@ -152,7 +151,7 @@ def global_sum(value: int) -> int:
     """The sum of an integer over ranks (e.g. the targets of the whole global batch)."""
     if not current().distributed:
         return int(value)
-    t = torch.tensor([int(value)], dtype=torch.int64, device=_device())
+    t = torch.tensor([int(value)], dtype=torch.int64, device=collective_device())
     dist.all_reduce(t)
     return int(t.item())
 
@@ -163,48 +162,10 @@ def broadcast_model(model: nn.Module) -> None:
         return
     with torch.no_grad():
         for t in model.state_dict().values():
-            buf = t if t.device == _device() else t.to(_device())
+            buf = t if t.device == collective_device() else t.to(collective_device())
             dist.broadcast(buf, src=0)
             if buf is not t:
                 t.copy_(buf)
-
-
-def sum_gradients(params: Iterable[nn.Parameter]) -> None:
-    """Sum ``.grad`` over ranks in place, in flat buckets of about BUCKET_BYTES (one call per bucket).
-
-    A SUM, not DDP's mean: each rank already scaled its loss by its share of the global targets. A
-    parameter without a gradient contributes zeros, so every rank reduces the same buffers.
-    """
-    if not current().distributed:
-        return
-    grads: list[torch.Tensor] = []
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        grads.append(p.grad)
-    bucket: list[torch.Tensor] = []
-    size = 0
-    for grad in grads:
-        if bucket and (grad.dtype != bucket[0].dtype or size + grad.nbytes > BUCKET_BYTES):
-            _reduce_bucket(bucket)
-            bucket, size = [], 0
-        bucket.append(grad)
-        size += grad.nbytes
-    if bucket:
-        _reduce_bucket(bucket)
-
-
-def _reduce_bucket(grads: list[torch.Tensor]) -> None:
-    flat = torch.cat([g.reshape(-1) for g in grads])  # (sum of numels,)
-    dev = flat.device
-    if dev != _device():
-        flat = flat.to(_device())
-    dist.all_reduce(flat)
-    offset = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[offset : offset + n].view_as(g).to(dev))
-        offset += n
 
 
 def reduce_loss_parts(parts: LossParts) -> LossParts:
@@ -223,7 +184,7 @@ def reduce_loss_parts(parts: LossParts) -> LossParts:
             parts.n_image.double(),
             parts.n_ignored.double(),
         ]
-    ).to(_device())  # (5,)
+    ).to(collective_device())  # (5,)
     dist.all_reduce(stats)
     text_sum, image_sum, n_text, n_image, n_ignored = stats.to(dev).unbind()
     dtype = parts.loss.dtype

@@ -7,8 +7,8 @@ optimizer, step, RNG and data position, so an interrupted run's curve equals an 
 
 Data parallel (inside ablate.train.distributed.init_distributed, WORLD_SIZE > 1): each step's global
 sample positions are dealt to the ranks (strided), each rank weights its loss by the *global* count of
-targets and the gradients are summed over ranks, so a step equals a one-process step over the same global
-batch. Only rank 0 logs, writes metrics.jsonl / progress.json and checkpoints; every rank resumes from the
+targets and the gradients are summed over ranks during the last micro-batch's backward
+(ablate.train.grad_sync), so a step equals a one-process step over the same global batch. Only rank 0 logs, writes metrics.jsonl / progress.json and checkpoints; every rank resumes from the
 same checkpoint, and a stop asked of any rank stops all of them after the same step.
 """
 
@@ -35,6 +35,7 @@ from ablate.rundir import RunDir
 from ablate.tracking import Tracker
 from ablate.train import distributed as dist
 from ablate.train.checkpoint import load_checkpoint, save_checkpoint
+from ablate.train.grad_sync import GradSync
 from ablate.train.loss import LossParts, shift_targets, split_loss
 from ablate.train.schedule import lr_at, plan_batch, tokens_to_steps, warmup_tokens_to_steps
 
@@ -60,6 +61,8 @@ class LoopConfig:
     """torch.compile the model for the training steps."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in backward."""
+    grad_reduce_dtype: str = "float32"
+    """Data parallel: float32 or bf16, the dtype gradients are summed over ranks in."""
     seed: int = 0
     progress_every_s: float = 2.0
 
@@ -169,6 +172,7 @@ def train_loop(
     # holds no rank-specific position and a resume may even change the world size.
     sampler = ShardSampler(len(dataset), seed=cfg.seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    grad_sync = GradSync(trainable, reduce_dtype=cfg.grad_reduce_dtype)
     info = {
         "total_steps": total_steps,
         "tokens_per_step": tokens_per_step,
@@ -205,18 +209,16 @@ def train_loop(
         # targets, so summing over micro-batches and ranks gives the mean over the whole global batch.
         n_used = max(1, dist.global_sum(int((targets != layout.pad).sum())))
         parts: list[LossParts] = []
-        for i in range(0, batch.shape[0], plan.micro_batch_size):
+        starts = range(0, batch.shape[0], plan.micro_batch_size)
+        for i in starts:
             x, y = inputs[i : i + plan.micro_batch_size], targets[i : i + plan.micro_batch_size]
             with autocast:
                 p = split_loss(forward(x), y, layout)  # logits (b, L-1, V), float32 even under autocast
+            if i == starts[-1]:  # this rank's last backward of the step reduces as its gradients appear
+                grad_sync.arm()
             (p.loss * ((p.n_text + p.n_image) / n_used)).backward()
             parts.append(p)
-        # One plain all-reduce of the accumulated gradients per step rather than a DDP wrapper: DDP would
-        # reduce during every micro-batch's backward (or need no_sync), averages where the token weighting
-        # needs a sum, and expects every rank to run the same number of backward passes, which an uneven
-        # split does not. What it would add, overlap of communication with backward, matters little with
-        # one reduction per step over few micro-batches.
-        dist.sum_gradients(trainable)
+        grad_sync.finish()  # every .grad is now the sum over ranks
         # The reduced gradients are identical on every rank, so the norm, the clipping and the step are too.
         grad_norm = torch.nn.utils.clip_grad_norm_(
             trainable, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
@@ -272,5 +274,7 @@ def train_loop(
                 },
             )
         if stop and step < total_steps:
+            grad_sync.close()
             raise StopRequested(f"stopped at step {step} after a checkpoint")
+    grad_sync.close()
     return last
