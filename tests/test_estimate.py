@@ -12,7 +12,6 @@ from ablate.config.validate import validate
 from ablate.errors import ConfigError
 from ablate.launch.estimate import (
     A100_BF16_PEAK_FLOPS,
-    ASSUMED_MFU,
     estimate_arm,
     estimate_table,
 )
@@ -114,7 +113,15 @@ def test_paper_arm_on_slurm_a100():
     assert e.gpu_hours == pytest.approx(by_hand, rel=0.01)
     assert 1_500 < e.gpu_hours < 2_500
     assert e.wall_hours == pytest.approx(e.gpu_hours / 64) and 25 < e.wall_hours < 40
-    assert (e.mfu, e.peak_flops) == (ASSUMED_MFU, A100_BF16_PEAK_FLOPS) == (0.40, 312e12)
+    assert (e.mfu, e.peak_flops) == (0.40, A100_BF16_PEAK_FLOPS) == (0.40, 312e12)
+
+
+def test_the_estimate_takes_its_mfu_from_the_config():
+    base = estimate_arm(config(*PAPER))
+    half = estimate_arm(config(*PAPER, "cluster.mfu=0.2"))
+    assert half.mfu == 0.2 and half.gpu_hours == pytest.approx(2 * base.gpu_hours)
+    with pytest.raises(ConfigError, match="cluster.mfu"):
+        config(*PAPER, "cluster.mfu=40")
 
 
 def test_paper_scale_default_micro_7_gives_the_same_batch():

@@ -372,6 +372,11 @@ class ClusterConfig:
     max_timeouts: int = 5
     """slurm: how many times a job that hits its time limit is requeued from its checkpoint before it is
     left failed (preemptions do not count)."""
+    # Not yet measured on a GPU by ablate (bench/gpu_throughput.py; no GPU was available when it was
+    # written). open_lm reports 28-34% for its 1B model on A100s; 0.40 assumes fused attention and bf16.
+    mfu: float = 0.40
+    """The dry run's GPU-hour estimate: model FLOPs utilisation of the A100's bf16 dense peak (0 < mfu <= 1).
+    Replace it with what bench/gpu_throughput.py measures on your GPUs."""
     additional_parameters: dict[str, str] = field(default_factory=dict)
     """slurm: further sbatch options, name (without --) -> value (strings), e.g.
     `+cluster.additional_parameters.mail-type=END` or `++cluster.additional_parameters={exclusive:user}`

@@ -117,6 +117,8 @@ def validate_cluster(c: S.ClusterConfig, arm: str | None = None) -> None:
             "null (the partition's default) or an integer >= 0 (0: all of a node)",
             arm=arm,
         )
+    if not 0 < c.mfu <= 1:
+        raise ConfigError("cluster.mfu", c.mfu, "a fraction in (0, 1] (e.g. 0.40 for 40% MFU)", arm=arm)
     if not c.poll_s > 0:
         raise ConfigError("cluster.poll_s", c.poll_s, "a number > 0", arm=arm)
     if c.gpus_per_node and c.tasks_per_node != c.gpus_per_node:

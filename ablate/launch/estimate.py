@@ -25,9 +25,6 @@ from ablate.train.schedule import closest_micro_batch_size, plan_batch, tokens_t
 
 # NVIDIA A100 (SXM, 40 or 80 GB) dense BF16 tensor-core peak, without 2:4 sparsity: 312 TFLOP/s per GPU.
 A100_BF16_PEAK_FLOPS = 312e12
-# Assumed model FLOPs utilisation (achieved model FLOPs / peak). ~0.4 is typical of a well-tuned 1B-scale
-# data-parallel run on A100s (bf16, fused attention); the real value is measured by the run (tokens_per_s).
-ASSUMED_MFU = 0.40
 # Pretokenization (the prepare stage's units on real data): MoVQGAN-270M's encoder (channels 256, 512,
 # 512, 1024, 2 layers per block, attention at the 32x32 level: 270.7M parameters as a diffusers VQModel)
 # costs 891 GFLOP per 256x256 image, counted with torch's FlopCounterMode on the architecture
@@ -88,10 +85,9 @@ class ArmEstimate:
         return self.tokens_per_step / self.requested_tokens_per_step - 1.0
 
 
-def estimate_arm(
-    cfg: RunConfig, mfu: float = ASSUMED_MFU, peak_flops: float = A100_BF16_PEAK_FLOPS
-) -> ArmEstimate:
-    """Estimate the `train` stage of one arm from its (validated) config; pure arithmetic."""
+def estimate_arm(cfg: RunConfig, peak_flops: float = A100_BF16_PEAK_FLOPS) -> ArmEstimate:
+    """Estimate the `train` stage of one arm from its (validated) config (MFU: cluster.mfu); pure arithmetic."""
+    mfu = cfg.cluster.mfu
     c, tr, seq_len = cfg.cluster, cfg.train, cfg.data.seq_len
     world, gpus = c.training_world_size(), c.job_gpus()
     plan = plan_batch(tr.batch_tokens, seq_len, tr.micro_batch_size, world)
@@ -238,7 +234,8 @@ def estimate_table(rows: list[tuple[str, RunConfig]]) -> str:
         lines.append(f"note: {who}: {text}")
     if mfu is not None and peak is not None:
         lines.append(
-            f"assumed: MFU {mfu:.2f} of the A100 bf16 dense peak {peak / 1e12:.0f} TFLOP/s per GPU; "
+            f"assumed: MFU {mfu:.2f} (cluster.mfu; bench/gpu_throughput.py measures it) of the A100 bf16 "
+            f"dense peak {peak / 1e12:.0f} TFLOP/s per GPU; "
             "GPU-h = FLOP/token x tokens / (peak x MFU); wall-h = GPU-h / GPUs of the job "
             "(total wall-h: jobs one after another)"
         )
