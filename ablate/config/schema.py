@@ -265,7 +265,8 @@ class TrainConfig:
     """Seed of initialisation, data order and dropout-free sampling."""
     precision: Precision = "auto"
     """auto: bf16 on CUDA, float32 on CPU; bf16: forward and loss under bf16 autocast, with float32 weights,
-    gradients and optimizer state; float32: no autocast. Also the pretrain stage's. Not in any key
+    gradients and optimizer state; float32: no autocast. Also the pretrain stage's, and sampling's in
+    evaluate. Not in any key
     (UNKEYED_FIELDS): the checkpoint holds float32 state either way, so a run resumes under another one."""
     compile: bool = False
     """torch.compile the model for training (the first steps are slower while it compiles). Not in any key."""
@@ -307,7 +308,11 @@ class EvaluateConfig:
     """Prompts completed greedily by the text-ability probe (Table 1); set per scale (conf/scale/*.yaml:
     the demo's are in the demo corpus's register, the paper's are its two Table 1 prompts)."""
     n_samples: int = 64
-    """Images sampled per split (seen and held-out attribute combinations; unconditional: one set)."""
+    """Images sampled per split (seen and held-out attribute combinations; unconditional: one set; real
+    data: the first n usable samples of data.eval_path, e.g. 30,000 MS-COCO captions at paper scale)."""
+    slice_size: int = 1000
+    """Prompts per task of the evaluate array: more prompts than this are sampled as ceil(n / slice_size)
+    units (one GPU task each on SLURM), each resumable alone; at most this many: one job."""
     temperature: float = 1.0
     """Sampling temperature (> 0)."""
     top_k: int = 0
@@ -319,7 +324,9 @@ class EvaluateConfig:
     grid_images: int = 16
     """Images shown in the sample grid (Figure 5)."""
     fid_weights: str | None = None
-    """A TorchScript feature extractor (e.g. Inception) for FID on real data; unused by synthetic data."""
+    """FID on real data (data.eval_path): torch-fidelity's InceptionV3 weights file,
+    weights-inception-2015-12-05-6726825d.pth (the TF-Inception port published FIDs use; needs the `fid`
+    extra). Unset: no FID. Unused by synthetic data."""
     seed: int = 0
     """Seed of sampling."""
 
