@@ -3,8 +3,12 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# FID's extra (torch-fidelity) needs torchvision, which installs here only beside torch 2.14.1: its tests
+# run in a second venv (see test-fid).
+FID_VENV ?= .venv-fid
+FID_BIN := $(FID_VENV)/bin
 
-.PHONY: setup demo test test-fast lint typecheck check clean-results
+.PHONY: setup setup-fid demo test test-fid test-fast lint typecheck check clean-results
 
 $(BIN)/ablate: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,15 +20,28 @@ $(BIN)/ablate: pyproject.toml
 
 setup: $(BIN)/ablate
 
+$(FID_BIN)/ablate: pyproject.toml
+	$(PY) -m venv $(FID_VENV)
+	$(FID_BIN)/pip install -q --upgrade pip
+	$(FID_BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(FID_BIN)/pip install -q -e '.[dev,fid]'
+	touch $(FID_BIN)/ablate
+
+setup-fid: $(FID_BIN)/ablate
+
 demo: setup
 	$(BIN)/ablate launch sweeps/demo.yaml
 	$(BIN)/ablate plot --sweep demo
 
-test: lint typecheck
-	$(BIN)/python -m pytest -q
+# Every test: those of the fid extra (marker fid) in the FID venv, all others in the main one.
+test: lint typecheck test-fid
+	$(BIN)/python -m pytest -q -m "not fid"
+
+test-fid: setup-fid
+	$(FID_BIN)/python -m pytest -q -m fid
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not fid"
 
 lint: setup
 	$(BIN)/ruff check ablate analysis tests bench
