@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ablate.config import schema as S
+from ablate.config.sbatch import check_cluster_sbatch
 from ablate.config.schema import RunConfig
 from ablate.data.sequence import min_seq_len
 from ablate.errors import ConfigError
@@ -69,26 +70,6 @@ def validate_config_json(m: S.ModelConfig, arm: str | None = None) -> None:
         )
 
 
-# sbatch options that ClusterConfig sets itself (or submitit does): not allowed in additional_parameters.
-SBATCH_OWNED = {
-    "partition": "cluster.partition",
-    "time": "cluster.timeout_min",
-    "nodes": "cluster.nodes",
-    "ntasks-per-node": "cluster.tasks_per_node",
-    "cpus-per-task": "cluster.cpus_per_task",
-    "gpus-per-node": "cluster.gpus_per_node",
-    "mem": "cluster.mem_gb",
-    "signal": "cluster.signal_delay_s",
-    "account": "cluster.account",
-    "qos": "cluster.qos",
-    "constraint": "cluster.constraint",
-    "array": "cluster.array_parallelism",
-    "job-name": None,  # the launcher names jobs, submitit places their logs
-    "output": None,
-    "error": None,
-}
-
-
 def validate_cluster(c: S.ClusterConfig, arm: str | None = None) -> None:
     """Raise ConfigError for the first invalid cluster setting (kind, counts, limits, extra sbatch options)."""
     if c.kind not in S.CLUSTER_KINDS:
@@ -136,20 +117,7 @@ def validate_cluster(c: S.ClusterConfig, arm: str | None = None) -> None:
             f"< the time limit (cluster.timeout_min={c.timeout_min} minutes = {60 * c.timeout_min} s)",
             arm=arm,
         )
-    for name in c.additional_parameters:
-        flag = str(name).lstrip("-").replace("_", "-")
-        if not flag:
-            raise ConfigError(
-                "cluster.additional_parameters", name, "a non-empty sbatch option name", arm=arm
-            )
-        if flag in SBATCH_OWNED:
-            raise ConfigError(
-                f"cluster.additional_parameters.{name}",
-                c.additional_parameters[name],
-                f"an sbatch option other than {sorted(SBATCH_OWNED)}",
-                arm=arm,
-                hint=f"set {SBATCH_OWNED[flag]} instead" if SBATCH_OWNED[flag] else "the launcher sets it",
-            )
+    check_cluster_sbatch(c, arm=arm)
 
 
 def validate(cfg: RunConfig, arm: str | None = None) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 import submitit
 
+from ablate.config.sbatch import check_cluster_sbatch, check_text
 from ablate.config.schema import ClusterConfig
 from ablate.errors import LaunchError
 from ablate.launch.graph import Graph, Node
@@ -110,6 +112,16 @@ def job_parameters(cluster: ClusterConfig, stage: str, job_name: str, units: boo
     return params
 
 
+def check_script_values(cluster: ClusterConfig, folder: Path, sweep_name: str) -> None:
+    """ConfigError for a value that would break a line of the sbatch script: the cluster's own (validate
+    checks those per arm), the sweep name (job names), the jobs folder and the python path (log paths and
+    the command line)."""
+    check_cluster_sbatch(cluster)
+    check_text("sweep name", sweep_name, what="it names the SLURM jobs")
+    check_text("results folder", str(folder), what="the job logs are written under it")
+    check_text("python", sys.executable, what="the jobs run it")
+
+
 def make_executor(cluster: ClusterConfig, folder: Path) -> submitit.SlurmExecutor:
     """A SlurmExecutor writing job files under folder/<job id>/."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -120,6 +132,7 @@ def render_sbatch(
     cluster: ClusterConfig, stage: str, folder: Path, *, array: int = 1, dependency: str = ""
 ) -> str:
     """The sbatch script submitit would submit for `stage` (for review and the golden-file test)."""
+    check_script_values(cluster, folder, f"ablate-{stage}")
     executor = make_executor(cluster, folder)
     params = job_parameters(cluster, stage, f"ablate-{stage}")
     if dependency:
@@ -151,8 +164,10 @@ def submit_graph(
     """Submit every node that is neither done nor active (name -> job id), one array per stage.
 
     `on_submitted` runs after each successful sbatch (the manifest records it there), so an sbatch that
-    fails leaves a manifest holding exactly what was submitted. Raises LaunchError quoting SLURM.
+    fails leaves a manifest holding exactly what was submitted. Raises LaunchError quoting SLURM, or
+    ConfigError (before any sbatch) for a value that would break a line of the script.
     """
+    check_script_values(cluster, folder, sweep_name)
     executor = make_executor(cluster, folder)
     limit = max_array_size(cluster)
     # What a node waits for: a job of an earlier launch by its own id (its array may hold failures), a job
