@@ -1,8 +1,11 @@
-"""`ablate resend DIR`: send a run directory's metrics.jsonl to a tracking store, without the original server.
+"""`ablate resend DIR`: send a run directory's metrics.jsonl and artifacts to a tracking store, without the
+original server.
 
-Every stage directory records its metrics as they were logged, its resolved config and its provenance, so
-a run whose tracking store was down, lost or elsewhere can be (re)built from disk. Steps the target run
-already has are skipped (the tracker drops them), so resending twice adds nothing.
+Every stage directory records its metrics as they were logged, the files it logged as artifacts, its
+resolved config and its provenance, so a run whose tracking store was down, lost or elsewhere can be
+(re)built from disk. Each (key, step) the target run already has is skipped (the tracker compares every
+one, not only the highest step), so resending fills any gap and resending twice adds nothing; artifacts
+are logged again under the same names (an artifact store overwrites them).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from ablate.rundir import RunDir
 
 
 def resend(run_dir: Path, uri: str) -> tuple[str, int]:
-    """Send run_dir's params, tags and metrics to `uri`; returns (run id, rows sent)."""
+    """Send run_dir's params, tags, metrics and artifacts to `uri`; returns (run id, metric rows sent:
+    those holding a (key, step) the run lacked)."""
     from ablate import tracking
 
     rd = RunDir(run_dir)
@@ -25,7 +29,6 @@ def resend(run_dir: Path, uri: str) -> tuple[str, int]:
         raise AblateError(
             f"{rd.path} is not a stage directory (no {rd.provenance.name}); give results/cache/<stage>/<key>/"
         )
-    rows = rd.metrics_log().rows()
     config = rd.read_config()
     sweep = prov.get("sweep") or "resent"
     run_id = prov.get("mlflow_run_id")
@@ -61,9 +64,10 @@ def resend(run_dir: Path, uri: str) -> tuple[str, int]:
         )
     if run_id is None:  # get_or_create_stage_run creates the run unless told not to
         raise AblateError(f"no MLflow run for {rd.path} in {tracking.describe_store(uri)}")
-    tracker = tracking.MLflowTracker(uri, run_id)
-    for row in rows:
-        step = int(row.pop("step"))
-        tracker.log_metrics({k: float(v) for k, v in row.items()}, step)
+    # Given the directory, the tracker sends the metrics.jsonl rows the run lacks before anything else.
+    tracker = tracking.MLflowTracker(uri, run_id, run_dir=rd.path, mark_running=False)
+    for path, artifact_path in rd.recorded_artifacts():
+        if path.exists():
+            tracker.log_artifact(path, artifact_path)
     tracker.close("FINISHED" if rd.is_complete() else "KILLED")
-    return run_id, len(rows)
+    return run_id, tracker.backfilled_rows

@@ -6,6 +6,8 @@ Layout of results/cache/<stage>/<key>/ (the names are defined here only; ``RunDi
     status.json          state (running | failed | done), pid, host, error tail
     progress.json        step, tokens done/total, last loss, tokens/s (updated during training)
     metrics.jsonl        every metric row as it was logged (re-sendable to MLflow without the server)
+    artifacts.json       the files logged to MLflow as artifacts (re-sendable by `ablate resend`)
+    .lock                held (flock) by the job running the stage, so no two run it at once
     checkpoints/last.pt  the training state a resumed stage starts from
     units/<unit>/        a stage split into units of work (one job each): each unit's own run directory
     _COMPLETE.json       completion marker, written last (see ablate.cache)
@@ -31,6 +33,8 @@ PROVENANCE = "provenance.json"
 STATUS = "status.json"
 PROGRESS = "progress.json"
 METRICS = "metrics.jsonl"
+ARTIFACTS = "artifacts.json"
+LOCK = ".lock"
 MARKER = "_COMPLETE.json"
 CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
@@ -116,6 +120,16 @@ class RunDir:
         """checkpoints/: training state for resuming."""
         return self.path / CHECKPOINTS
 
+    @property
+    def artifacts(self) -> Path:
+        """artifacts.json: file (relative to this directory where inside it) -> MLflow artifact path."""
+        return self.path / ARTIFACTS
+
+    @property
+    def lock(self) -> Path:
+        """.lock: the file the job running this stage holds an exclusive flock on."""
+        return self.path / LOCK
+
     def unit(self, name: str) -> RunDir:
         """The run directory of one unit of work (units/<name>/), with its own files and marker."""
         return RunDir(self.path / UNITS / name)
@@ -168,6 +182,23 @@ class RunDir:
         """The last recorded progress, or {}."""
         return read_json(self.progress, {}) or {}
 
+    def record_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        """Note that `path` was logged as an artifact (under `artifact_path`), for `ablate resend`."""
+        file = Path(path).resolve()
+        try:
+            name = str(file.relative_to(self.path.resolve()))
+        except ValueError:  # outside the directory: kept absolute
+            name = str(file)
+        known = read_json(self.artifacts, {}) or {}
+        if name in known and known[name] == (artifact_path or ""):
+            return  # logged again (a probe file rewritten at every evaluation): nothing new to record
+        atomic_write_json(self.artifacts, {**known, name: artifact_path or ""})
+
+    def recorded_artifacts(self) -> list[tuple[Path, str | None]]:
+        """The files recorded as logged artifacts, with their artifact paths (None: the run's root)."""
+        known = read_json(self.artifacts, {}) or {}
+        return [(self.path / name, where or None) for name, where in known.items()]
+
     def metrics_log(self) -> MetricsLog:
         """The directory's metrics.jsonl as a MetricsLog."""
         return MetricsLog(self.metrics)
@@ -183,27 +214,47 @@ class RunDir:
 
 
 class MetricsLog:
-    """Append-only metrics.jsonl: one JSON row per logged step, truncated to the resume step on restart."""
+    """Append-only metrics.jsonl: one JSON row per step, the first one logged for it.
+
+    A resumed stage re-executes the steps after its last checkpoint; their rows from before the crash
+    stay and the re-executed ones are not appended, because the tracking store (MLflowTracker) keeps the
+    first value delivered for a (key, step) too, and some of them may have been delivered before the
+    crash: so the file and the store agree whenever the process died (timings such as tokens_per_s are
+    never re-computed identically).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._steps: set[int] | None = None  # the steps the file holds, read at the first append
 
     def truncate_after(self, step: int) -> None:
-        """Drop rows with step > `step` (they will be recomputed identically after a resume)."""
+        """Prepare a resume after `step`: cut a row torn by a crash; rows after `step` stay (see class)."""
         if not self.path.exists():
             return
-        kept = [
-            line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step
-        ]
-        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        with self.path.open("rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)  # a row a SIGKILL cut short: its step will be re-logged
+        self._steps = None
 
     def append(self, step: int, metrics: dict[str, float]) -> None:
-        """Add one row (a plain append, not an atomic rewrite: the file grows with every step)."""
+        """Add one row unless the file has the step (a plain append, not an atomic rewrite)."""
+        if self._steps is None:
+            self._steps = {int(r["step"]) for r in self.rows()}
+        if step in self._steps:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._steps.add(step)
 
     def rows(self) -> list[dict[str, Any]]:
-        """Every row, in the order logged."""
+        """Every complete row, in the order logged (a last row torn by a crash is not one)."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+        rows = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a torn row (SIGKILL mid-write); appended rows are whole lines
+                continue
+        return rows

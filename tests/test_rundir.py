@@ -51,4 +51,22 @@ def test_metrics_log(tmp_path):
     for step in (1, 2, 3):
         log.append(step, {"loss": float(step)})
     log.truncate_after(2)
+    # A resume re-executes step 3: its first row stays (the tracking store keeps the first value too).
+    assert log.rows() == [{"step": i, "loss": float(i)} for i in (1, 2, 3)]
+    log.append(3, {"loss": -3.0})
+    resumed = RunDir(tmp_path).metrics_log()  # a new process: reads which steps the file has
+    resumed.append(3, {"loss": -3.0})
+    resumed.append(4, {"loss": 4.0})
+    assert log.rows() == [{"step": i, "loss": float(i)} for i in (1, 2, 3, 4)]
+
+
+def test_metrics_log_drops_a_row_torn_by_a_crash(tmp_path):
+    log = RunDir(tmp_path).metrics_log()
+    log.append(1, {"loss": 1.0})
+    with log.path.open("a") as f:
+        f.write('{"step": 2, "lo')  # SIGKILL mid-write
+    assert log.rows() == [{"step": 1, "loss": 1.0}]
+    log.truncate_after(1)  # the resume cuts the torn row, so the next one starts on its own line
+    log.append(2, {"loss": 2.0})
+    assert log.path.read_text().splitlines()[-1] == '{"step": 2, "loss": 2.0}'
     assert log.rows() == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 2.0}]

@@ -149,6 +149,34 @@ def test_resumed_tracker_skips_steps_already_logged(store: SimpleNamespace) -> N
     assert hist[99] == 99.0 and hist[100] == -1.0  # the first logging of a step is the one kept
 
 
+def test_a_gap_below_the_highest_step_is_filled_from_metrics_jsonl(
+    store: SimpleNamespace, tmp_path: Path
+) -> None:
+    # A crash delivered steps 1-3 and 7-20 but not 4-6 (they were on disk only): a tracker given the
+    # directory sends exactly the missing (key, step) values, whatever the highest step in the store.
+    from ablate.rundir import RunDir
+
+    run_id = stage_run(store)
+    log = RunDir(tmp_path).metrics_log()
+    for step in range(1, 21):
+        log.append(step, {"loss": step + 0.25, "lr": 1e-3})
+    crashed = tracking.MLflowTracker(store.uri, run_id, flush_interval_s=0.05)
+    for step in [*range(1, 4), *range(7, 21)]:
+        crashed.log_metrics({"loss": step + 0.25, "lr": 1e-3}, step)
+    crashed.log_metrics({"lr": 1e-3}, 5)  # one key of a row delivered, the other not
+    crashed.close("KILLED", timeout=30)
+    resumed = tracking.MLflowTracker(store.uri, run_id, flush_interval_s=0.05, run_dir=tmp_path)
+    resumed.log_metrics({"loss": -1.0, "lr": -1.0}, 20)  # a re-executed step: the first value stays
+    resumed.close(timeout=30)
+    assert resumed.backfilled_rows == 3  # steps 4-6 (of step 5, only the loss was missing)
+    assert resumed.dropped_steps == 1 + 2  # step 5's lr, and step 20 logged again
+    hist = tracking.fetch_histories(store.uri, [run_id], ["loss", "lr"])
+    got = sorted(zip(hist.key, hist.step, hist.value, strict=True))
+    assert got == sorted(
+        [("loss", s, s + 0.25) for s in range(1, 21)] + [("lr", s, 1e-3) for s in range(1, 21)]
+    )
+
+
 def test_unreachable_server_never_blocks_or_raises() -> None:
     uri = f"http://127.0.0.1:{closed_port()}"
     t0 = time.perf_counter()

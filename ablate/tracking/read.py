@@ -235,3 +235,46 @@ def latest_metrics(uri: str, run_ids: Iterable[str]) -> dict[str, dict[str, Any]
                 "total_tokens": int(total) if total else None,
             }
     return out
+
+
+def logged_steps(uri: str, run_id: str) -> dict[str, set[int]]:
+    """The steps the store holds for each metric key of a run (key -> steps), for exactly-once delivery.
+
+    One SQL query on SQL stores (a run's rows, not a Metric entity per point); the client's per-key
+    history elsewhere (an mlflow server over HTTP) or when MLflow's schema is not the one read here.
+    """
+    out: dict[str, set[int]] = {}
+    if _store_missing(uri):
+        return out
+    sql = uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql")
+    if sql:
+        try:
+            for key, step in _sql_steps(uri, run_id):
+                out.setdefault(key, set()).add(int(step))
+            return out
+        except Exception as exc:  # MLflow's schema is internal: fall back rather than fail
+            log.warning("direct SQL read of %s failed (%s); using the MLflow client", redact_uri(uri), exc)
+            out.clear()
+    client = _client(uri)
+    for key in client.get_run(run_id).data.metrics:
+        out[key] = {int(m.step) for m in client.get_metric_history(run_id, key)}
+    return out
+
+
+def _sql_steps(uri: str, run_id: str) -> list[tuple[str, int]]:
+    path = _sqlite_path(uri)
+    if path is not None:
+        import sqlite3
+
+        with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30) as conn:
+            return conn.execute("SELECT key, step FROM metrics WHERE run_uuid = ?", (run_id,)).fetchall()
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        key_col = engine.dialect.identifier_preparer.quote("key")  # a reserved word in MySQL
+        with engine.connect() as conn:
+            query = sqlalchemy.text(f"SELECT {key_col}, step FROM metrics WHERE run_uuid = :r")
+            return [(k, int(s)) for k, s in conn.execute(query, {"r": run_id})]
+    finally:
+        engine.dispose()

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from ablate.errors import AblateError
 from ablate.rundir import METRICS, RunDir
+from ablate.tracking.read import logged_steps
 from ablate.tracking.store import (
     MAX_METRICS_PER_BATCH,
     TERMINAL_STATUSES,
@@ -81,9 +82,13 @@ class MLflowTracker:
     """Logs to an existing MLflow run from a background thread; the caller never waits on the store.
 
     Items are queued and sent in order by one daemon thread, metrics in `log_batch` calls of <= 1000.
-    Before sending anything the thread reads the run: the last logged step of every metric key (a resumed
-    run re-executes the steps after its last checkpoint; those are dropped, so MLflow holds each step once)
-    and the params already logged. Metric steps must increase per key: a step <= the last one is dropped.
+    Before sending anything the thread reads the run: every (key, step) it holds and the params already
+    logged. Each (key, step) is delivered once: one the store or this tracker already has is dropped (a
+    resumed run re-executes the steps after its last checkpoint), so the first value logged for a step is
+    the one kept, as metrics.jsonl keeps it. With `run_dir`, the rows of its metrics.jsonl that the store
+    lacks (logged before a crash, never delivered) are sent first, so a resumed job or `ablate resend`
+    leaves the run equal to metrics.jsonl whenever the process died; and every artifact logged is recorded
+    in the directory (RunDir.artifacts) for `ablate resend` to log again.
     A failed send (store down, SQLite locked) is retried with exponential backoff; a permanent error
     (deleted run, invalid value) drops that batch with a warning. Nothing raises into the caller but the
     constructor when the run does not exist, and log_metrics given a value float() cannot convert.
@@ -109,17 +114,19 @@ class MLflowTracker:
     ) -> None:
         """Start the sending thread; waits up to `init_wait_s` to read the run (a store that does not
         answer by then is retried in the background). `close_timeout_s` is close()'s default wait;
-        `run_dir` is the stage directory whose metrics.jsonl close()'s warning points at."""
+        `run_dir` is the stage directory whose metrics.jsonl is sent where the store lacks it, and whose
+        artifacts record log_artifact keeps."""
         self.uri, self.run_id, self.flush_interval_s = uri, run_id, flush_interval_s
         self.max_backoff_s, self.mark_running = max_backoff_s, mark_running
         self.close_timeout_s, self.run_dir = close_timeout_s, (Path(run_dir) if run_dir else None)
-        self.dropped_steps = 0  # metric values dropped as already logged (resume) or out of order
+        self.dropped_steps = 0  # metric values dropped: the store or this tracker had their (key, step)
+        self.backfilled_rows = 0  # metrics.jsonl rows with a value the store lacked, sent at start
         self._cond = threading.Condition()
         self._incoming: deque[tuple] = deque()  # what callers queued; guarded by _cond
         self._pending: deque[tuple] = deque()  # ops built from it, not yet delivered; guarded by _cond
         self._kick = self._stop = self._closed = self._dead = False
         self._client: Any = None
-        self._last_step: dict[str, int] = {}
+        self._logged: dict[str, set[int]] = {}  # (key, step) delivered or queued; read from the store first
         self._params: dict[str, str] = {}
         self._failing_since: float | None = None
         self._last_error: BaseException | None = None
@@ -154,6 +161,8 @@ class MLflowTracker:
         self._put(("metrics", int(step), values, int(time.time() * 1000)))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.run_dir is not None:  # recorded before it is queued: `ablate resend` logs it again
+            RunDir(self.run_dir).record_artifact(path, artifact_path)
         self._put(("artifact", str(Path(path).resolve()), artifact_path))
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -203,11 +212,11 @@ class MLflowTracker:
         log.warning(
             "MLflow run %s: %d queued items (%d metric values%s) not delivered to %s %s (last error: %s). "
             "They are not lost: %s holds every logged step. Once the store answers, re-send "
-            "them with `ablate resend %s --tracking-uri %s` (steps already in the run are skipped)%s.",
+            "them with `ablate resend %s --tracking-uri %s` (steps already in the run are skipped; the "
+            "artifacts recorded in %s are logged again).",
             self.run_id, len(items), values, f", {len(artifacts)} artifacts" if artifacts else "",
             redact_uri(self.uri), when, self._last_error or "none yet, the client is still retrying its call",
-            run_dir.metrics, run_dir.path, redact_uri(self.uri),
-            f"; artifacts are not re-sent, log them again: {', '.join(artifacts)}" if artifacts else "",
+            run_dir.metrics, run_dir.path, redact_uri(self.uri), run_dir.artifacts.name,
         )  # fmt: skip
 
     def _at_exit(self) -> None:
@@ -243,16 +252,34 @@ class MLflowTracker:
         if _store_missing(self.uri):  # opening it would create an empty store: wait for the real one
             raise FileNotFoundError(f"SQLite store {_sqlite_path(self.uri)} does not exist")
         client = _client(self.uri)
-        run = client.get_run(self.run_id)
-        # The run's latest metrics carry the largest logged step per key (MLflow keeps the max step there).
-        latest = getattr(run.data, "_metric_objs", None)
-        if latest is None:
-            latest = [client.get_metric_history(self.run_id, k)[-1] for k in run.data.metrics]
-        self._last_step = {m.key: int(m.step) for m in latest}
+        run = client.get_run(self.run_id)  # first: a wrong run id fails here, before the reads below
+        logged = logged_steps(self.uri, self.run_id)
         self._params = dict(run.data.params)
         if self.mark_running and run.info.status != "RUNNING":
             client.update_run(self.run_id, status="RUNNING")
+        self._logged = logged  # only this thread reads or changes it
+        backlog = self._backlog(logged)
+        with self._cond:  # ahead of what the caller queued meanwhile: the file's value of a step is kept
+            self._incoming.extendleft(reversed(backlog))
         self._client = client
+
+    def _backlog(self, logged: dict[str, set[int]]) -> list[tuple]:
+        """Queue items for the rows of run_dir's metrics.jsonl holding a (key, step) the store lacks."""
+        if self.run_dir is None:
+            return []
+        ts = int(time.time() * 1000)
+        items = []
+        for row in RunDir(self.run_dir).metrics_log().rows():
+            step = int(row.pop("step"))
+            if any(step not in logged.get(k, ()) for k in row):
+                items.append(("metrics", step, {k: float(v) for k, v in row.items()}, ts))
+        self.backfilled_rows = len(items)
+        if items:
+            log.warning(
+                "MLflow run %s: %d rows of %s were never delivered (a crash or an outage); sending them",
+                self.run_id, len(items), RunDir(self.run_dir).metrics,
+            )  # fmt: skip
+        return items
 
     def _work(self) -> bool:
         """Deliver what is queued; False on a transient failure (the caller backs off and retries)."""
@@ -324,10 +351,11 @@ class MLflowTracker:
             if item[0] == "metrics":
                 _, step, values, ts = item
                 for key, value in values.items():
-                    if step <= self._last_step.get(key, -1):
+                    steps = self._logged.setdefault(key, set())
+                    if step in steps:
                         self.dropped_steps += 1
                         continue
-                    self._last_step[key] = step
+                    steps.add(step)
                     metrics.append(Metric(key, value, ts, step))
                 continue
             if metrics:
