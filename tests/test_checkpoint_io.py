@@ -47,15 +47,15 @@ def test_bare_state_dict_and_prefix_order(tmp_path) -> None:
     assert set(sd) == set(src.state_dict())
 
 
-def test_pickled_extras_are_read_with_a_warning(tmp_path) -> None:
+def test_pickled_extras_are_refused_unless_the_checkpoint_is_trusted(tmp_path) -> None:
     path = tmp_path / "epoch_1.pt"
     extras = argparse.Namespace(lr=3e-4)  # not a tensor type: weights_only=True refuses it
     torch.save({"state_dict": make(0).state_dict(), "args": extras}, path)
+    with pytest.raises(CheckpointError, match=r"argparse\.Namespace.*model\.trust_checkpoint=true"):
+        load_open_lm_state_dict(path)
     with pytest.warns(UserWarning, match="full pickle"):
-        sd = load_open_lm_state_dict(path)
+        sd = load_open_lm_state_dict(path, trust=True)
     assert "output.weight" in sd
-    with pytest.raises(CheckpointError, match="weights_only"):
-        load_open_lm_state_dict(path, allow_pickle=False)
 
 
 def test_missing_file_says_how_to_provide_it(tmp_path) -> None:
@@ -63,7 +63,6 @@ def test_missing_file_says_how_to_provide_it(tmp_path) -> None:
         load_open_lm_state_dict(tmp_path / "epoch_9.pt")
 
 
-@pytest.mark.filterwarnings("ignore:.*full pickle")
 def test_unreadable_file(tmp_path) -> None:
     path = tmp_path / "epoch_1.pt"
     path.write_bytes(b"not a torch file")

@@ -118,6 +118,10 @@ class ModelConfig:
     """pretrained: start from a language model (demo: the `pretrain` stage; paper: model.checkpoint); random."""
     checkpoint: str | None = None
     """Path to an open_lm checkpoint (epoch_N.pt). Required for init=pretrained at scale=paper."""
+    trust_checkpoint: bool = False
+    """Read model.checkpoint with full unpickling if it holds more than tensors (open_lm may pickle its
+    args beside the weights). Unpickling runs code the file names: set it only for a file from a source
+    you trust. false: such a file is refused (weights_only=True). Not in any key (UNKEYED_FIELDS)."""
     new_rows_init: NewRowInit = "random"
     """How widened vocabulary rows (specials) start: random (truncated normal) or mean (mean of text rows)."""
     image_init: ImageInit = "random"
@@ -440,6 +444,7 @@ UNKEYED_FIELDS = (
     "train.compile",
     "train.activation_checkpointing",
     "train.grad_reduce_dtype",
+    "model.trust_checkpoint",  # how the weights are read, not which
 )
 
 

@@ -21,13 +21,22 @@ def _strip_prefixes(key: str) -> str:
     return key
 
 
-def load_open_lm_state_dict(path: str | Path, *, allow_pickle: bool = True) -> dict[str, torch.Tensor]:
+def _unsafe_globals(path: Path) -> list[str]:
+    """The Python globals a checkpoint's pickle names beyond what weights_only=True allows ([] if unknown)."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a zip checkpoint: the error that follows says it is unreadable
+        return []
+
+
+def load_open_lm_state_dict(path: str | Path, *, trust: bool = False) -> dict[str, torch.Tensor]:
     """Read an open_lm ``epoch_N.pt`` (a dict with ``state_dict``) or a bare state dict, on the CPU.
 
-    Leading ``module.`` / ``_orig_mod.`` prefixes are stripped (repeatedly, in any order). The file is
-    first read with ``weights_only=True``; if it holds other Python objects (open_lm saves its
-    evaluation metrics alongside), it is read with full pickle when ``allow_pickle`` (the user named
-    this file, and open_lm itself reads it that way), with a warning.
+    Leading ``module.`` / ``_orig_mod.`` prefixes are stripped (repeatedly, in any order). The file is read
+    with ``weights_only=True``, which builds tensors and plain containers and runs no code from the file.
+    A checkpoint that pickles other Python objects (open_lm can save its args alongside) is refused with a
+    CheckpointError, unless ``trust`` (model.trust_checkpoint=true): unpickling runs whatever the file
+    says, so a downloaded file could run any command.
     """
     path = Path(path)
     if not path.is_file():
@@ -39,13 +48,23 @@ def load_open_lm_state_dict(path: str | Path, *, allow_pickle: bool = True) -> d
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            if not allow_pickle:
+            names = _unsafe_globals(path)
+            if not trust and names:
                 raise CheckpointError(
-                    f"cannot read checkpoint {path} with weights_only=True ({e}); "
-                    "re-save its state_dict alone, or allow full unpickling of this trusted file"
-                ) from e
+                    f"{path} holds these Python objects besides tensors: {names[:_SHOW]}; reading it "
+                    "would run code from the file (full unpickling), so it is refused. If you trust where "
+                    "it came from, set model.trust_checkpoint=true; or re-save its weights alone: "
+                    "torch.save({'state_dict': torch.load(path, weights_only=False)['state_dict']}, new_path)"
+                ) from None
+            if not trust:
+                raise CheckpointError(
+                    f"cannot read checkpoint {path} with weights_only=True ({_torch_reason(e)}). If it is "
+                    "an open_lm checkpoint from a source you trust, model.trust_checkpoint=true reads it "
+                    "with full unpickling (which runs code the file names)"
+                ) from None
             warnings.warn(
-                f"{path} holds more than tensors; reading it with full pickle (trusted file)",
+                f"{path} holds {names[:_SHOW] or 'more than tensors'}; reading it with full pickle "
+                "(model.trust_checkpoint=true)",
                 stacklevel=2,
             )
             obj = torch.load(path, map_location="cpu", weights_only=False)
@@ -72,6 +91,14 @@ def load_open_lm_state_dict(path: str | Path, *, allow_pickle: bool = True) -> d
             raise CheckpointError(f"{path}: two entries map to '{name}' once wrapper prefixes are stripped")
         out[name] = value
     return out
+
+
+def _torch_reason(e: BaseException) -> str:
+    """What torch's weights_only message says failed (the line after "WeightsUnpickler error:")."""
+    text = str(e)
+    _, found, rest = text.partition("WeightsUnpickler error:")
+    lines = [ln.strip() for ln in (rest if found else text).splitlines() if ln.strip()]
+    return lines[0] if lines else repr(e)
 
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:

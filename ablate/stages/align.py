@@ -49,9 +49,10 @@ READ_CHUNK = 4096  # sequences read from the shards at a time
 PROGRESS_EVERY = 10  # steps between progress.json updates
 
 
-def load_text_table(path: Path) -> torch.Tensor:
-    """The LM's input embeddings ``tok_embeddings.weight`` (T, D), as float32 on the CPU."""
-    state = load_open_lm_state_dict(path)
+def load_text_table(path: Path, trust: bool = False) -> torch.Tensor:
+    """The LM's input embeddings ``tok_embeddings.weight`` (T, D), as float32 on the CPU (``trust``:
+    model.trust_checkpoint)."""
+    state = load_open_lm_state_dict(path, trust=trust)
     table = state.get("tok_embeddings.weight")
     if table is None:
         raise CheckpointError(f"{path} has no 'tok_embeddings.weight' (keys: {list(state)[:5]} ...)")
@@ -134,7 +135,7 @@ def run(ctx: StageContext) -> None:
     dataset = ShardDataset(ctx.inputs["prepare"] / "train")
     layout = VocabLayout.from_dict(dataset.metadata["vocab"])
     ckpt = pretrained_checkpoint(ctx)
-    text_table = load_text_table(ckpt)  # (T, D), frozen
+    text_table = load_text_table(ckpt, trust=ctx.cfg.model.trust_checkpoint)  # (T, D), frozen
     if text_table.shape[0] < layout.text_vocab_size:
         raise CheckpointError(
             f"{ckpt}: tok_embeddings has {text_table.shape[0]} rows, but captions use text ids up to "

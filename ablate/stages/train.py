@@ -44,7 +44,7 @@ def build_model(ctx: StageContext, layout: VocabLayout) -> Transformer:
         return Transformer(model_args(cfg, layout.size))
     model = Transformer(model_args(cfg, cfg.model.text_vocab_size))
     path = pretrained_checkpoint(ctx)
-    load_into(model, load_open_lm_state_dict(path))
+    load_into(model, load_open_lm_state_dict(path, trust=cfg.model.trust_checkpoint))
     ctx.log(f"loaded language model from {path}")
     generator = torch.Generator().manual_seed(cfg.train.seed)
     rows = None
@@ -161,8 +161,9 @@ def config(cfg: RunConfig) -> dict:
     """
     full = asdict(cfg)
     out = {k: v for k, v in full.items() if k not in (*EXECUTION_SECTIONS, "pretrain", "align", "evaluate")}
-    unkeyed = {f.split(".", 1)[1] for f in UNKEYED_FIELDS if f.startswith("train.")}
-    out["train"] = {k: v for k, v in out["train"].items() if k not in unkeyed}
+    for field_ in UNKEYED_FIELDS:
+        section, name = field_.split(".", 1)
+        out[section] = {k: v for k, v in out[section].items() if k != name}
     out["evaluate"] = {k: full["evaluate"][k] for k in PROBE_FIELDS}
     if cfg.model.config_json:  # the file's architecture, not just its path (edited in place, it differs)
         out["config_json_arch"] = arch_config(cfg)
