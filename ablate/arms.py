@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from omegaconf import DictConfig
-
-from ablate.config.compose import compose_config, flatten, run_key, to_run_config
+from ablate.config.compose import compose_arm, flatten, run_key
 from ablate.config.schema import EXECUTION_SECTIONS, ClusterConfig, RunConfig, TrackingConfig
 from ablate.config.validate import validate
 from ablate.errors import ConfigError
@@ -19,7 +18,8 @@ class ResolvedArm:
 
     label: str
     overrides: list[str]
-    cfg: DictConfig
+    cfg: dict[str, Any]
+    """The resolved config as plain nested dicts."""
     config: RunConfig
     key: str
     sweeps: tuple[str, ...] = ()
@@ -31,8 +31,7 @@ def resolve_arms(sweep: Sweep) -> list[ResolvedArm]:
     out: dict[str, ResolvedArm] = {}
     first: tuple[str, RunConfig] | None = None
     for arm in sweep.arms:
-        cfg = compose_config(arm.overrides, arm=arm.label)
-        config = to_run_config(cfg)
+        cfg, config = compose_arm(arm.overrides, arm=arm.label)
         validate(config, arm=arm.label)
         # Before arms collapse: two arms that differ only in execution settings have one run key.
         first = first or (arm.label, config)
@@ -56,6 +55,8 @@ def execution_settings(arms: list[ResolvedArm]) -> tuple[ClusterConfig, Tracking
 
 def _check_same_execution(first: tuple[str, RunConfig], other: tuple[str, RunConfig]) -> None:
     """ConfigError naming the keys and arms where two arms' cluster or tracking settings differ."""
+    if all(getattr(first[1], s) == getattr(other[1], s) for s in EXECUTION_SECTIONS):
+        return
     for section in EXECUTION_SECTIONS:
         want = flatten(asdict(getattr(first[1], section)), section + ".")
         have = flatten(asdict(getattr(other[1], section)), section + ".")

@@ -133,8 +133,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with `launch` and `config` overrides anywhere after the command (before, between or
+    after its options: `ablate launch sweeps/demo.yaml --dry-run optim.lr=3e-4`), in the order given."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides"):
+        options = [a for a in extra if a.startswith("-")]
+        if options:
+            parser.error(f"unrecognized arguments: {' '.join(options)}")
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     # MLflow announces every store migration at INFO; our progress lines are what a user should see.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:

@@ -12,29 +12,66 @@ A sweep file (sweeps/*.yaml) has:
       demo: {optim.lr: [1.0e-3]}    #   (the scale is the last `scale=` override, else demo)
     arms:                           # explicit arms, each a mapping of key: value (optional `label`)
       - {model.init: pretrained, train.trainable: emb_out}
-    exclude:                        # drop arms whose values match every key of an entry
-      - {model.init: random, train.trainable: emb_out}
+    exclude:                        # drop arms whose values match every key of an entry (keys of
+      - {model.init: random, train.trainable: emb_out}  #   'grid' or 'arms' only)
+    max_arms: 5000                  # optional; the most arms the file may expand to (default 1,000)
 
-Command-line overrides given after the file apply to every arm, last (they win).
+Command-line overrides apply to every arm, last (they win).
 Every arm remembers the sweeps it belongs to: its file's name and the names of the files including it.
+
+Limits, so that no file can hang or exhaust the launcher: a sweep file is at most 1 MiB of UTF-8, nests at
+most 32 levels and expands to at most 100,000 YAML nodes with its aliases (no recursive alias); a grid
+expands to at most `max_arms` arms, counted before any is built; `name` is 1-64 letters, digits, - or _;
+an included file is a `.yaml` file under the folder of the sweep named on the command line or under the
+project's sweeps/ (symbolic links resolved first).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 from hydra.errors import HydraException
 
 from ablate.config.schema import SCALES
 from ablate.errors import SweepError
 
-TOP_LEVEL_KEYS = ("name", "description", "include", "base", "grid", "scale_grid", "arms", "exclude")
+TOP_LEVEL_KEYS = (
+    "name",
+    "description",
+    "include",
+    "base",
+    "grid",
+    "scale_grid",
+    "arms",
+    "exclude",
+    "max_arms",
+)
 DEFAULT_SCALE = "demo"  # the config tree's default (conf/config.yaml)
+# A sweep's arms, unless its file's `max_arms` says otherwise: a dry run costs milliseconds per arm and a
+# launch one MLflow run per stage, so a typo such as range(0,1000000) is refused before it starts.
+DEFAULT_MAX_ARMS = 1000
+MAX_SWEEP_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_NODES = 100_000  # YAML nodes with aliases expanded: a 9-line alias bomb is 10^9
+# Experiment, manifest folder and job names are built from it: short and safe in a path and a shell.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+KEY_RE = re.compile(r"[+~]{0,2}[A-Za-z_][\w.@/-]*")
+SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"  # the project's sweep files
+_OPEN = (
+    yaml.BlockMappingStartToken,
+    yaml.BlockSequenceStartToken,
+    yaml.FlowMappingStartToken,
+    yaml.FlowSequenceStartToken,
+)
+_CLOSE = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
 
 
 @dataclass
@@ -58,24 +95,109 @@ class Sweep:
     arms: list[Arm]
 
 
-def _lines(text: str) -> dict[tuple[str, ...], int]:
-    """Map each key path in a YAML document to its 1-based line number, for error messages."""
-    out: dict[tuple[str, ...], int] = {}
+def _lines(root: yaml.Node | None) -> dict[tuple[str, ...], int]:
+    """Map each key path in a YAML document to its 1-based line number, for error messages.
 
-    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+    An aliased node is walked once (its first path), so aliases cost nothing here.
+    """
+    out: dict[tuple[str, ...], int] = {}
+    seen: set[int] = set()
+    todo: list[tuple[yaml.Node, tuple[str, ...]]] = [(root, ())] if root is not None else []
+    while todo:
+        node, path = todo.pop()
         out.setdefault(path, node.start_mark.line + 1)
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
-                out[path + (str(k.value),)] = k.start_mark.line + 1
-                walk(v, path + (str(k.value),))
+                out.setdefault(path + (str(k.value),), k.start_mark.line + 1)
+                todo.append((v, path + (str(k.value),)))
         elif isinstance(node, yaml.SequenceNode):
-            for i, v in enumerate(node.value):
-                walk(v, path + (str(i),))
-
-    root = yaml.compose(text)
-    if root is not None:
-        walk(root, ())
+            todo.extend((v, path + (str(i),)) for i, v in enumerate(node.value))
     return out
+
+
+def _check_size(root: yaml.Node, where: str) -> None:
+    """SweepError if the document has a recursive alias or expands to more than MAX_NODES nodes."""
+    size: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        if done:
+            open_.discard(id(node))
+            size[id(node)] = 1 + sum(size[id(c)] for c in _children(node))
+            if size[id(node)] > MAX_NODES:
+                raise SweepError(
+                    f"{where}:{node.start_mark.line + 1}: YAML expands to more than {MAX_NODES:,} values "
+                    "(aliases *name repeat what they point to); a sweep file is a few lines"
+                )
+            continue
+        if id(node) in size:
+            continue
+        if id(node) in open_:
+            raise SweepError(
+                f"{where}:{node.start_mark.line + 1}: recursive YAML alias (a node that contains itself)"
+            )
+        open_.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in size)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [x for kv in node.value for x in kv]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _read_yaml(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
+    """A sweep file's data and key lines, within the module's size, depth and alias limits."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_SWEEP_BYTES:
+            raise SweepError(f"{path}: {size:,} bytes; a sweep file is at most {MAX_SWEEP_BYTES:,}")
+        raw = path.read_bytes()
+    except (OSError, RuntimeError) as e:
+        raise SweepError(f"{path}: cannot read sweep file ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise SweepError(
+            f"{path}:{line}: not UTF-8 text (byte {raw[e.start]:#04x}); save it as UTF-8"
+        ) from None
+    try:
+        depth = 0
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            depth += isinstance(token, _OPEN) - isinstance(token, _CLOSE)
+            if depth > MAX_DEPTH:
+                raise SweepError(
+                    f"{path}:{token.start_mark.line + 1}: YAML nested more than {MAX_DEPTH} levels deep"
+                )
+        loader = yaml.SafeLoader(text)
+        try:
+            root = loader.get_single_node()
+            if root is None:
+                return None, {}
+            _check_size(root, str(path))
+            return loader.construct_document(root), _lines(root)
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise SweepError(f"{where}: YAML error: {e.problem or e}") from None
+    except (yaml.YAMLError, RecursionError) as e:
+        raise SweepError(f"{path}: YAML error: {e or type(e).__name__}") from None
+
+
+def _show(value: Any, n: int = 60) -> str:
+    """repr of a value from a sweep file, cut to n characters for an error line."""
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _fmt(value: Any) -> str:
@@ -90,22 +212,13 @@ def _fmt(value: Any) -> str:
 class _Parser:
     """Parses one sweep file, remembering where each key is for errors."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, root: Path, max_arms: int = DEFAULT_MAX_ARMS) -> None:
         self.path = path
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise SweepError(f"{path}: cannot read sweep file ({e.strerror})") from None
-        try:
-            self.data = yaml.safe_load(text)
-            self.lines = _lines(text)
-        except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark or e.context_mark
-            where = f"{path}:{mark.line + 1}" if mark else str(path)
-            raise SweepError(f"{where}: YAML error: {e.problem or e}") from None
-        except yaml.YAMLError as e:
-            raise SweepError(f"{path}: YAML error: {e}") from None
+        self.root = root
+        """The folder of the sweep file named on the command line: its includes stay under it."""
+        self.data, self.lines = _read_yaml(path)
         self.overrides = OverridesParser.create()
+        self.max_arms = max_arms
 
     def error(self, msg: str, *keypath: str) -> SweepError:
         line = None
@@ -116,13 +229,26 @@ class _Parser:
         where = f"{self.path}:{line}" if line else str(self.path)
         return SweepError(f"{where}: {msg}")
 
+    def max_arms_of(self) -> int:
+        """The file's `max_arms` (a positive integer), else DEFAULT_MAX_ARMS."""
+        value = (
+            self.data.get("max_arms", DEFAULT_MAX_ARMS) if isinstance(self.data, dict) else DEFAULT_MAX_ARMS
+        )
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self.error(f"'max_arms' is a positive integer, got {_show(value)}", "max_arms")
+        return value
+
+    def key(self, key: Any, *keypath: str) -> str:
+        """A config key written in the file (grid, arms, exclude, scale_grid), e.g. model.init."""
+        if not isinstance(key, str) or not KEY_RE.fullmatch(key):
+            raise self.error(f"{_show(key)} is not a config key such as model.init", *keypath)
+        return key
+
     def check_override(self, text: str, *keypath: str) -> None:
         try:
             self.overrides.parse_overrides([text])
         except HydraException as e:
-            raise self.error(
-                f"override {text!r} does not parse: {str(e).strip().splitlines()[-1]}", *keypath
-            ) from None
+            raise self.error(f"override {_show(text)} does not parse: {_last_line(e)}", *keypath) from None
 
     def canonical(self, key: str, value: Any, *keypath: str) -> str:
         """The value as Hydra reads it (so `1e-4` in a grid and `0.0001` in an exclusion compare equal)."""
@@ -130,9 +256,7 @@ class _Parser:
         try:
             (ov,) = self.overrides.parse_overrides([text])
         except HydraException as e:
-            raise self.error(
-                f"override {text!r} does not parse: {str(e).strip().splitlines()[-1]}", *keypath
-            ) from None
+            raise self.error(f"override {_show(text)} does not parse: {_last_line(e)}", *keypath) from None
         if ov.is_sweep_override():
             raise self.error(f"{text!r}: a sweep value belongs under 'grid'", *keypath)
         return ov.get_value_element_as_str()
@@ -152,15 +276,41 @@ class _Parser:
             (ov,) = self.overrides.parse_overrides([text])
         except HydraException as e:
             raise self.error(
-                f"grid value {text!r} does not parse: {str(e).strip().splitlines()[-1]}", "grid", key
+                f"grid value {_show(text)} does not parse: {_last_line(e)}", "grid", key
             ) from None
-        if ov.is_sweep_override():
+        if not ov.is_sweep_override():
+            return [ov.get_value_element_as_str()]
+        sweep = ov.value()
+        if isinstance(sweep, IntervalSweep):
+            raise self.error(f"grid key {key!r}: interval() has no finite values; list them", "grid", key)
+        if isinstance(sweep, RangeSweep):
+            n = _range_length(sweep)
+            if n is None:
+                raise self.error(f"grid key {key!r}: range() needs a non-zero step", "grid", key)
+            if n > self.max_arms:
+                raise self.too_many(n, f"grid key {key!r} alone has {n:,} values", "grid", key)
+        elif not isinstance(sweep, ChoiceSweep):
+            raise self.error(
+                f"grid key {key!r}: {_show(_fmt(value))} is not a list, a,b, choice() or range()", "grid", key
+            )
+        try:
             vals = list(ov.sweep_string_iterator())
-        else:
-            vals = [ov.get_value_element_as_str()]
+        except (HydraException, ValueError, TypeError) as e:  # glob() needs Hydra's config loader
+            raise self.error(
+                f"grid value {_show(text)}: {_last_line(e)}; give a list, a,b, choice() or range()",
+                "grid",
+                key,
+            ) from None
         if not vals:
             raise self.error(f"grid key {key!r} has no values", "grid", key)
         return vals
+
+    def too_many(self, n: int, what: str, *keypath: str) -> SweepError:
+        return self.error(
+            f"{what}, more than the {self.max_arms:,} arms a sweep may have; narrow the grid, or raise the "
+            "limit with a top-level 'max_arms: N' in the sweep file named on the command line",
+            *keypath,
+        )
 
     def scale_values(self, keys: list[str], scale: str) -> dict[str, list[str]]:
         """Grid values replaced at `scale` by the file's scale_grid (checked for every scale it names)."""
@@ -169,9 +319,9 @@ class _Parser:
             raise self.error("'scale_grid' maps a scale name to grid keys and their values", "scale_grid")
         out: dict[str, list[str]] = {}
         for name, entries in table.items():
-            if name not in SCALES:
+            if not isinstance(name, str) or name not in SCALES:
                 raise self.error(
-                    f"scale_grid: unknown scale {name!r}; allowed: {', '.join(SCALES)}",
+                    f"scale_grid: unknown scale {_show(name)}; allowed: {', '.join(SCALES)}",
                     "scale_grid",
                     str(name),
                 )
@@ -180,7 +330,8 @@ class _Parser:
                     f"scale_grid.{name}: give grid keys and their values", "scale_grid", str(name)
                 )
             for key, value in entries.items():
-                if str(key) not in keys:
+                key = self.key(key, "scale_grid", name)
+                if key not in keys:
                     raise self.error(
                         f"scale_grid.{name}.{key}: not a key of 'grid' (grid keys: {', '.join(keys)})",
                         "scale_grid",
@@ -199,13 +350,21 @@ class _Parser:
         unknown = [k for k in d if k not in TOP_LEVEL_KEYS]
         if unknown:
             raise self.error(
-                f"unknown top-level key {unknown[0]!r}; allowed: {', '.join(TOP_LEVEL_KEYS)}", str(unknown[0])
+                f"unknown top-level key {_show(unknown[0])}; allowed: {', '.join(TOP_LEVEL_KEYS)}",
+                str(unknown[0]),
             )
         name = d.get("name")
-        if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
-            raise self.error(f"'name' must be a word (letters, digits, - and _), got {name!r}", "name")
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            raise self.error(
+                f"'name' must be 1 to 64 letters, digits, - and _ (starting with a letter or digit), got "
+                f"{_show(name)}",
+                "name",
+            )
+        description = d.get("description", "")
+        if not isinstance(description, str | int | float):
+            raise self.error("'description' is one line of text", "description")
         base = d.get("base") or []
-        if not isinstance(base, list):
+        if not isinstance(base, list) or not all(isinstance(b, str | int | float | bool) for b in base):
             raise self.error("'base' must be a list of overrides like model.init=random", "base")
         base = [str(b) for b in base]
         for i, b in enumerate(base):
@@ -216,39 +375,59 @@ class _Parser:
             grid = d["grid"]
             if not isinstance(grid, dict) or not grid:
                 raise self.error("'grid' is empty: give at least one key with values", "grid")
-            keys = [str(k) for k in grid]
+            keys = [self.key(k, "grid") for k in grid]
             at_scale = self.scale_values(keys, scale)
             values = [at_scale.get(k) or self.sweep_values(k, grid[k]) for k in keys]
+            n = math.prod(len(v) for v in values)
+            if n > self.max_arms:
+                raise self.too_many(n, f"'grid' expands to {n:,} arms", "grid")
             for combo in itertools.product(*values):
                 arms.append(Arm(label="", assignments=dict(zip(keys, combo, strict=True))))
-        for i, entry in enumerate(d.get("arms") or []):
+        entries = d.get("arms") or []
+        if not isinstance(entries, list):
+            raise self.error("'arms' is a list of mappings key: value", "arms")
+        if len(arms) + len(entries) > self.max_arms:
+            raise self.too_many(len(arms) + len(entries), "'grid' and 'arms' give more arms", "arms")
+        for i, entry in enumerate(entries):
             if not isinstance(entry, dict) or not entry:
                 raise self.error("each entry of 'arms' is a mapping key: value", "arms", str(i))
-            label = str(entry.pop("label", ""))
-            assignments = {
-                str(k): self.canonical(str(k), v, "arms", str(i), str(k)) for k, v in entry.items()
-            }
-            arms.append(Arm(label=label, assignments=assignments))
+            entry = dict(entry)  # an alias may share it with another entry
+            label = entry.pop("label", "")
+            if not isinstance(label, str | int | float):
+                raise self.error("an arm's 'label' is a short text", "arms", str(i), "label")
+            assignments = {}
+            for k, v in entry.items():
+                k = self.key(k, "arms", str(i))
+                assignments[k] = self.canonical(k, v, "arms", str(i), k)
+            arms.append(Arm(label=str(label), assignments=assignments))
 
         excludes = d.get("exclude") or []
         if not isinstance(excludes, list) or not all(isinstance(e, dict) for e in excludes):
             raise self.error("'exclude' must be a list of mappings key: value (or key: [values])", "exclude")
-        canon = [
-            {
-                str(k): [self.canonical(str(k), x, "exclude") for x in (v if isinstance(v, list) else [v])]
-                for k, v in e.items()
-            }
-            for e in excludes
-        ]
+        varied = list(dict.fromkeys(k for a in arms for k in a.assignments))
+        canon = []
+        for i, e in enumerate(excludes):
+            entry = {}
+            for k, v in e.items():
+                k = self.key(k, "exclude", str(i))
+                if k not in varied:
+                    raise self.error(
+                        f"exclude: {k!r} is not a key of 'grid' or 'arms', so it excludes nothing (keys: "
+                        f"{', '.join(varied) or 'none'})",
+                        "exclude",
+                        str(i),
+                        k,
+                    )
+                entry[k] = [
+                    self.canonical(k, x, "exclude", str(i), k) for x in (v if isinstance(v, list) else [v])
+                ]
+            canon.append(entry)
         arms = [a for a in arms if not any(_matches(a.assignments, e) for e in canon)]
 
         includes = d.get("include") or []
-        if not isinstance(includes, list):
+        if not isinstance(includes, list) or not all(isinstance(p, str) for p in includes):
             raise self.error("'include' must be a list of sweep files", "include")
-        inc_paths = [(self.path.parent / str(p)).resolve() for p in includes]
-        for i, p in enumerate(inc_paths):
-            if not p.is_file():
-                raise self.error(f"included sweep file {p} does not exist", "include", str(i))
+        inc_paths = [self.include(p, i) for i, p in enumerate(includes)]
         if "scale_grid" in d and "grid" not in d:
             raise self.error(
                 "'scale_grid' replaces values of 'grid' keys, but there is no 'grid'", "scale_grid"
@@ -257,7 +436,40 @@ class _Parser:
             raise self.error("the sweep has no arms: give a 'grid', 'arms' or 'include'")
         if not arms and not inc_paths:
             raise self.error("every arm is excluded by 'exclude'", "exclude")
-        return name, str(d.get("description", "")), base, arms, inc_paths
+        return name, str(description), base, arms, inc_paths
+
+    def include(self, given: str, i: int) -> Path:
+        """An included file: a .yaml file under the command line's sweep folder or the project's sweeps/.
+
+        The error never shows the file's content: a path outside those folders is refused before it is read.
+        """
+        try:
+            path = (self.path.parent / given).resolve(strict=True)
+        except (OSError, RuntimeError) as e:  # missing, or a symbolic link loop
+            reason = "does not exist" if isinstance(e, FileNotFoundError) else f"cannot be resolved ({e})"
+            raise self.error(f"included sweep file {given!r} {reason}", "include", str(i)) from None
+        roots = [r for r in (self.root, SWEEPS_DIR) if path.is_relative_to(r)]
+        if path.suffix != ".yaml" or not roots or not path.is_file():
+            raise self.error(
+                f"included sweep file {given!r} ({path}) is not a .yaml file under {self.root} or "
+                f"{SWEEPS_DIR}; only sweep files there can be included",
+                "include",
+                str(i),
+            )
+        return path
+
+
+def _last_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[-1] if lines else type(e).__name__
+
+
+def _range_length(sweep: RangeSweep) -> int | None:
+    """How many values range(start, stop, step) has, without listing them; None for a zero step."""
+    start, stop, step = sweep.start, sweep.stop, sweep.step
+    if start is None or stop is None or not step:
+        return None
+    return max(0, math.ceil((stop - start) / step))
 
 
 def _matches(assignments: dict[str, str], exclusion: dict[str, list[str]]) -> bool:
@@ -294,13 +506,18 @@ def load_sweep(
     cli_overrides: list[str] | None = None,
     _seen: tuple[Path, ...] = (),
     _outer: tuple[str, ...] = (),
+    _limits: tuple[Path, int] | None = None,
 ) -> Sweep:
     """Parse and expand a sweep file (and its includes) into arms with their full override lists.
 
     An arm's overrides are, in order: the including files' `base`, this file's `base`, the arm's own
-    assignments, then the command line's (which win). `_outer` carries the including files' bases.
+    assignments, then the command line's (which win). `_outer` carries the including files' bases;
+    `_limits` the top file's folder (includes stay under it or sweeps/) and its `max_arms`.
     """
-    path = Path(path).resolve()
+    try:
+        path = Path(path).resolve(strict=True)
+    except (OSError, RuntimeError) as e:
+        raise SweepError(f"{path}: cannot read sweep file ({getattr(e, 'strerror', None) or e})") from None
     if path in _seen:
         raise SweepError(f"{path}: include cycle through {' -> '.join(map(str, _seen))}")
     cli = list(cli_overrides or [])
@@ -308,10 +525,13 @@ def load_sweep(
         try:
             OverridesParser.create().parse_overrides([c])
         except HydraException as e:
-            raise SweepError(
-                f"command-line override {c!r} does not parse: {str(e).strip().splitlines()[-1]}"
-            ) from None
-    parser = _Parser(path)
+            raise SweepError(f"command-line override {_show(c)} does not parse: {_last_line(e)}") from None
+    if _limits is None:
+        parser = _Parser(path, path.parent)
+        _limits = (path.parent, parser.max_arms_of())
+        parser.max_arms = _limits[1]
+    else:
+        parser = _Parser(path, *_limits)
     outer = list(_outer)
     base_now = parser.data.get("base") if isinstance(parser.data, dict) else None
     scale = scale_of(outer + [str(b) for b in (base_now if isinstance(base_now, list) else [])] + cli)
@@ -319,11 +539,15 @@ def load_sweep(
 
     out: list[Arm] = []
     for inc in includes:
-        sub = load_sweep(inc, cli, _seen + (path,), tuple(outer + base))
+        sub = load_sweep(inc, cli, _seen + (path,), tuple(outer + base), _limits)
         for a in sub.arms:
             sweeps = a.sweeps + ((name,) if name not in a.sweeps else ())
             out.append(Arm(a.label, a.assignments, a.overrides, sweeps))
+        if len(out) > _limits[1]:
+            raise parser.too_many(len(out), f"with {inc.name} the sweep has {len(out):,} arms", "include")
     for a in arms:
         overrides = outer + base + [f"{k}={v}" for k, v in a.assignments.items()] + cli
         out.append(Arm(a.label or label_of(a.assignments), a.assignments, overrides, (name,)))
+    if len(out) > _limits[1]:
+        raise parser.too_many(len(out), f"the sweep has {len(out):,} arms")
     return Sweep(name=name, path=path, description=description, arms=out)
