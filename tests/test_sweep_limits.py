@@ -22,7 +22,8 @@ from ablate.config.compose import (
 from ablate.config.compose import _container as container
 from ablate.errors import AblateError, ConfigError, SweepError
 from ablate.launch.launcher import launch
-from ablate.sweep import DEFAULT_MAX_ARMS, MAX_DEPTH, load_sweep
+from ablate.sweep import DEFAULT_MAX_ARMS, load_sweep
+from ablate.sweep_yaml import MAX_DEPTH
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = ROOT / "sweeps"
