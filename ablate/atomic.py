@@ -13,12 +13,17 @@ their own temporary file: the last rename wins and the result is one writer's wh
 - ``AtomicFile``: the same file object held open across calls, renamed by ``commit()`` or dropped by
   ``abort()`` (a shard streamed in batches).
 
+A write that fails for want of space (ENOSPC, EDQUOT) or on a read-only file system (EROFS) raises
+``StorageError`` (an OSError too) naming the path, the bytes it needed where known and the space free;
+``as_storage_error`` finds such a failure in any exception (SQLite's "database or disk is full" too).
+
 Temporary files are named ``.<name>.<random>.tmp``: hidden, and recognisable as leftovers of a writer
 killed by SIGKILL (the one case no cleanup can run).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -28,11 +33,86 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
+from ablate.errors import StorageError
+
 TMP_SUFFIX = ".tmp"
 # Like open(): the process umask decides the final permissions (tempfile.mkstemp would force 0600).
 DEFAULT_MODE = 0o666
 
 PathLike = str | os.PathLike[str]
+
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+DISK_ERRNOS = NO_SPACE | {errno.EROFS}
+# How SQLite (through sqlite3, SQLAlchemy and MLflow) words the same failures.
+_SQLITE_MESSAGES = {"database or disk is full": errno.ENOSPC, "readonly database": errno.EROFS}
+_RESUME_HINT = (
+    "; free some space (or make it writable) and launch again: finished stages are kept and the others "
+    "resume from their last checkpoint"
+)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"  # not reached
+
+
+def _free(path: Path) -> str:
+    for p in (path, *path.parents):  # the nearest existing directory
+        try:
+            st = os.statvfs(p)
+        except OSError:
+            continue
+        return f"{_size(st.f_bavail * st.f_frsize)} free"
+    return "free space unknown"
+
+
+def storage_message(err: int, path: PathLike | None, needed: int | None = None) -> str:
+    """One line: what failed where, with the space needed and free where the error is a full disk."""
+    where = Path(path) if path is not None else None
+    if err == errno.EROFS:
+        return f"read-only file system: cannot write {where or 'a file'}{_RESUME_HINT}"
+    what = "disk quota exceeded" if err == errno.EDQUOT else "no space left on device"
+    detail = [] if needed is None else [f"{_size(needed)} needed"]
+    if where is not None:
+        detail.append(f"{_free(where.parent)} on its file system")
+    return (
+        f"{what}: cannot write {where or 'a file'}"
+        + (f" ({', '.join(detail)})" if detail else "")
+        + (_RESUME_HINT)
+    )
+
+
+def as_storage_error(
+    exc: BaseException, path: PathLike | None = None, needed: int | None = None
+) -> StorageError | None:
+    """The StorageError behind `exc` (itself, its causes and contexts), or None if it is no disk failure.
+
+    `path` names the file being written where the error does not (SQLite's messages name none).
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, StorageError):
+            return e
+        if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+            return StorageError(storage_message(e.errno, e.filename or path, needed), e.errno)
+        text = str(e)
+        for marker, err in _SQLITE_MESSAGES.items():
+            if marker in text:
+                return StorageError(storage_message(err, path, needed), err)
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _reraise_storage(exc: BaseException, path: Path, needed: int | None) -> None:
+    """Raise a disk failure of writing `path` as StorageError; return for anything else."""
+    if isinstance(exc, OSError) and not isinstance(exc, StorageError) and exc.errno in DISK_ERRNOS:
+        # Named for the target, not the temporary file the error names.
+        raise StorageError(storage_message(exc.errno, path, needed), exc.errno) from exc
 
 
 def _create_temp(path: Path, mode: int) -> tuple[int, Path]:
@@ -84,14 +164,19 @@ def atomic_path(path: PathLike, *, mode: int = DEFAULT_MODE) -> Iterator[Path]:
     The writer may open, truncate or replace the temporary file as it likes; it must write only there.
     """
     target = Path(path)
-    fd, tmp = _create_temp(target, mode)
+    try:
+        fd, tmp = _create_temp(target, mode)
+    except OSError as exc:
+        _reraise_storage(exc, target, None)
+        raise
     os.close(fd)
     try:
         yield tmp
         _fsync_path(tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         _unlink_quietly(tmp)
+        _reraise_storage(exc, target, None)
         raise
     _fsync_dir(target.parent)
 
@@ -163,8 +248,12 @@ def atomic_open(path: PathLike, *, mode: int = DEFAULT_MODE) -> AtomicFile:
 
 def atomic_write_bytes(path: PathLike, data: bytes, *, mode: int = DEFAULT_MODE) -> None:
     """Write ``data`` to ``path`` atomically (creating parent directories)."""
-    with atomic_open(path, mode=mode) as f:
-        f.write(data)
+    try:
+        with atomic_open(path, mode=mode) as f:
+            f.write(data)
+    except OSError as exc:
+        _reraise_storage(exc, Path(path), len(data))
+        raise
 
 
 def atomic_write_text(path: PathLike, text: str, *, mode: int = DEFAULT_MODE) -> None:

@@ -17,7 +17,7 @@ def _results(args: argparse.Namespace) -> Path:
 def cmd_launch(args: argparse.Namespace) -> int:
     from ablate.launch.launcher import launch
 
-    return launch(args.sweep, args.overrides, _results(args), dry_run=args.dry_run)
+    return launch(args.sweep, args.overrides, _results(args), dry_run=args.dry_run, wait=args.wait)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -74,6 +74,12 @@ def cmd_resend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ablate.verify import run
+
+    return run(_results(args), args.sweep)
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
@@ -95,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("sweep", help="sweep file, e.g. sweeps/demo.yaml")
     s.add_argument("overrides", nargs="*", help="Hydra overrides applied to every arm, e.g. cluster=debug")
     s.add_argument("--dry-run", action="store_true", help="print the arms and their stages, submit nothing")
+    s.add_argument("--wait", action="store_true", help="if the sweep is being launched, wait for that launch")
     s.set_defaults(func=cmd_launch)
 
     s = sub.add_parser("status", help="state and progress of each arm of a launched sweep")
@@ -126,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the results store)"
     )
     s.set_defaults(func=cmd_resend)
+
+    s = sub.add_parser("verify", help="re-hash cached token shards against the sha256 in their meta.json")
+    s.add_argument("sweep", nargs="?", help="only this sweep's stage outputs (default: all of results/cache)")
+    s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("config", help="print the composed, validated config for some overrides")
     s.add_argument("overrides", nargs="*")

@@ -39,3 +39,15 @@ class AssetMissingError(AblateError):
 
 class LaunchError(AblateError):
     """A job could not be submitted or run."""
+
+
+class StorageError(AblateError, OSError):
+    """A write failed for want of space (or quota) or on a read-only file system: which path, how much
+    it needed, what was free. An OSError too (errno kept), so code catching OSError still does."""
+
+    def __init__(self, message: str, errno: int) -> None:
+        super().__init__(errno, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message

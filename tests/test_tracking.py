@@ -272,3 +272,22 @@ def test_a_stage_recomputed_from_nothing_gets_a_new_run(store: SimpleNamespace) 
     # A failed run is resumed, never replaced.
     tracking.set_run_status(store.uri, second, "FAILED")
     assert get(key, fresh=True) == second
+
+
+def test_local_first_never_delivers_a_step_whose_local_write_failed(tmp_path: Path) -> None:
+    from ablate.rundir import RunDir
+
+    log = RunDir(tmp_path).metrics_log()
+    inner = tracking.NullTracker()
+    tracker = tracking.LocalFirst(inner, tmp_path)  # any Tracker works
+    for step in (1, 2):
+        tracker.log_metrics({"loss": float(step)}, step)
+        log.append(step, {"loss": float(step)})
+    assert inner.metrics == [(1, {"loss": 1.0})]  # step 2 is held until the next call
+    tracker.log_metrics({"loss": 3.0}, 3)  # then the append fails (a full disk): step 3 is on no disk
+    tracker.close("FAILED")
+    assert inner.metrics == [(1, {"loss": 1.0}), (2, {"loss": 2.0})] and inner.status == "FAILED"
+    finished = tracking.LocalFirst(inner := tracking.NullTracker(), tmp_path)
+    finished.log_metrics({"loss": 9.0}, 9)
+    finished.close("FINISHED")  # a stage that finished: its last step goes, whatever the file says
+    assert inner.metrics == [(9, {"loss": 9.0})]

@@ -13,7 +13,7 @@ from pathlib import Path
 import submitit
 
 from ablate.config.schema import ClusterConfig
-from ablate.errors import LaunchError
+from ablate.errors import LaunchError, StorageError
 from ablate.launch.graph import Graph, Node
 from ablate.rundir import RunDir
 from ablate.stages.runner import run_job
@@ -103,11 +103,12 @@ def run_graph(
                 del running[name]
                 try:
                     job.result()
-                    n.done = True
-                    on_event("done", n, str(job.job_id))
                 except Exception as e:  # the job's own exception, re-raised by submitit
                     failed.add(name)
-                    on_event("failed", n, _last_line(e))
+                    on_event("failed", n, failure_detail(n, e, job.paths.stderr))
+                    continue
+                n.done = True
+                on_event("done", n, str(job.job_id))
             if running and time.monotonic() - last_print >= cluster.poll_s:
                 last_print = time.monotonic()
                 echo(f"[{time.strftime('%H:%M:%S')}] running:")
@@ -115,7 +116,7 @@ def run_graph(
                     echo(progress_line(n))
             if running:
                 time.sleep(0.5)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, StorageError):  # Ctrl-C, or the manifest's disk is full or read-only
         _wind_down(running, echo)
         raise
     return not failed
@@ -142,6 +143,25 @@ def _wind_down(
         time.sleep(0.5)
 
 
-def _last_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[-1] if text else type(e).__name__
+_TRACE_RULE = "----------------------"  # submitit's FailedJobError frames the job's traceback with these
+
+
+def failure_detail(node: Node, e: BaseException, log: str | Path) -> str:
+    """'<the error's last line>; log <path>': what went wrong, then where to read more."""
+    return f"{error_line(node, e)}; log {log}"
+
+
+def error_line(node: Node, e: BaseException) -> str:
+    """The last line of the job's error: the runner's record in status.json, else submitit's trace."""
+    status = RunDir(node.job.out_dir).read_status()
+    if status.get("state") == "failed" and status.get("error"):
+        return _last_line(str(status["error"]))
+    text = str(e)
+    if _TRACE_RULE in text:  # "failed during processing with trace:\n---\n<trace>\n---\nYou can check..."
+        text = text.split(_TRACE_RULE)[1]
+    return _last_line(text) or type(e).__name__
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""

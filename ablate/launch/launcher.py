@@ -7,17 +7,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ablate.arms import ResolvedArm, execution_settings, resolve_arms
+from ablate.atomic import as_storage_error
 from ablate.config.compose import flatten
-from ablate.config.schema import ClusterConfig
+from ablate.config.schema import ClusterConfig, TrackingConfig
 from ablate.config.validate import check_assets
-from ablate.errors import AblateError
+from ablate.errors import AblateError, LaunchError
+from ablate.filelock import FileLock
 from ablate.launch.estimate import estimate_table, pretokenize_lines
 from ablate.launch.executor import arms_label, make_executor, run_graph
 from ablate.launch.graph import Graph, Node, build_graph
-from ablate.launch.manifest import Manifest
+from ablate.launch.manifest import Manifest, launch_lock_path
 from ablate.rundir import RunDir, git_commit
 from ablate.stages import registry
-from ablate.sweep import load_sweep
+from ablate.sweep import Sweep, load_sweep
 
 
 def _units(graph: Graph, name: str) -> str:
@@ -99,8 +101,13 @@ def launch(
     results: Path,
     dry_run: bool = False,
     echo: Callable[[str], None] = print,
+    wait: bool = False,
 ) -> int:
-    """Validate every arm, then (unless dry_run) run the sweep; returns a process exit code."""
+    """Validate every arm, then (unless dry_run) run the sweep; returns a process exit code.
+
+    One launcher per sweep and results folder: while one runs, another raises LaunchError naming it (pid,
+    host, since), or with `wait` waits for it to end and then launches (running only what is left).
+    """
     sweep = load_sweep(sweep_file, overrides)
     arms = resolve_arms(sweep)  # raises ConfigError before anything is submitted
     cluster, settings = execution_settings(arms)
@@ -118,6 +125,61 @@ def launch(
         for line in pretokenize_lines([(a.label, a.config) for a in arms]):
             echo(line)
         return 0
+    try:
+        return _launch_exclusive(sweep, arms, graph, cluster, settings, results, echo, wait)
+    except Exception as exc:
+        # A full or read-only disk under the store, manifest, lock or job folder: one line (cli prints
+        # it), not a traceback; what was written stays valid (atomic files, SQLite transactions).
+        from ablate.tracking.store import _sqlite_path, default_tracking_uri
+
+        err = as_storage_error(exc, path=_sqlite_path(settings.uri or default_tracking_uri(results)))
+        if err is None or err is exc:
+            raise
+        raise err from exc
+
+
+def _launch_exclusive(
+    sweep: Sweep,
+    arms: list[ResolvedArm],
+    graph: Graph,
+    cluster: ClusterConfig,
+    settings: TrackingConfig,
+    results: Path,
+    echo: Callable[[str], None],
+    wait: bool,
+) -> int:
+    """launch() under the sweep's lock (results/sweeps/<name>/launch.lock), waited for or refused."""
+    lock = FileLock(launch_lock_path(results, sweep.name), what=f"ablate launch {sweep.path}")
+    waited: list[str] = []
+
+    def on_wait(who: str) -> None:
+        waited.append(who)
+        echo(f"sweep {sweep.name!r} is being launched by {who}; waiting (--wait)")
+
+    if lock.acquire(wait, on_wait=on_wait) and waited:
+        graph = build_graph(arms, results, threads=cluster.threads)  # the launch waited for did stages
+    elif not lock.held:
+        raise LaunchError(
+            f"sweep {sweep.name!r} is already being launched into {results} by {lock.describe_holder()} "
+            f"(lock {lock.path}); follow it with `ablate status {sweep.name}`, stop it with Ctrl-C there, or "
+            "add --wait to launch once it ends"
+        )
+    try:
+        return _launch_locked(sweep, arms, graph, cluster, settings, results, echo)
+    finally:
+        lock.release()
+
+
+def _launch_locked(
+    sweep: Sweep,
+    arms: list[ResolvedArm],
+    graph: Graph,
+    cluster: ClusterConfig,
+    settings: TrackingConfig,
+    results: Path,
+    echo: Callable[[str], None],
+) -> int:
+    """launch() once it holds the sweep's lock: runs, manifest, then the jobs."""
     previous = Manifest.load_if_exists(results, sweep.name)
     active: dict[str, str] = {}
     if cluster.kind == "slurm":

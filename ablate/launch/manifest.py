@@ -18,6 +18,11 @@ def manifest_path(results: Path, sweep_name: str) -> Path:
     return Path(results) / "sweeps" / sweep_name / "manifest.json"
 
 
+def launch_lock_path(results: Path, sweep_name: str) -> Path:
+    """The file the launcher of a sweep holds a flock on while it runs (ablate.filelock)."""
+    return Path(results) / "sweeps" / sweep_name / "launch.lock"
+
+
 @dataclass
 class Manifest:
     """In-memory manifest, saved after every change."""

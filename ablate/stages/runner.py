@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ import yaml
 
 from ablate.config.compose import config_from_dict
 from ablate.errors import AblateError
+from ablate.filelock import FileLock
 from ablate.rundir import RunDir
 from ablate.stages import registry
 from ablate.stages.context import StageContext
@@ -54,16 +56,17 @@ def _null_tracker():
 
 
 def _tracker(job: Job):
-    from ablate.tracking import MLflowTracker, NullTracker
+    from ablate.tracking import LocalFirst, MLflowTracker, NullTracker
 
     if job.tracking_uri and job.run_id:
-        return MLflowTracker(
+        tracker = MLflowTracker(
             job.tracking_uri,
             job.run_id,
             flush_interval_s=job.flush_interval_s,
             close_timeout_s=job.close_timeout_s,
-            run_dir=job.out_dir,  # what close() names for `ablate resend` if the store stays down
+            run_dir=job.out_dir,  # sends what metrics.jsonl has and the store lacks; records artifacts
         )
+        return LocalFirst(tracker, job.out_dir)
     return NullTracker()
 
 
@@ -111,13 +114,47 @@ def run_job(job: Job, extra_stop: Callable[[], bool] | None = None) -> str:
 
 
 def _run(job: Job, extra_stop: Callable[[], bool] | None) -> str:
-    """run_job's body on this rank (inside the process group, if any)."""
+    """run_job's body on this rank (inside the process group, if any), holding the stage directory's lock.
+
+    Two sweeps sharing a stage (or two launches of one sweep) may start its job twice: the second job
+    waits for the first's lock on <dir>/.lock (saying whose in its log), then finds the stage complete and
+    returns 'skipped', or (the first failed or was killed) resumes it. The kernel drops the lock of a
+    killed process, so none is ever stale.
+    """
     out = Path(job.out_dir)
     run_dir = RunDir(out)
     main = dist.is_main()
     # Rank 0's view decides for all, so that no rank trains alone while the others have returned.
     if dist.main_says(run_dir.is_complete()):
         return "skipped"
+    lock = FileLock(run_dir.lock, what=f"job {job.name}")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        lock.acquire(wait=True, on_wait=lambda who: _say(f"{job.name}: {out} is being run by {who}; waiting"))
+    try:
+        if dist.main_says(run_dir.is_complete()):  # the job we waited for finished it
+            return "skipped"
+        return _run_locked(job, extra_stop, run_dir)
+    finally:
+        lock.release()
+
+
+def _record_end(run_dir: RunDir, state: str, error: str) -> None:
+    """status.json after a stop or failure; a full or read-only disk (often the failure itself) must not
+    hide the stage's own error nor keep the tracker from closing."""
+    try:
+        run_dir.set_status(state, error=error)
+    except OSError as exc:
+        _say(f"cannot record state {state!r} in {run_dir.status}: {exc}")
+
+
+def _say(line: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)  # the job's log
+
+
+def _run_locked(job: Job, extra_stop: Callable[[], bool] | None, run_dir: RunDir) -> str:
+    out = run_dir.path
+    main = dist.is_main()
     import torch
 
     torch.set_num_threads(max(1, job.threads))
@@ -163,12 +200,12 @@ def _run(job: Job, extra_stop: Callable[[], bool] | None) -> str:
             run(ctx)
     except StopRequested as e:
         if main:
-            run_dir.set_status("stopped", error=str(e))
+            _record_end(run_dir, "stopped", error=str(e))
         tracker.close("KILLED")
         raise
     except BaseException as e:
         if main:
-            run_dir.set_status("failed", error=traceback.format_exc()[-4000:])
+            _record_end(run_dir, "failed", error=traceback.format_exc()[-4000:])
         tracker.close("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     dist.barrier()  # every rank finished before the output is marked complete

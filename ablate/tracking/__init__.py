@@ -47,7 +47,7 @@ from ablate.tracking.tags import (
     stage_run_tags,
     sweep_tag,
 )
-from ablate.tracking.tracker import MLflowTracker, NullTracker, Tracker
+from ablate.tracking.tracker import LocalFirst, MLflowTracker, NullTracker, Tracker
 
 __all__ = [
     "HISTORY_COLUMNS",
@@ -69,6 +69,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "TRACKING_URI_ENV",
     "TRUNCATION_MARK",
+    "LocalFirst",
     "MLflowTracker",
     "NullTracker",
     "Tracker",

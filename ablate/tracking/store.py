@@ -81,14 +81,29 @@ def _store_missing(uri: str) -> bool:
     return path is not None and not path.exists()
 
 
+_OPENED: set[str] = set()  # SQLite URIs this process has opened under the creation lock
+
+
 def _client(uri: str, create: bool = False) -> Any:
-    """An MlflowClient; `create` makes the SQLite file's directory (mlflow creates the file and tables)."""
+    """An MlflowClient; `create` makes the SQLite file's directory (mlflow creates the file and tables).
+
+    MLflow builds a new SQLite store by running its migrations on first use; two processes doing that at
+    once collide ("duplicate column name"), so the first use in a process happens under a flock on
+    `<db>.lock` beside the file: one builds the store, the others wait and find it built.
+    """
     from mlflow.tracking import MlflowClient
 
     path = _sqlite_path(uri)
-    if create and path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri)
+    if not (create and path is not None and uri not in _OPENED):
+        return MlflowClient(tracking_uri=uri)
+    from ablate.filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_name(path.name + ".lock"), what="creating the MLflow store") as lock:
+        lock.acquire(wait=True, poll_s=0.2)
+        client = MlflowClient(tracking_uri=uri)  # builds or migrates the store, while we hold the lock
+    _OPENED.add(uri)
+    return client
 
 
 def _is_permanent(exc: BaseException) -> bool:

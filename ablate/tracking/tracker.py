@@ -385,3 +385,53 @@ class MLflowTracker:
             client.log_artifact(self.run_id, op[1], op[2])
         elif kind == "status":
             client.set_terminated(self.run_id, status=op[1])
+
+
+class LocalFirst:
+    """A Tracker that delivers a step only once the stage directory's metrics.jsonl has it.
+
+    Stages log a step to the tracker, then append it to metrics.jsonl; a step the store got but the file
+    never did (the append failed on a full disk, or the process died between the two) would come again
+    after a resume with other values (timings) that the store then refuses. So each log_metrics call is
+    held until the next call of any kind, by which time its append has happened; on a close after a
+    failure, the held step goes on only if metrics.jsonl holds it.
+    """
+
+    def __init__(self, inner: MLflowTracker, run_dir: str | Path) -> None:
+        self.inner, self.run_dir = inner, RunDir(run_dir)
+        self.run_id = inner.run_id
+        self._held: tuple[dict[str, float], int] | None = None
+
+    def _release(self) -> None:
+        if self._held is not None:
+            metrics, step = self._held
+            self._held = None
+            self.inner.log_metrics(metrics, step)
+
+    def log_params(self, params: dict) -> None:
+        self._release()
+        self.inner.log_params(params)
+
+    def set_tags(self, tags: dict) -> None:
+        self._release()
+        self.inner.set_tags(tags)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._release()
+        self._held = (dict(metrics), int(step))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._release()
+        self.inner.log_artifact(path, artifact_path)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        self._release()
+        return self.inner.flush(timeout)
+
+    def close(self, status: str = "FINISHED") -> None:
+        if status != "FINISHED" and self._held is not None:
+            step = self._held[1]
+            if not any(int(r["step"]) == step for r in self.run_dir.metrics_log().rows()):
+                self._held = None  # its local write failed: the resumed stage logs it again
+        self._release()
+        self.inner.close(status)
