@@ -1,9 +1,8 @@
 """ablate's FID equals torch-fidelity's own on the same two image folders and the same weights file.
 
 Needs the fid extra (torch-fidelity, which needs torchvision): `make test` runs this file in the second
-venv .venv-fid (torch 2.14.1 + torchvision 0.29.1) and deselects it in the main one. The real Inception
-weights cannot be downloaded here, so the test saves torch-fidelity's own network with random weights
-(He-initialised, so that features do not vanish) as the weights file both sides load.
+venv .venv-fid (torch 2.14.1 + torchvision 0.29.1) and deselects it in the main one. Both sides load
+the same weights file: torch-fidelity's network with random weights (tests/fidweights.py).
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from fidweights import write_random_inception
 from PIL import Image
 
 from ablate.data.synthetic import generate
@@ -27,30 +26,11 @@ from ablate.evaluate.fid import (
 
 pytestmark = pytest.mark.fid
 torch_fidelity = pytest.importorskip("torch_fidelity", reason="needs the fid extra: make test-fid")
-fe = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    """torch-fidelity's InceptionV3, randomly initialised, saved as a state dict."""
-    path = tmp_path_factory.mktemp("inception") / FID_WEIGHTS_FILE
-    mp = pytest.MonkeyPatch()
-    # Build the network without its download: construction loads the URL's weights, skipped here.
-    mp.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
-    mp.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
-    try:
-        torch.manual_seed(0)
-        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    finally:
-        mp.undo()
-    for m in net.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-        elif isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 2.0)
-    torch.save(net.state_dict(), path)
-    return path
+    return write_random_inception(tmp_path_factory.mktemp("inception") / FID_WEIGHTS_FILE)
 
 
 def write_folder(out: Path, n: int, seed: int, split: str) -> np.ndarray:

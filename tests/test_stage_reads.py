@@ -202,7 +202,8 @@ def test_every_stage_reads_only_fields_its_key_covers(tiny: RunConfig, tmp_path:
         pretrain=dataclasses.replace(tiny.pretrain, heldout_text_path=str(text)),
     )
     given = _run_every_planned_stage(paper_like, tmp_path / "given")
-    assert set(demo) | set(given) == set(registry.STAGE_ORDER), "some stage was never run"
+    # eval_set reads a reference set of real data: the real-data test below runs it.
+    assert set(demo) | set(given) | {names.EVAL_SET} == set(registry.STAGE_ORDER), "some stage was never run"
     assert names.PRETRAIN not in given and names.HELDOUT_TEXT in given
     # The recorder saw real reads (a recorder that records nothing would pass the checks above).
     assert {"data.n_train", "data.seed"} <= demo[names.SYNTH]
@@ -218,7 +219,12 @@ def test_every_stage_reads_only_fields_its_key_covers(tiny: RunConfig, tmp_path:
 def test_every_stage_on_real_data_reads_only_fields_its_key_covers(tmp_path: Path) -> None:
     # data.eval_path: a reference set (MS-COCO at paper scale) in the same format, prompts of evaluate.
     reference = realdata.write_webdataset(tmp_path / "eval", shards=1, per_shard=6, seed=3, planted=False)[0]
-    overrides = [*TINY, *realdata.overrides(tmp_path / "assets"), f"data.eval_path={reference}"]
+    overrides = [
+        *TINY,
+        *realdata.overrides(tmp_path / "assets"),
+        f"data.eval_path={reference}",
+        "evaluate.slice_size=1",  # the evaluate array: one prompt per slice, assembled by the stage's job
+    ]
     real = to_run_config(compose_config(overrides))
     validate(real)
     plan = plan_stages(real)
@@ -235,11 +241,12 @@ def test_every_stage_on_real_data_reads_only_fields_its_key_covers(tmp_path: Pat
         for split in ("train", "val", "heldout")
     )
     assert total == 3 * 40 + 2  # the planted grayscale and CMYK images are usable
-    assert "data.eval_path" in reads[names.EVALUATE]
+    assert "data.eval_path" in reads[names.EVAL_SET] and "evaluate.slice_size" in reads[names.EVALUATE]
+    evaluate = next(s for s in plan if s.name == names.EVALUATE)
+    assert real.evaluate.n_samples == 2 and evaluate.units == ("s0000", "s0001")
     samples = np.load(tmp_path / "real" / names.EVALUATE / "samples.npz")
-    n = real.evaluate.n_samples
-    assert samples["references"].shape == (n, realdata.IMAGE_SIZE, realdata.IMAGE_SIZE, 3)
-    assert samples["images"].shape == samples["references"].shape
+    assert samples["codes"].shape[0] == 2  # both slices' samples, assembled
+    assert samples["grid_images"].shape[1:] == (realdata.IMAGE_SIZE, realdata.IMAGE_SIZE, 3)
 
 
 def test_a_planted_read_outside_the_key_is_caught(tiny: RunConfig, tmp_path: Path) -> None:

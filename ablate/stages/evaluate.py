@@ -1,16 +1,22 @@
-"""`evaluate`: samples from a trained run and their image metrics (Figure 5).
+"""`evaluate`: samples from a trained run and their image metrics (Figure 5), FID on real data.
 
-Text-to-image: the captions of the first `evaluate.n_samples` validation pairs (attribute combinations
-seen in training) and held-out pairs (combinations never seen) are the prompts; each generated image is
-decoded through the image tokenizer and checked against its caption exactly (the synthetic grammar), giving
-`caption_match_seen` and `caption_match_heldout`; as partial credit, `colour_match_seen` /
-`colour_match_heldout` (every colour the caption names is drawn) and `colour_match_chance` (the same
-against shuffled captions: what the images score whatever they were asked for). Unconditional: `n_samples` images from `<doc> <image>`,
-scored by `scene_valid` (the fraction that reads as a scene of the grammar at all).
+The prompts: text-to-image on synthetic data, the captions of the first `evaluate.n_samples` validation
+pairs (attribute combinations seen in training) and held-out pairs (never seen); on real data, those of
+the reference set's first n_samples usable samples (the `eval_set` stage; e.g. 30,000 MS-COCO captions),
+or of its own val and held-out splits without data.eval_path. Unconditional: n_samples times `<doc> <image>`.
 
-Outputs (and MLflow artifacts): `samples.png` (grid of the first `evaluate.grid_images`, captions green
-where matched), `samples.csv` (index, split, caption, match), `samples.npz` (codes and images), and
-`metrics.json` (and the same as metrics.jsonl's one row). Sampling is seeded (`evaluate.seed`), so a rerun draws the same images.
+More prompts than `evaluate.slice_size` are sampled as units, one per slice (`s0000`, `s0001`, ...: a GPU
+task each of the stage's array on SLURM), each resumable alone; the stage's own job then assembles them.
+A slice samples in batches with a KV cache (bf16 autocast on CUDA, per train.precision), decodes through
+the image tokenizer and scores its images: against the synthetic grammar (caption_match_<set>,
+colour_match_<set>, colour_match_chance against shuffled captions, scene_valid), and on real data with
+evaluate.fid_weights, their Inception features, whose statistics the assembly compares with the
+reference set's (`fid`: torch-fidelity's InceptionV3, ablate.evaluate.fid). Each slice's sampling is
+seeded by (evaluate.seed, slice), so a slice redone after a failure draws the same images.
+
+Outputs (and MLflow artifacts): `samples.png` (grid of `evaluate.grid_images`, captions green where
+matched), `samples.csv` (index, split, caption, match), `samples.npz` (every sample's codes; the grid's
+images) and `metrics.json` (and metrics.jsonl's one row).
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
-from dataclasses import asdict
+import math
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -27,10 +33,9 @@ import torch
 
 from ablate.atomic import atomic_write_bytes, atomic_write_text
 from ablate.config.schema import RunConfig
-from ablate.data.preprocess import BadSample, prepare_sample
+from ablate.data.eval_set import eval_set_config
 from ablate.data.sequence import VocabLayout, caption_ids, prompt_t2i, prompt_uncond
 from ablate.data.shards import ShardDataset
-from ablate.data.sources import RawSample, expand_shards, iter_folder, iter_webdataset
 from ablate.data.synthetic import Scene
 from ablate.errors import DataError
 from ablate.evaluate.image_metrics import caption_matches, colours_present, sample_grid, scene_valid
@@ -40,164 +45,246 @@ from ablate.model.transformer import ModelArgs, Transformer
 from ablate.rundir import RunDir
 from ablate.stages import names
 from ablate.stages.context import StageContext
+from ablate.stages.eval_set import applies as has_eval_set
+from ablate.stages.eval_set import read_captions, read_reference
 from ablate.stages.image_tokenizer import open_image_tokenizer
 from ablate.stages.stage import Stage
 from ablate.stages.synth import load_split
 from ablate.stages.text_tokenizer import open_text_tokenizer
 from ablate.stages.train import PROBE_FIELDS
+from ablate.train.distributed import training_device
+from ablate.train.loop import precision_context
 
-# Shard split -> the name the metrics use.
-T2I_SPLITS = {"val": "seen", "heldout": "heldout"}
+T2I_SPLITS = {"val": "seen", "heldout": "heldout"}  # shard split -> the name the metrics use
+EVAL_SPLIT = "eval"  # the name of data.eval_path's samples in metrics and samples.csv
+UNCOND = "uncond"
+SLICE_FILE = "slice.npz"
+SLICE_SEED_STRIDE = 1_000_003  # slice i samples from seed + i * stride: slices never share a stream
+NOT_SCORED = -1  # match / colour of a sample with nothing to check it against (real data)
 
 
-def load_trained(train_dir) -> Transformer:
-    """The model a `train` stage saved (model.pt + model_config.json)."""
+@dataclass
+class PromptSet:
+    """One named set of prompts (seen, heldout, eval or uncond), with what its samples are checked against."""
+
+    name: str
+    prompts: list[np.ndarray]
+    captions: list[str]
+    scenes: list[Scene] | None  # the synthetic grammar's scenes; None: real data or unconditional
+
+
+def load_trained(train_dir, device: torch.device | None = None) -> Transformer:
+    """The model a `train` stage saved (model.pt + model_config.json), in eval mode on `device`."""
     model = Transformer(ModelArgs.from_json(train_dir / "model_config.json"))
     load_into(model, load_open_lm_state_dict(train_dir / "model.pt"))
-    return model.eval()
+    return model.to(device or torch.device("cpu")).eval()
 
 
-def _t2i_prompts(ctx: StageContext, split: str, layout: VocabLayout, n: int, image_tokens: int):
-    """Prompts, caption strings and scenes of the first n pairs of a prepared split (same order as synth);
-    real data has no scenes (None) and its captions are decoded from the shards."""
-    shards = ShardDataset(ctx.inputs["prepare"] / split)
-    n = min(n, len(shards))
-    seqs = shards.read(np.arange(n))  # (n, L)
+def _split_set(ctx: StageContext, split: str, layout: VocabLayout, n: int, n_codes: int) -> PromptSet:
+    """The first n pairs of a prepared split (same order as synth); real data has no scenes and its
+    captions are decoded from the shards."""
+    shards = ShardDataset(ctx.inputs[names.PREPARE] / split)
+    seqs = shards.read(np.arange(min(n, len(shards))))  # (n, L)
     ids = [caption_ids(s, layout) for s in seqs]
-    prompts = [prompt_t2i(c, layout, ctx.cfg.data.seq_len, image_tokens) for c in ids]
+    prompts = [prompt_t2i(c, layout, ctx.cfg.data.seq_len, n_codes) for c in ids]
     if names.SYNTH not in ctx.inputs:
         tok = open_text_tokenizer(ctx.inputs[names.TEXT_TOKENIZER])
-        return prompts, [tok.decode([int(i) for i in c]) for c in ids], None
+        return PromptSet(T2I_SPLITS[split], prompts, [tok.decode([int(i) for i in c]) for c in ids], None)
     _, captions, scenes = load_split(ctx.inputs[names.SYNTH], split)
-    return prompts, list(captions[:n]), [Scene.from_dict(s) for s in scenes[:n]]
+    return PromptSet(
+        T2I_SPLITS[split],
+        prompts,
+        list(captions[: len(ids)]),
+        [Scene.from_dict(s) for s in scenes[: len(ids)]],
+    )
 
 
-EVAL_SPLIT = "eval"  # the split name of data.eval_path's samples in metrics and samples.csv
+def prompt_sets(ctx: StageContext, layout: VocabLayout, n_codes: int) -> list[PromptSet]:
+    """Every prompt of the stage, as named sets in a fixed order (slices index their concatenation)."""
+    cfg, n = ctx.cfg, ctx.cfg.evaluate.n_samples
+    if cfg.data.task != "t2i":
+        return [PromptSet(UNCOND, [prompt_uncond(layout)] * n, ["(unconditional)"] * n, None)]
+    if names.EVAL_SET in ctx.inputs:
+        tok = open_text_tokenizer(ctx.inputs[names.TEXT_TOKENIZER])
+        captions = read_captions(ctx.inputs[names.EVAL_SET])[:n]
+        ids = [tok.encode(c)[: cfg.data.caption_tokens] for c in captions]
+        prompts = [prompt_t2i(i, layout, cfg.data.seq_len, n_codes) for i in ids]
+        return [PromptSet(EVAL_SPLIT, prompts, captions, None)]
+    return [_split_set(ctx, split, layout, n, n_codes) for split in T2I_SPLITS]
 
 
-def _eval_set_prompts(ctx: StageContext, layout: VocabLayout, n: int, image_tokens: int):
-    """Prompts, captions and reference images of the first n usable samples of data.eval_path (the
-    reference set, e.g. MS-COCO), read and preprocessed as the training data is."""
-    d = ctx.cfg.data
-    path = str(d.eval_path)
-    raw: Iterator[RawSample]
-    if d.source == "webdataset":
-        raw = (s for shard in expand_shards(path, key="data.eval_path") for s in iter_webdataset(shard))
-    else:
-        raw = iter_folder(path)
-    tok = open_text_tokenizer(ctx.inputs[names.TEXT_TOKENIZER])
-    prompts: list[np.ndarray] = []
-    captions: list[str] = []
-    references: list[np.ndarray] = []
-    for sample in raw:
-        if len(prompts) >= n:
-            break
-        try:
-            image, caption = prepare_sample(sample, d.image_size, d.min_image_side)
-        except BadSample:
-            continue
-        ids = tok.encode(caption)[: d.caption_tokens]
-        prompts.append(prompt_t2i(ids, layout, d.seq_len, image_tokens))
-        captions.append(caption)
-        references.append(image)
-    if not prompts:
-        raise DataError(f"data.eval_path={path!r} holds no usable sample (image and caption)")
-    return prompts, captions, np.stack(references)
+def n_prompts(cfg: RunConfig) -> int:
+    """Prompts the stage samples at most (a real reference set may hold fewer usable samples)."""
+    sets = 2 if cfg.data.task == "t2i" and not has_eval_set(cfg) else 1
+    return sets * cfg.evaluate.n_samples
+
+
+def units(cfg: RunConfig) -> tuple[str, ...]:
+    """One unit per slice of evaluate.slice_size prompts; none when they fit one slice."""
+    n = math.ceil(n_prompts(cfg) / cfg.evaluate.slice_size)
+    return tuple(f"s{i:04d}" for i in range(n)) if n > 1 else ()
+
+
+def _fid_wanted(ctx: StageContext) -> bool:
+    return names.EVAL_SET in ctx.inputs and bool(ctx.cfg.evaluate.fid_weights)
+
+
+def _scene(sets: list[PromptSet], k: int, i: int) -> Scene:
+    scenes = sets[k].scenes
+    if scenes is None:  # pragma: no cover (callers pick sets with scenes)
+        raise DataError(f"prompt set {sets[k].name} has no scenes")
+    return scenes[i]
+
+
+def sample_slice(ctx: StageContext, index: int) -> dict[str, np.ndarray]:
+    """Sample and score slice `index` of the stage's prompts: per-sample arrays (index, set, codes, match,
+    colour, chance; features with FID)."""
+    cfg, e = ctx.cfg, ctx.cfg.evaluate
+    device = training_device()
+    model = load_trained(ctx.inputs[names.TRAIN], device)
+    image_tok = open_image_tokenizer(ctx.inputs[names.IMAGE_TOKENIZER])
+    layout = VocabLayout.from_dict(ShardDataset(ctx.inputs[names.PREPARE] / "val").metadata["vocab"])
+    sets = prompt_sets(ctx, layout, image_tok.tokens_per_image)
+    flat = [(k, i) for k, s in enumerate(sets) for i in range(len(s.prompts))]
+    lo, hi = index * e.slice_size, min(len(flat), (index + 1) * e.slice_size)
+    rows = flat[lo:hi] if lo < len(flat) else []
+    n = len(rows)
+    seed = e.seed + SLICE_SEED_STRIDE * index
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with precision_context(cfg.train.precision, device):
+        codes = sample_from_prompts(
+            model,
+            [sets[k].prompts[i] for k, i in rows],
+            layout,
+            image_tok.tokens_per_image,
+            batch_size=e.batch_size,
+            temperature=e.temperature,
+            top_k=e.top_k,
+            top_p=e.top_p,
+            generator=generator,
+        )  # (n, n_codes)
+    out: dict[str, np.ndarray] = {
+        "index": np.arange(lo, lo + n),
+        "set": np.array([k for k, _ in rows], dtype=np.int64),
+        "codes": codes.numpy().astype(np.int32),
+        "match": np.full(n, NOT_SCORED, np.int8),
+        "colour": np.full(n, NOT_SCORED, np.int8),
+        "chance": np.full(n, NOT_SCORED, np.int8),
+    }
+    fid = _fid_wanted(ctx)
+    if fid:
+        out["features"] = np.zeros((n, 2048), np.float32)
+    if not n:
+        return out
+    images = image_tok.decode(codes)  # (n, H, W, 3) uint8
+    which = np.array([j for j, (k, _) in enumerate(rows) if sets[k].scenes is not None], dtype=np.int64)
+    if len(which):
+        sc = [_scene(sets, *rows[j]) for j in which]
+        out["match"][which] = caption_matches(images[which], sc)
+        out["colour"][which] = colours_present(images[which], sc)
+        shuffled = np.random.default_rng(seed).permutation(len(sc))
+        out["chance"][which] = colours_present(images[which], [sc[j] for j in shuffled])
+    elif cfg.data.task != "t2i" and names.SYNTH in ctx.inputs:
+        out["match"][:] = scene_valid(images, cfg.data.max_shapes)
+    if fid:
+        from ablate.evaluate.fid import inception_features, load_inception
+
+        net = load_inception(e.fid_weights, device)
+        out["features"] = inception_features(net, images, batch_size=e.batch_size).astype(np.float32)
+    ctx.log(f"slice {index}: {n} samples (prompts {lo}..{lo + n - 1})")
+    return out
+
+
+def run_unit(ctx: StageContext) -> None:
+    """One slice (ctx.unit = sNNNN) into units/<unit>/slice.npz."""
+    result = sample_slice(ctx, int(str(ctx.unit).lstrip("s")))
+    buf = io.BytesIO()
+    np.savez(buf, **result)  # type: ignore[arg-type]  # numpy types the first keyword as allow_pickle
+    atomic_write_bytes(ctx.out_dir / SLICE_FILE, buf.getvalue())
+
+
+def _assemble(ctx: StageContext) -> dict[str, np.ndarray]:
+    """Every slice's arrays, concatenated in prompt order: from the units, or sampled here as one slice."""
+    names_ = units(ctx.cfg)
+    if not names_:
+        return sample_slice(ctx, 0)
+    out = RunDir(ctx.out_dir)
+    parts = []
+    for unit in names_:
+        if not out.unit(unit).is_complete():
+            raise DataError(f"slice {unit} of {ctx.out_dir} is not complete; relaunch to sample it")
+        with np.load(out.unit(unit).path / SLICE_FILE) as z:
+            parts.append({k: z[k] for k in z.files})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _fid(ctx: StageContext, features: np.ndarray) -> float:
+    """FID of the samples' features against the reference set's statistics (same weights, checked)."""
+    from ablate.evaluate.fid import feature_stats, frechet_distance, weights_sha256
+
+    ref = read_reference(ctx.inputs[names.EVAL_SET])
+    if ref is None:
+        raise DataError(f"{ctx.inputs[names.EVAL_SET]} has no FID reference statistics")
+    sha = weights_sha256(str(ctx.cfg.evaluate.fid_weights))
+    if str(ref["weights_sha256"]) != sha:
+        raise DataError(
+            f"the reference statistics in {ctx.inputs[names.EVAL_SET]} were computed with other Inception "
+            f"weights than {ctx.cfg.evaluate.fid_weights} has now; put new weights under a new path"
+        )
+    mu, sigma = feature_stats(features)
+    return frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
 
 
 def run(ctx: StageContext) -> None:
     e = ctx.cfg.evaluate
-    model = load_trained(ctx.inputs["train"])
-    image_tok = open_image_tokenizer(ctx.inputs["image_tokenizer"])
-    layout = VocabLayout.from_dict(ShardDataset(ctx.inputs["prepare"] / "val").metadata["vocab"])
-    n_codes = image_tok.tokens_per_image
-    generator = torch.Generator().manual_seed(e.seed)
-    sample: dict[str, Any] = dict(
-        batch_size=e.batch_size, temperature=e.temperature, top_k=e.top_k, top_p=e.top_p
-    )
-
-    rows: list[dict] = []
-    all_codes, all_images, marks, labels = [], [], [], []
+    image_tok = open_image_tokenizer(ctx.inputs[names.IMAGE_TOKENIZER])
+    layout = VocabLayout.from_dict(ShardDataset(ctx.inputs[names.PREPARE] / "val").metadata["vocab"])
+    sets = prompt_sets(ctx, layout, image_tok.tokens_per_image)
+    res = _assemble(ctx)
     metrics: dict[str, float] = {}
-    references = None
-    if ctx.cfg.data.task == "t2i":
-        all_scenes: list[Scene] = []
-        sets = {EVAL_SPLIT: EVAL_SPLIT} if ctx.cfg.data.eval_path else T2I_SPLITS
-        for split, name in sets.items():
-            if split == EVAL_SPLIT:
-                prompts, captions, references = _eval_set_prompts(ctx, layout, e.n_samples, n_codes)
-                scenes = None
-            else:
-                prompts, captions, scenes = _t2i_prompts(ctx, split, layout, e.n_samples, n_codes)
-            codes = sample_from_prompts(model, prompts, layout, n_codes, generator=generator, **sample)
-            images = image_tok.decode(codes)  # (n, H, W, 3) uint8
-            if scenes is None:  # real data: no grammar to check a sample against (FID is the measure)
-                rows += [{"split": name, "caption": c, "match": ""} for c in captions]
-                all_codes.append(codes.numpy())
-                all_images.append(images)
-                marks += [False] * len(captions)
-                labels += captions
-                ctx.log(f"{name}: {len(captions)} samples (real data: no exact caption check)")
-                continue
-            match = caption_matches(images, scenes)
-            metrics[f"caption_match_{name}"] = float(match.mean())
-            metrics[f"colour_match_{name}"] = float(colours_present(images, scenes).mean())
-            all_scenes += scenes
-            rows += [
-                {"split": name, "caption": c, "match": bool(m)} for c, m in zip(captions, match, strict=True)
-            ]
-            all_codes.append(codes.numpy())
-            all_images.append(images)
-            marks += match.tolist()
-            labels += captions
+    for k, s in enumerate(sets):
+        mine = res["set"] == k
+        if s.scenes is not None and mine.any():
+            metrics[f"caption_match_{s.name}"] = float(res["match"][mine].mean())
+            metrics[f"colour_match_{s.name}"] = float(res["colour"][mine].mean())
             ctx.log(
-                f"{name}: {match.mean():.3f} of {len(match)} samples match their caption, "
-                f"{metrics[f'colour_match_{name}']:.3f} draw its colours"
+                f"{s.name}: {metrics[f'caption_match_{s.name}']:.3f} of {mine.sum()} samples match their "
+                f"caption, {metrics[f'colour_match_{s.name}']:.3f} draw its colours"
             )
-        if all_scenes:
-            shuffled = np.random.default_rng(e.seed).permutation(len(all_scenes))
-            chance = colours_present(np.concatenate(all_images), [all_scenes[i] for i in shuffled])
-            metrics["colour_match_chance"] = float(chance.mean())
-    else:
-        prompts = [prompt_uncond(layout)] * e.n_samples
-        codes = sample_from_prompts(model, prompts, layout, n_codes, generator=generator, **sample)
-        images = image_tok.decode(codes)
-        if names.SYNTH in ctx.inputs:
-            valid = scene_valid(images, ctx.cfg.data.max_shapes)
-            metrics["scene_valid"] = float(valid.mean())
-        else:  # real data: nothing to check an unconditional sample against
-            valid = np.zeros(len(images), dtype=bool)
-        rows += [{"split": "uncond", "caption": "", "match": bool(v)} for v in valid]
-        all_codes.append(codes.numpy())
-        all_images.append(images)
-        marks += valid.tolist()
-        labels += ["(unconditional)"] * len(valid)
-        ctx.log(f"unconditional: {valid.mean():.3f} of {len(valid)} samples read as valid scenes")
+    if (res["chance"] != NOT_SCORED).any():
+        metrics["colour_match_chance"] = float(res["chance"][res["chance"] != NOT_SCORED].mean())
+    if ctx.cfg.data.task != "t2i" and names.SYNTH in ctx.inputs:
+        metrics["scene_valid"] = float(res["match"].mean())
+        ctx.log(f"unconditional: {metrics['scene_valid']:.3f} of {len(res['match'])} samples read as scenes")
+    if "features" in res:
+        metrics["fid"] = _fid(ctx, res["features"].astype(np.float64))
+        metrics["fid_samples"] = float(len(res["features"]))
+        ctx.log(f"FID {metrics['fid']:.2f} over {len(res['features'])} samples")
 
-    images = np.concatenate(all_images)
-    k = min(e.grid_images, len(images))
+    captions = [sets[k].captions[i] for k, i in _set_positions(sets, res)]
+    split = [sets[k].name for k in res["set"]]
+    k = min(e.grid_images, len(res["codes"]))
     # Figure 5 shows seen and held-out prompts alike: take the grid's images from both halves.
-    pick = np.linspace(0, len(images) - 1, k).round().astype(int) if k else np.arange(0)
+    pick = np.linspace(0, len(res["codes"]) - 1, k).round().astype(int) if k else np.arange(0)
+    grid_images = image_tok.decode(torch.from_numpy(res["codes"][pick].astype(np.int64)))
     arm = ", ".join(ctx.labels) or ctx.cfg.model.init
     title = f"{arm}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
     grid = sample_grid(
-        images[pick],
-        [labels[i] for i in pick],
+        grid_images,
+        [captions[i] for i in pick],
         ctx.out_dir / "samples.png",
-        marks=[marks[i] for i in pick],
+        marks=[bool(res["match"][i] == 1) for i in pick],
         title=title,
     )
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["index", "split", "caption", "match"], lineterminator="\n")
     writer.writeheader()
-    for i, r in enumerate(rows):
-        writer.writerow({"index": i, **r})
+    for i, (c, s, m) in enumerate(zip(captions, split, res["match"], strict=True)):
+        writer.writerow({"index": i, "split": s, "caption": c, "match": "" if m == NOT_SCORED else bool(m)})
     atomic_write_text(ctx.out_dir / "samples.csv", buf.getvalue())
     npz = io.BytesIO()
-    # The reference images (data.eval_path) beside the samples, for FID against the same set.
-    extra = {} if references is None else {"references": references}
-    np.savez_compressed(npz, codes=np.concatenate(all_codes), images=images, **extra)
+    np.savez_compressed(npz, codes=res["codes"], grid_index=pick, grid_images=grid_images)
     atomic_write_bytes(ctx.out_dir / "samples.npz", npz.getvalue())
     atomic_write_text(ctx.out_dir / "metrics.json", json.dumps(metrics, indent=2))
     # metrics.jsonl as every stage writes it, so `ablate resend` can rebuild this run from the directory.
@@ -208,25 +295,36 @@ def run(ctx: StageContext) -> None:
         ctx.tracker.log_artifact(path)
 
 
+def _set_positions(sets: list[PromptSet], res: dict[str, np.ndarray]) -> list[tuple[int, int]]:
+    """(set, position in set) of each sample, from its global index."""
+    starts = np.cumsum([0] + [len(s.prompts) for s in sets])
+    return [(int(k), int(g - starts[k])) for k, g in zip(res["set"], res["index"], strict=True)]
+
+
 def config(cfg: RunConfig) -> dict:
-    """What the key hashes: the sampling settings (the probe's are train's) and the sequence layout."""
+    """What the key hashes: the sampling settings (the probe's are train's), the sequence layout, the
+    slicing (a slice's seed depends on it) and the reference set whose captions it samples."""
     out: dict[str, Any] = {k: v for k, v in asdict(cfg.evaluate).items() if k not in PROBE_FIELDS}
     out.update(task=cfg.data.task, seq_len=cfg.data.seq_len)
-    if cfg.data.eval_path:  # the reference set's prompts, read as the training data is
-        d = cfg.data
-        out["eval_set"] = {
-            "path": d.eval_path,
-            "image_size": d.image_size,
-            "min_image_side": d.min_image_side,
-            "caption_tokens": d.caption_tokens,
-        }
+    if has_eval_set(cfg):  # the captions, tokenized here as the training data's are
+        out["eval_set"] = eval_set_config(cfg.data, cfg.evaluate.n_samples)
+        out["caption_tokens"] = cfg.data.caption_tokens
     return out
 
 
 STAGE = Stage(
     names.EVALUATE,
-    version=2,
+    version=3,
     config=config,
     run=run,
-    inputs=(names.TRAIN, names.PREPARE, names.IMAGE_TOKENIZER, names.TEXT_TOKENIZER, names.SYNTH),
+    inputs=(
+        names.TRAIN,
+        names.PREPARE,
+        names.IMAGE_TOKENIZER,
+        names.TEXT_TOKENIZER,
+        names.SYNTH,
+        names.EVAL_SET,
+    ),
+    units=units,
+    run_unit=run_unit,
 )

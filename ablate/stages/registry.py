@@ -5,6 +5,7 @@ text_tokenizer --------------------/       \                  /  /
               |--> pretrain (init=pretrained, demo) --------/  /
               |--> heldout_text (init=pretrained, paper) ---/  /
                                               \--> align ------/  (image_init=contrastive)
+eval_set (real data with data.eval_path: its captions and FID reference statistics) --> evaluate
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from ablate.errors import AblateError
 from ablate.stages import (
     align,
+    eval_set,
     evaluate,
     heldout_text,
     image_tokenizer,
@@ -28,6 +30,7 @@ STAGES: tuple[Stage, ...] = (
     text_tokenizer.STAGE,
     image_tokenizer.STAGE,
     prepare.STAGE,
+    eval_set.STAGE,
     pretrain.STAGE,
     heldout_text.STAGE,
     align.STAGE,
