@@ -74,6 +74,12 @@ def cmd_resend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ablate.verify import run
+
+    return run(_results(args), args.sweep)
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
@@ -127,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the results store)"
     )
     s.set_defaults(func=cmd_resend)
+
+    s = sub.add_parser("verify", help="re-hash cached token shards against the sha256 in their meta.json")
+    s.add_argument("sweep", nargs="?", help="only this sweep's stage outputs (default: all of results/cache)")
+    s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("config", help="print the composed, validated config for some overrides")
     s.add_argument("overrides", nargs="*")

@@ -36,6 +36,7 @@ FORMAT = "ablate-token-shards/1"
 META_NAME = "meta.json"
 DEFAULT_SHARD_BYTES = 64 << 20  # 64 MiB: big enough to keep the file count low, small enough to rewrite
 DTYPES = ("uint16", "int32")
+CONSTANT_PROBES = 8  # rows per shard probed on open for a constant (overwritten) file
 _REBUILD = "delete the directory to rebuild it (the prepare stage writes it again)"
 
 
@@ -267,6 +268,17 @@ class ShardDataset:
                 f"{meta_path}: dtype is {self.dtype.name}, expected {np.dtype(dtype).name}; {_REBUILD}"
             )
         self.meta: dict[str, Any] = meta
+        vocab = meta.get("vocab_size")
+        if (
+            isinstance(vocab, bool)
+            or not isinstance(vocab, int)
+            or not 1 <= vocab <= np.iinfo(self.dtype).max + 1
+        ):
+            raise DataError(
+                f"{meta_path}: vocab_size {vocab!r} is not an integer in [1, {np.iinfo(self.dtype).max + 1}] "
+                f"(what {self.dtype.name} holds); {_REBUILD}"
+            )
+        self.vocab_size = int(vocab)
 
         row_bytes = self.seq_len * self.dtype.itemsize
         self._files: list[Path] = []
@@ -298,6 +310,45 @@ class ShardDataset:
                 f"{meta_path}: total {meta.get('total')} != sum of shard counts {self._starts[-1]}; {_REBUILD}"
             )
         self._maps: OrderedDict[int, np.memmap] = OrderedDict()
+        for shard in range(self.num_shards):
+            self._check_not_constant(shard)
+        self.close()
+
+    def _check_not_constant(self, shard: int) -> None:
+        """DataError if CONSTANT_PROBES rows spread over the shard are all one id repeated.
+
+        No sequence ablate writes is one id repeated (image sequences hold specials and codes; text is
+        packed prose), let alone several rows spread over a shard: a file overwritten with one byte value
+        (or a broken writer) would otherwise train to a loss of 0 and look like success. It reads a few
+        pages per shard, once, when the directory is opened.
+        """
+        count = int(self.counts[shard])
+        rows = np.unique(np.linspace(0, count - 1, min(count, CONSTANT_PROBES)).astype(np.int64))
+        if rows.size < 2 or self.seq_len < 2:
+            return
+        probe = self._map(shard)[rows]  # (P, L)
+        if (probe == probe[0, 0]).all():
+            raise DataError(
+                f"shard {self._files[shard]}: every probed sequence ({rows.size} of {count}) is token id "
+                f"{int(probe[0, 0])} repeated {self.seq_len} times: the file is corrupted or was overwritten "
+                f"(`ablate verify` checks it against the sha256 in meta.json); {_REBUILD}"
+            )
+
+    def _check_ids(self, shard: int, rows: np.ndarray, data: np.ndarray) -> None:
+        """DataError naming the file, row and id if `data` (rows `rows` of `shard`) holds an id outside
+        the vocabulary (one max/min over the batch, cheap next to a training step)."""
+        if not data.size:
+            return
+        hi, lo = data.max(), data.min()
+        if hi < self.vocab_size and lo >= 0:
+            return
+        bad = (data >= self.vocab_size) | (data < 0)
+        r, c = (int(x[0]) for x in np.nonzero(bad))
+        raise DataError(
+            f"shard {self._files[shard]}: sequence {int(rows[r])} of the file (position {c}) holds token id "
+            f"{int(data[r, c])}, outside the vocabulary [0, {self.vocab_size}) its meta.json records: the "
+            f"file is corrupted (`ablate verify` checks it against its sha256); {_REBUILD}"
+        )
 
     # --- metadata ----------------------------------------------------------------------------------------
     @property
@@ -341,7 +392,10 @@ class ShardDataset:
         """Sequence ``i`` as a fresh ``(seq_len,)`` array in the shard dtype."""
         i = int(self._check(np.asarray([int(i)], dtype=np.int64))[0])
         shard = int(np.searchsorted(self._starts, i, side="right")) - 1
-        return np.array(self._map(shard)[i - self._starts[shard]])
+        row = i - int(self._starts[shard])
+        out = np.array(self._map(shard)[row])  # (L,)
+        self._check_ids(shard, np.asarray([row]), out[None])
+        return out
 
     def read(self, indices: Any) -> np.ndarray:
         """Sequences at ``indices`` as one ``(B, seq_len)`` array; each shard is mapped once per call."""
@@ -350,7 +404,10 @@ class ShardDataset:
         shard_of = np.searchsorted(self._starts, idx, side="right") - 1
         for shard in np.unique(shard_of):
             sel = shard_of == shard
-            out[sel] = self._map(int(shard))[idx[sel] - self._starts[shard]]  # fancy index: a copy
+            rows = idx[sel] - self._starts[shard]
+            chunk = self._map(int(shard))[rows]  # fancy index: a copy
+            self._check_ids(int(shard), rows, chunk)
+            out[sel] = chunk
         return out
 
     def verify(self) -> None:
