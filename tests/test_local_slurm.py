@@ -72,6 +72,29 @@ def test_up_is_idempotent_and_fast(slurm_cluster: local_slurm.ClusterInfo) -> No
     assert local_slurm.main(["status"]) == 0
 
 
+def _listening() -> dict[int, set[str]]:
+    """Port -> local addresses of the TCP sockets listening on it (/proc/net/tcp and tcp6, as `ss -ltn`)."""
+    out: dict[int, set[str]] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state != "0A":  # LISTEN
+                continue
+            addr, port = local.split(":")
+            if len(addr) == 8:  # IPv4, little-endian hex
+                text = ".".join(str(int(addr[i : i + 2], 16)) for i in (6, 4, 2, 0))
+            else:
+                text = "::1" if addr == "00000000000000000000000001000000" else f"ipv6:{addr}"
+            out.setdefault(int(port, 16), set()).add(text)
+    return out
+
+
+def test_daemons_listen_on_127_0_0_1_only(slurm_cluster: local_slurm.ClusterInfo) -> None:
+    listening = _listening()
+    for port in (local_slurm.CTLD_PORT, local_slurm.SLURMD_PORT, local_slurm.DBD_PORT):
+        assert listening.get(port) == {"127.0.0.1"}, (port, listening.get(port))
+
+
 def test_job_array_runs_with_throttle(slurm_cluster: local_slurm.ClusterInfo, tmp_path: Path) -> None:
     job = _sbatch(tmp_path, "--array=0-2%2", "--wrap", "sleep 2; echo task $SLURM_ARRAY_TASK_ID")
     rows = _wait_done(job, 3)

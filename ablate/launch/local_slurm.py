@@ -173,6 +173,8 @@ ClusterName={CLUSTER}
 SlurmctldHost={info.node}(127.0.0.1)
 SlurmctldPort={CTLD_PORT}
 SlurmdPort={SLURMD_PORT}
+# Listen on the addresses above (127.0.0.1) only; SLURM binds every interface (0.0.0.0) by default.
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -225,6 +227,8 @@ AuthType=auth/munge
 DbdHost=localhost
 DbdAddr=127.0.0.1
 DbdPort={DBD_PORT}
+# Listen on DbdAddr only, not every interface (SLURM's default).
+CommunicationParameters=NoInAddrAny
 SlurmUser=root
 PidFile={info.run_dir}/slurmdbd.pid
 LogFile={info.log_dir}/slurmdbd.log
