@@ -35,3 +35,20 @@ def test_missing_assets_stop_the_launch_before_anything_is_written(tmp_path: Pat
     assert len(missing) == 1 and "do not exist" in missing[0]  # both arms' problem, said once
     assert "prepare: 10 units" in text and "GPU-h" in text
     assert not (results / "mlflow.db").exists()
+
+
+def test_missing_fid_weights_stop_the_launch_and_say_where_they_come_from(tmp_path: Path) -> None:
+    import realdata
+
+    eval_dir = realdata.write_webdataset(tmp_path / "coco", shards=1, per_shard=2, planted=False)[0]
+    overrides = [
+        *realdata.overrides(tmp_path / "assets"),
+        f"data.eval_path={eval_dir}",
+        f"evaluate.fid_weights={tmp_path / 'missing.pth'}",
+    ]
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("name: fid\ngrid:\n  model.init: [random]\n")
+    with pytest.raises(AblateError, match=r"evaluate.fid_weights.*weights-inception-2015-12-05") as err:
+        launch(sweep, overrides, tmp_path / "results", echo=lambda line: None)
+    assert "torch-fidelity/releases/download" in str(err.value)
+    assert not (tmp_path / "results" / "mlflow.db").exists()

@@ -346,6 +346,17 @@ def check_assets(cfg: RunConfig, arm: str | None = None) -> None:
             arm=arm,
             hint="the released open_lm-1b weights, downloaded once (nothing is fetched at run time)",
         )
+    fid = cfg.evaluate.fid_weights
+    if fid and d.source != "synthetic" and d.eval_path and not Path(fid).is_file():
+        from ablate.evaluate.fid import FID_WEIGHTS_FILE, FID_WEIGHTS_URL
+
+        raise ConfigError(
+            "evaluate.fid_weights",
+            fid,
+            f"an existing {FID_WEIGHTS_FILE} (torch-fidelity's InceptionV3 weights)",
+            arm=arm,
+            hint=f"downloaded once from {FID_WEIGHTS_URL}; or unset it for no FID",
+        )
     if p.heldout_text_path and not Path(p.heldout_text_path).is_file():
         raise ConfigError(
             "pretrain.heldout_text_path",
