@@ -73,7 +73,17 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def measure(config: str, seq_len: int, micro_batch: int, precision: str, steps: int, warmup: int) -> dict:
+def measure(
+    config: str,
+    seq_len: int,
+    micro_batch: int,
+    precision: str,
+    steps: int,
+    warmup: int,
+    *,
+    compile: bool = False,
+    activation_checkpointing: bool = False,
+) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -81,6 +91,8 @@ def measure(config: str, seq_len: int, micro_batch: int, precision: str, steps: 
     layout = PAPER_LAYOUT if config == "open_lm_1b" else VocabLayout(text_vocab_size=256, codebook_size=64)
     args = ModelArgs(seq_len=seq_len, vocab_size=layout.size, **CONFIGS[config])  # type: ignore[arg-type]
     model = Transformer(args).to(device)
+    model.activation_checkpointing = activation_checkpointing
+    forward = torch.compile(model) if compile else model  # as train.compile: the forward passes only
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
@@ -91,7 +103,7 @@ def measure(config: str, seq_len: int, micro_batch: int, precision: str, steps: 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            logits = model(inputs)  # (B, L, V)
+            logits = forward(inputs)  # (B, L, V)
             loss = split_loss(logits, targets, layout).loss
         loss.backward()
         optimizer.step()
@@ -128,6 +140,10 @@ def measure(config: str, seq_len: int, micro_batch: int, precision: str, steps: 
         "tokens_per_s": tokens_per_s,
         "peak_memory_gib": peak_memory_bytes(device) / 2**30,
         "gflop_per_token": flops / 1e9,
+        # The float32 logits and their gradient: what a chunked cross-entropy would save.
+        "logits_gib": 2 * micro_batch * seq_len * layout.size * 4 / 2**30,
+        "compile": compile,
+        "activation_checkpointing": activation_checkpointing,
         "peak_tflops": None if peak is None else peak / 1e12,
         "mfu": None if peak is None else tokens_per_s * flops / peak,
     }
@@ -141,14 +157,29 @@ def main() -> None:
     ap.add_argument("--precision", choices=("bf16", "float32"), default="bf16")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (train.compile)")
+    ap.add_argument("--activation-checkpointing", action="store_true", help="train.activation_checkpointing")
     a = ap.parse_args()
-    r = measure(a.config, a.seq_len, a.micro_batch, a.precision, a.steps, a.warmup)
+    r = measure(
+        a.config,
+        a.seq_len,
+        a.micro_batch,
+        a.precision,
+        a.steps,
+        a.warmup,
+        compile=a.compile,
+        activation_checkpointing=a.activation_checkpointing,
+    )
     print(
         f"device {r['device']}; {r['config']}: {r['params'] / 1e6:,.1f}M parameters, vocabulary {r['vocab']:,}, "
         f"sequence {r['seq_len']:,}, micro-batch {r['micro_batch']}, {r['precision']}, {r['steps']} timed steps"
+        + (", compiled" if r["compile"] else "")
+        + (", activation checkpointing" if r["activation_checkpointing"] else "")
     )
     print(f"tokens/s      {r['tokens_per_s']:,.1f}")
-    print(f"peak memory   {r['peak_memory_gib']:.2f} GiB")
+    print(
+        f"peak memory   {r['peak_memory_gib']:.2f} GiB (of it float32 logits + their grad: {r['logits_gib']:.2f} GiB)"
+    )
     print(f"GFLOP/token   {r['gflop_per_token']:.3f}")
     if r["mfu"] is None:
         print("MFU           n/a (no bf16 peak known for this device: see PEAKS)")

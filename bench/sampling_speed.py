@@ -6,6 +6,10 @@ P = 30), 256 codes each, temperature 1 with top-p 0.9, one thread. Both paths dr
 with the same seed; the script reports whether they gave the same codes.
 
     python bench/sampling_speed.py [--images 64] [--codes 256] [--threads 1] [--skip-uncached]
+                                   [--device cuda] [--precision bf16]
+
+On a GPU, `--device cuda --precision bf16` times what the evaluate stage's slices run (autocast as
+train.precision=auto gives on CUDA).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 from ablate.data.sequence import VocabLayout, max_caption_tokens, prompt_t2i
 from ablate.evaluate.sampling import sample_images
 from ablate.model.transformer import ModelArgs, Transformer
+from ablate.train.loop import precision_context
 
 SEQ = 288
 LAYOUT = VocabLayout(text_vocab_size=8192, codebook_size=256)  # the demo's vocabulary
@@ -39,10 +44,18 @@ def prompts(n: int, n_codes: int) -> np.ndarray:
     )  # (N, P)
 
 
-def timed(model: Transformer, batch: np.ndarray, n_codes: int, **kw) -> tuple[float, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
+def timed(
+    model: Transformer, batch: np.ndarray, n_codes: int, precision: str, **kw
+) -> tuple[float, torch.Tensor]:
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
-    codes = sample_images(model, batch, LAYOUT, n_codes, temperature=1.0, top_p=0.9, generator=gen, **kw)
+    with precision_context(precision, device):
+        codes = sample_images(model, batch, LAYOUT, n_codes, temperature=1.0, top_p=0.9, generator=gen, **kw)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - t0, codes
 
 
@@ -52,16 +65,23 @@ def main() -> None:
     ap.add_argument("--codes", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-uncached", action="store_true", help="time the cached path only")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="float32", choices=["float32", "bf16", "auto"])
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    model, batch = demo_model(), prompts(a.images, a.codes)
+    model, batch = demo_model().to(a.device), prompts(a.images, a.codes)
     has_cache = "use_cache" in inspect.signature(sample_images).parameters
-    print(f"{a.images} images x {a.codes} codes, prompt length {batch.shape[1]}, {a.threads} thread(s)")
+    print(
+        f"{a.images} images x {a.codes} codes, prompt length {batch.shape[1]}, {a.threads} thread(s), "
+        f"{a.device}, {a.precision}"
+    )
     results = {}
     if has_cache:
-        results["cached"] = timed(model, batch, a.codes)
+        results["cached"] = timed(model, batch, a.codes, a.precision)
     if not a.skip_uncached:
-        results["uncached"] = timed(model, batch, a.codes, **({"use_cache": False} if has_cache else {}))
+        results["uncached"] = timed(
+            model, batch, a.codes, a.precision, **({"use_cache": False} if has_cache else {})
+        )
     for name, (sec, _) in results.items():
         print(f"{name:>9}: {sec:8.2f} s  ({a.images * a.codes / sec:,.0f} codes/s)")
     if len(results) == 2:
