@@ -31,6 +31,7 @@ EVAL_METRICS = (
     "colour_match_heldout",
     "colour_match_chance",
     "scene_valid",
+    "fid",  # real data with evaluate.fid_weights
 )
 SUMMARY_COLUMNS = [
     "sweeps", "arm", "init", "image_init", "task", "trainable", "lr", "batch_tokens", "scale", "status",
