@@ -221,3 +221,25 @@ def test_config_group_errors_name_the_group_and_its_options():
 def test_dataclass_config_is_plain_data():
     _, config = compose_arm([])
     assert dataclasses.is_dataclass(config) and type(config.evaluate.prompts) is list
+
+
+@pytest.mark.parametrize(
+    ("override", "ok"),
+    [
+        ("tracking.uri=bogus://x", False),
+        ("tracking.flush_interval_s=0", False),
+        ("tracking.close_timeout_s=-1", False),
+        ("tracking.uri=sqlite:////tmp/x.db", True),
+        ("tracking.uri=postgresql+psycopg2://u@h/db", True),
+        ("tracking.uri=/tmp/mlruns", True),
+    ],
+)
+def test_tracking_settings_are_checked_before_the_store_is_opened(tmp_path, override, ok):
+    def run() -> None:
+        launch(SWEEPS / "t2i_init.yaml", [override], tmp_path, dry_run=True, echo=lambda s: None)
+
+    if ok:
+        run()
+    else:
+        with pytest.raises(ConfigError, match=override.split("=")[0]):
+            run()

@@ -120,6 +120,24 @@ def validate_cluster(c: S.ClusterConfig, arm: str | None = None) -> None:
     check_cluster_sbatch(c, arm=arm)
 
 
+# The tracking-store URI schemes MLflow opens (mlflow.tracking._tracking_service.utils); a path has none.
+TRACKING_SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+def validate_tracking(t: S.TrackingConfig, arm: str | None = None) -> None:
+    """ConfigError for a tracking URI MLflow cannot open and for non-positive intervals (else a traceback at
+    launch, once the sweep's runs are being created)."""
+    if t.uri is not None:
+        scheme = t.uri.partition("://")[0].split("+")[0] if "://" in t.uri else ""
+        if scheme not in TRACKING_SCHEMES or any(ch in t.uri for ch in "\n\r\0"):
+            allowed = f"a path or a URI with a scheme of {', '.join(s for s in TRACKING_SCHEMES if s)}"
+            raise ConfigError("tracking.uri", t.uri, allowed, arm=arm)
+    if not t.flush_interval_s > 0:
+        raise ConfigError("tracking.flush_interval_s", t.flush_interval_s, "a number of seconds > 0", arm=arm)
+    if not t.close_timeout_s >= 0:
+        raise ConfigError("tracking.close_timeout_s", t.close_timeout_s, "a number of seconds >= 0", arm=arm)
+
+
 def validate(cfg: RunConfig, arm: str | None = None) -> None:
     """Raise ConfigError (naming arm, key, value, allowed) for the first invalid value found."""
 
@@ -148,6 +166,7 @@ def validate(cfg: RunConfig, arm: str | None = None) -> None:
     choice("train.precision", tr.precision, S.PRECISIONS)
     choice("train.grad_reduce_dtype", tr.grad_reduce_dtype, S.GRAD_REDUCE_DTYPES)
     validate_cluster(cfg.cluster, arm=arm)
+    validate_tracking(cfg.tracking, arm=arm)
 
     for key, value in [
         ("model.hidden_dim", m.hidden_dim),
