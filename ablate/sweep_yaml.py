@@ -83,10 +83,12 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 def read_yaml(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
     """A sweep file's data and key lines, within the module's size, depth and alias limits."""
     try:
-        size = path.stat().st_size
-        if size > MAX_SWEEP_BYTES:
-            raise SweepError(f"{path}: {size:,} bytes; a sweep file is at most {MAX_SWEEP_BYTES:,}")
-        raw = path.read_bytes()
+        if not path.is_file():  # a folder, or a device or FIFO that never ends or never answers
+            raise SweepError(f"{path}: not a regular file; a sweep file is a .yaml file")
+        with path.open("rb") as f:
+            raw = f.read(MAX_SWEEP_BYTES + 1)
+        if len(raw) > MAX_SWEEP_BYTES:
+            raise SweepError(f"{path}: more than {MAX_SWEEP_BYTES:,} bytes; a sweep file is a few lines")
     except (OSError, RuntimeError) as e:
         raise SweepError(f"{path}: cannot read sweep file ({getattr(e, 'strerror', None) or e})") from None
     try:

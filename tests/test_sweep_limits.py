@@ -243,3 +243,18 @@ def test_tracking_settings_are_checked_before_the_store_is_opened(tmp_path, over
     else:
         with pytest.raises(ConfigError, match=override.split("=")[0]):
             run()
+
+
+def test_sweep_paths_that_are_no_sweep_file(tmp_path):
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # opening it would block until a writer came
+    big = write(tmp_path, "name: b\n#" + "x" * (1 << 20), "big.yaml")
+    cases = {
+        Path("/dev/zero"): "not a regular file",
+        fifo: "not a regular file",
+        tmp_path: "not a regular file",
+    }
+    cases |= {big: "more than 1,048,576 bytes", tmp_path / "nope.yaml": "No such file"}
+    for path, needle in cases.items():
+        with pytest.raises(SweepError, match=needle):
+            launch(path, [], tmp_path / "results", dry_run=True, echo=lambda s: None)
