@@ -423,6 +423,7 @@ def load_sweep(
         parser.max_arms = _limits[1]
     else:
         parser = _Parser(path, *_limits)
+        parser.max_arms_of()  # checked, though only the top file's limit counts
     outer = list(_outer)
     base_now = parser.data.get("base") if isinstance(parser.data, dict) else None
     scale = scale_of(outer + [str(b) for b in (base_now if isinstance(base_now, list) else [])] + cli)
