@@ -116,19 +116,22 @@ def run_graph(
                     echo(progress_line(n))
             if running:
                 time.sleep(0.5)
-    except (KeyboardInterrupt, StorageError):  # Ctrl-C, or the manifest's disk is full or read-only
-        _wind_down(running, echo)
+    except KeyboardInterrupt:
+        _wind_down(running, echo, "interrupted")
+        raise
+    except StorageError:  # the manifest's disk is full or read-only: the jobs on it cannot go on either
+        _wind_down(running, echo, "cannot write to the results folder")
         raise
     return not failed
 
 
 def _wind_down(
-    running: dict[str, tuple[Node, submitit.Job]], echo: Callable[[str], None], grace_s: float = 60
+    running: dict[str, tuple[Node, submitit.Job]], echo: Callable[[str], None], why: str, grace_s: float = 60
 ) -> None:
     """After Ctrl-C: give running jobs time to checkpoint and stop (a terminal's SIGINT reached them too)."""
-    echo(
-        f"interrupted: waiting up to {grace_s:.0f}s for {len(running)} running job(s) to checkpoint and stop"
-    )
+    if not running:
+        return
+    echo(f"{why}: waiting up to {grace_s:.0f}s for {len(running)} running job(s) to checkpoint and stop")
     start = time.monotonic()
     signalled = False
     while running and time.monotonic() - start < grace_s:

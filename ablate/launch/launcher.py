@@ -214,12 +214,12 @@ def _launch_locked(
     start = time.monotonic()
 
     def on_event(event: str, node: Node, detail: str) -> None:
-        manifest.record(node.job.name, event, detail)
         if event != "skipped" or len(graph.nodes) < 20:
             echo(
                 f"[{time.strftime('%H:%M:%S')}] {event:<9} {node.job.stage:<15} {arms_label(node.job.labels)}"
                 + (f"  ({detail})" if detail else "")
             )
+        manifest.record(node.job.name, event, detail)  # after the line: a full disk must not hide it
 
     ok = run_graph(graph, cluster, results / "jobs" / sweep.name, on_event, echo=echo)
     set_run_status(uri, parent, "FINISHED" if ok else "FAILED")
