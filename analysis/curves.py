@@ -14,7 +14,7 @@ from matplotlib.ticker import EngFormatter
 
 from ablate import tracking
 from ablate.errors import AblateError
-from analysis.figures import EMA_ALPHA, PLOT_COLUMNS, _colors, _draw, joined, plotted_points, save
+from analysis.figures import PLOT_COLUMNS, _colors, _draw, joined, plotted_points, save, smoothing_label
 from analysis.runs import label_rank
 
 # Figure 6's settings (train.trainable presets, ablate/model/freeze.py) in the paper's order.
@@ -56,13 +56,12 @@ def positional_note(values: pd.Series) -> str:
     return "Positional parameters trained with '+ positional': " + "; ".join(given) + "."
 
 
-def figure6_freeze(
-    frame: pd.DataFrame, runs: pd.DataFrame, out_dir: Path, alpha: float = EMA_ALPHA
-) -> list[Path]:
+def figure6_freeze(frame: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Figure 6: unconditional generation, loss against tokens, one line per freeze setting (init and
     train.trainable); raw thin and faint, EMA thick. `runs`: the run table (analysis.runs.run_table) rows
     of those runs, for their ablate.positional_params tag (the note under the legend)."""
-    points = plotted_points(frame, ["loss"], alpha, tasks=("uncond",), extra=("trainable",))
+    points = plotted_points(frame, ["loss"], tasks=("uncond",), extra=("trainable",))
+    span = points.attrs.get("span")
     if points.empty:
         raise AblateError("figure 6: no unconditional training run has logged loss together with tokens")
     if not runs.empty:  # the run table falls back to the ablate.trainable tag where the param is missing
@@ -86,16 +85,19 @@ def figure6_freeze(
     ax = fig.subplots()
     _draw(ax, points, colors, by="setting", title="trainable parameters")
     ax.set_ylabel("loss (image tokens)")
-    ax.set_title(f"Unconditional generation, partly frozen language model (thick: EMA {alpha})", fontsize=10)
+    points.attrs["span"] = span
+    ax.set_title(
+        f"Unconditional generation, partly frozen language model\n{smoothing_label(points)}", fontsize=9
+    )
     fig.text(0.01, -0.02, note, fontsize=7.5, ha="left", va="top", wrap=True)
     return save(fig, points[FREEZE_COLUMNS], out_dir, "figure6_freeze")
 
 
-def figure7_contrastive(frame: pd.DataFrame, out_dir: Path, alpha: float = EMA_ALPHA) -> list[Path]:
+def figure7_contrastive(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Figure 7: the align stage's CLIP loss (raw thin, EMA thick) and temperature against step, one
     line per align run, two panels. `frame`: curves of align runs (metrics loss, temperature)."""
-    loss = plotted_points(frame, ["loss"], alpha, tasks=None, x="step")
-    temp = plotted_points(frame, ["temperature"], alpha, tasks=None, x="step")
+    loss = plotted_points(frame, ["loss"], tasks=None, x="step")
+    temp = plotted_points(frame, ["temperature"], tasks=None, x="step")
     temp = temp[temp["kind"] == "raw"]  # a learned scalar: no noise to smooth
     if loss.empty and temp.empty:
         raise AblateError("figure 7: no align run has logged loss or temperature")
@@ -120,8 +122,8 @@ def figure7_contrastive(frame: pd.DataFrame, out_dir: Path, alpha: float = EMA_A
     axes[1].set_ylabel("temperature (logit scale)")
     for ax in axes:
         ax.set_xlabel("step")
-    axes[0].set_title(f"Contrastive loss (thick: EMA {alpha})", fontsize=10)
-    axes[1].set_title("Temperature", fontsize=10)
+    axes[0].set_title(f"Contrastive loss\n({smoothing_label(loss, x='step')})", fontsize=9)
+    axes[1].set_title("Logit scale (CLIP's learned temperature parameter, exp(t))", fontsize=9)
     fig.suptitle("Aligning image codes with text embeddings (align stage)", fontsize=11)
     return save(fig, points, out_dir, "figure7_contrastive")
 

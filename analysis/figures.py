@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,10 +20,11 @@ from matplotlib.ticker import EngFormatter
 from ablate.atomic import atomic_path
 from ablate.errors import AblateError
 from analysis.runs import init_label, label_rank
-from analysis.smoothing import ema
+from analysis.smoothing import ema_span, smoothing_span
+from analysis.tables import human
 
-EMA_ALPHA = 0.95  # the paper's smoothing
 MAX_POINTS = 500  # per plotted line
+LINESTYLES: list[Any] = ["-", (0, (5, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)), (0, (3, 3))]
 INIT_COLORS = {"pretrained": "tab:blue", "random": "tab:orange"}
 _OTHER_COLORS = ["tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
 PLOT_COLUMNS = ["series", "metric", "run_id", "arm", "init", "kind", "step", "tokens", "value"]
@@ -48,7 +50,6 @@ def _colors(inits: Sequence[str]) -> dict[str, str]:
 def plotted_points(
     frame: pd.DataFrame,
     metrics: Sequence[str],
-    alpha: float = EMA_ALPHA,
     max_points: int = MAX_POINTS,
     log_space: bool = False,
     tasks: Sequence[str] | None = ("t2i",),
@@ -56,14 +57,15 @@ def plotted_points(
     extra: Sequence[str] = (),
 ) -> pd.DataFrame:
     """The points a curve figure draws: per run (of one of `tasks`; None: any) and metric, raw values and
-    their EMA. The `init` column holds the initialisation label (analysis.runs.init_label).
+    their smoothed line (kind "ema"). The `init` column holds the initialisation label (analysis.runs.init_label).
 
-    A run with no task param counts as text-to-image; points with no `x` value are left out. The EMA is
-    taken over every step, then each line is thinned to about `max_points` evenly spaced steps (first and
-    last kept): a few hundred points fill a figure's width, and the CSV stays a sensible size.
-    With `log_space` the EMA is taken over log(value) (for perplexity: an EMA of the loss), so the
-    first, huge values do not dominate the smoothed curve for hundreds of steps. `extra`: frame columns
-    to keep in the result besides PLOT_COLUMNS.
+    A run with no task param counts as text-to-image; points with no `x` value are left out. The smoothing
+    is a bias-corrected EMA over `x` (analysis.smoothing.ema_span) with one span for the whole figure: the
+    paper's EMA 0.95 (20 steps) where runs are long, at most 2% of the longest run where they are short;
+    it is in ``points.attrs["span"]`` for the caption. It is taken over every step, then each line is
+    thinned to about `max_points` evenly spaced steps (first and last kept). With `log_space` the
+    smoothing is over log(value) (for perplexity: an EMA of the loss), so the first, huge values do not
+    dominate the smoothed curve. `extra`: frame columns to keep in the result besides PLOT_COLUMNS.
     """
     columns = [*PLOT_COLUMNS, *extra]
     keep = frame["metric"].isin(metrics) & frame[x].notna() & frame["value"].notna()
@@ -71,7 +73,9 @@ def plotted_points(
         keep &= frame["task"].isin(tasks) | (frame["task"].isna() if "t2i" in tasks else False)
     data = frame[keep]
     if data.empty:
-        return pd.DataFrame(columns=columns)
+        empty = pd.DataFrame(columns=columns)
+        empty.attrs["span"] = float("nan")
+        return empty
     # Grouped by run and metric, by step within: sorting integer codes, not millions of strings.
     run_code, metric_code = pd.factorize(data["run_id"])[0], pd.factorize(data["metric"])[0]
     data = data.iloc[np.lexsort((data["step"].to_numpy(), metric_code, run_code))]
@@ -83,18 +87,30 @@ def plotted_points(
     labels = np.array([init_label(i, m) for i, m in uniques], dtype=object)
     data = data.assign(init=labels[codes])
     data = data.assign(arm=data["arm"].fillna(data["run_id"].str[:8]).astype(str))
-    groups = data.groupby(["run_id", "metric"], sort=False)["value"]
+    span = smoothing_span(data[x], data["run_id"])
+    values = np.log(data["value"].to_numpy(dtype=np.float64)) if log_space else data["value"].to_numpy()
+    smooth = np.empty(len(data))
+    for idx in data.groupby(["run_id", "metric"], sort=False).indices.values():
+        smooth[idx] = ema_span(values[idx], data[x].to_numpy(dtype=np.float64)[idx], span)
     if log_space:
-        smooth = groups.transform(lambda v: np.exp(ema(np.log(v.to_numpy()), alpha)))
-    else:
-        smooth = groups.transform(lambda v: ema(v.to_numpy(), alpha))
+        smooth = np.exp(smooth)
+    groups = data.groupby(["run_id", "metric"], sort=False)["value"]
     pos, size = groups.cumcount().to_numpy(), groups.transform("size").to_numpy()
     stride = np.maximum(1, np.ceil(size / max_points)).astype(np.int64)
     thin = (pos % stride == 0) | (pos == size - 1)
     raw = data[thin].assign(kind="raw")
     points = pd.concat([raw, raw.assign(kind="ema", value=smooth[thin])], ignore_index=True)
     points["series"] = points["init"] + "/" + points["arm"] + "/" + points["metric"] + "/" + points["kind"]
-    return points[columns]
+    out = points[columns]
+    out.attrs["span"] = span
+    return out
+
+
+def smoothing_label(points: pd.DataFrame, x: str = "tokens") -> str:
+    """What the thick lines are, for a title: 'EMA over 10.0k tokens'."""
+    span = points.attrs.get("span", float("nan"))
+    unit = "tokens" if x == "tokens" else "steps"
+    return f"thick: EMA over {human(span)} {unit}, bias-corrected; thin: raw"
 
 
 def joined(points: pd.DataFrame, x: str, y: str = "value") -> tuple[np.ndarray, np.ndarray]:
@@ -121,15 +137,18 @@ def _draw(
     per colour and kind, runs separated by NaN breaks: hundreds of runs would otherwise be hundreds of
     artists, and drawing each costs more than its points (raw under every EMA)."""
     for kind in ("raw", "ema"):
-        for group, color in colors.items():
+        for rank, (group, color) in enumerate(colors.items()):
             lines = points[(points["kind"] == kind) & (points[by] == group)]
             if lines.empty:
                 continue
             xs, ys = joined(lines, x)
+            # Legend order is drawing priority: the first groups (pretrained, random) on top, and each
+            # with its own dash pattern, so a line under another (pretrained + contrastive) still shows.
+            ls, z = LINESTYLES[rank % len(LINESTYLES)], 3 + len(colors) - rank
             if kind == "raw":
-                ax.plot(xs, ys, lw=0.7, alpha=0.45, color=color, rasterized=True)
+                ax.plot(xs, ys, lw=0.7, alpha=0.45, color=color, rasterized=True, zorder=z)
             else:
-                ax.plot(xs, ys, lw=2.0, color=color, label=group)
+                ax.plot(xs, ys, lw=2.0, color=color, label=group, ls=ls, zorder=z)
     if x == "tokens":
         ax.set_xlabel("training tokens")
         ax.xaxis.set_major_formatter(EngFormatter())  # 250 k, 1 G: token counts span orders of magnitude
@@ -163,9 +182,9 @@ def _require(points: pd.DataFrame, figure: str, metrics: Sequence[str]) -> None:
         )
 
 
-def figure3_perplexity(frame: pd.DataFrame, out_dir: Path, alpha: float = EMA_ALPHA) -> list[Path]:
+def figure3_perplexity(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Figure 3: perplexity against training tokens, pretrained vs random init (raw thin, EMA thick)."""
-    points = plotted_points(frame, ["perplexity"], alpha, log_space=True)
+    points = plotted_points(frame, ["perplexity"], log_space=True)
     _require(points, "figure 3", ["perplexity"])
     fig = Figure(figsize=(6.4, 4.4))
     ax = fig.subplots()
@@ -173,14 +192,16 @@ def figure3_perplexity(frame: pd.DataFrame, out_dir: Path, alpha: float = EMA_AL
     if (points["value"] > 0).all():  # perplexity spans orders of magnitude early on
         ax.set_yscale("log")
     ax.set_ylabel("perplexity")
-    ax.set_title(f"Perplexity through training (text-to-image; thick: EMA {alpha} of the loss)", fontsize=10)
+    ax.set_title(
+        f"Perplexity through training (text-to-image)\n{smoothing_label(points)} (of the loss)", fontsize=9
+    )
     return save(fig, points, out_dir, "figure3_perplexity")
 
 
-def figure4_loss_split(frame: pd.DataFrame, out_dir: Path, alpha: float = EMA_ALPHA) -> list[Path]:
+def figure4_loss_split(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Figure 4: loss on text tokens and on image tokens (two panels) against tokens, one line per init."""
     metrics = ["text_loss", "image_loss"]
-    points = plotted_points(frame, metrics, alpha)
+    points = plotted_points(frame, metrics)
     _require(points, "figure 4", metrics)
     colors = _colors(points["init"].unique())
     fig = Figure(figsize=(11.0, 4.2))
@@ -193,5 +214,5 @@ def figure4_loss_split(frame: pd.DataFrame, out_dir: Path, alpha: float = EMA_AL
             _draw(ax, panel, colors, legend=metric == metrics[0])
         ax.set_ylabel(LABELS[metric])
         ax.set_title(LABELS[metric].capitalize(), fontsize=10)
-    fig.suptitle(f"Loss split by target token type (text-to-image; thick: EMA {alpha})", fontsize=11)
+    fig.suptitle(f"Loss split by target token type (text-to-image; {smoothing_label(points)})", fontsize=11)
     return save(fig, points, out_dir, "figure4_loss_split")

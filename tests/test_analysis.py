@@ -16,7 +16,7 @@ from ablate.errors import AblateError
 from analysis import figures
 from analysis.frames import CURVE_COLUMNS, training_curves
 from analysis.plot import plot_all
-from analysis.smoothing import ema
+from analysis.smoothing import ema, ema_span, smoothing_span
 
 STEPS = 60
 TOKENS_PER_STEP = 4096
@@ -116,10 +116,14 @@ def test_figure3_writes_png_pdf_csv_with_both_inits(demo_frame: pd.DataFrame, tm
         f"{init}/t2i-{init}/perplexity/{kind}" for init in ("pretrained", "random") for kind in ("raw", "ema")
     }
     assert len(data) == 2 * 2 * STEPS  # one row per plotted point
-    raw = data[data["series"] == "random/t2i-random/perplexity/raw"]["value"].to_numpy()
+    line = data[data["series"] == "random/t2i-random/perplexity/raw"]
+    raw, tokens = line["value"].to_numpy(), line["tokens"].to_numpy()
     smooth = data[data["series"] == "random/t2i-random/perplexity/ema"]["value"].to_numpy()
-    # Perplexity is smoothed as an EMA of the loss (log space), so early huge values do not dominate.
-    np.testing.assert_allclose(smooth, np.exp(ema(np.log(raw), 0.95)))
+    # Perplexity is smoothed as an EMA of the loss (log space), so early huge values do not dominate;
+    # over tokens, with the figure's one span (20 steps, at most 2% of the longest run).
+    every = data[data["kind"] == "raw"]
+    span = smoothing_span(every["tokens"], every["run_id"])
+    np.testing.assert_allclose(smooth, np.exp(ema_span(np.log(raw), tokens, span)))
 
 
 def test_figure4_has_a_panel_per_token_type(demo_frame: pd.DataFrame, tmp_path: Path) -> None:

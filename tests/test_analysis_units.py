@@ -108,3 +108,31 @@ def test_positional_note() -> None:
     learned = curves.positional_note(pd.Series(["pos_embed.weight", None]))
     assert "pos_embed.weight" in learned and "only the norms" not in learned
     assert "not recorded" in curves.positional_note(pd.Series([None]))
+
+
+def test_ema_span_follows_a_drop_the_paper_ema_lags_behind():
+    from analysis.smoothing import ema, ema_span
+
+    tokens = np.arange(218) * 2304.0  # the demo's 218 steps
+    loss = np.where(tokens < 100_000, 8.0, 2.0)  # a drop at 100K tokens
+    after = tokens >= 100_000 + 20 * 2304
+    smooth = ema_span(loss, tokens, span=0.02 * tokens[-1])  # ~10K tokens
+    assert np.abs(smooth[after] - 2.0).max() < 0.1  # caught up within 20 steps (46K tokens) of the drop
+    assert ema(loss, 0.95)[after][0] > 3.0  # where EMA 0.95 per step is still a third of the way up
+    # Bias-corrected: no pull towards the first value; a constant stays constant; NaNs are skipped.
+    np.testing.assert_allclose(ema_span(np.full(5, 3.0), np.arange(5.0), 2.0), 3.0)
+    np.testing.assert_allclose(ema_span([1.0, np.nan, 3.0], [0.0, 1.0, 2.0], 1e9), [1.0, 1.0, 2.0])
+    # Uneven spacing: a point far back weighs exp(-distance / span).
+    got = ema_span([0.0, 1.0], [0.0, 1.0], 1.0)[1]
+    assert got == pytest.approx(1.0 / (1.0 + np.exp(-1.0)))
+
+
+def test_smoothing_span_is_the_papers_20_steps_but_at_most_2_percent_of_the_run():
+    import pandas as pd
+
+    from analysis.smoothing import smoothing_span
+
+    demo = pd.Series(np.arange(218) * 2304.0)
+    assert smoothing_span(demo, pd.Series(["a"] * 218)) == pytest.approx(0.02 * 217 * 2304)
+    paper = pd.Series(np.arange(100_007) * 999_936.0)
+    assert smoothing_span(paper, pd.Series(["a"] * len(paper))) == pytest.approx(20 * 999_936)

@@ -19,7 +19,7 @@ from ablate import paper, tracking
 from ablate.errors import AblateError
 from analysis import tables
 from analysis.plot import plot_report
-from analysis.smoothing import ema
+from analysis.smoothing import ema_span, smoothing_span
 
 STEPS = 50  # last 5%: ceil(2.5) = 3 steps
 TOKENS_PER_STEP = 1000
@@ -194,11 +194,16 @@ def test_figure6_one_line_per_freeze_setting(everything: SimpleNamespace, store:
         "random: all parameters (all)",
     }
     assert set(data["positional_params"]) == {ROTARY}
+    every = data[data["kind"] == "raw"]
+    span = smoothing_span(every["tokens"], every["run_id"])
     for name in ("freeze-pretrained-emb_out", "freeze-random-all"):
         run = data[data["run_id"] == store.ids[(name, "train")]]
         logged = store.series(name, "loss")
-        np.testing.assert_allclose(run[run["kind"] == "raw"]["value"], logged)
-        np.testing.assert_allclose(run[run["kind"] == "ema"]["value"], ema(logged, 0.95))
+        raw = run[run["kind"] == "raw"]
+        np.testing.assert_allclose(raw["value"], logged)
+        np.testing.assert_allclose(
+            run[run["kind"] == "ema"]["value"], ema_span(logged, raw["tokens"].to_numpy(), span)
+        )
         assert run["series"].str.endswith(("/raw", "/ema")).all() and run["series"].nunique() == 2
 
 
@@ -206,7 +211,11 @@ def test_figure7_loss_and_temperature_of_the_align_run(everything: SimpleNamespa
     data = everything.csv("figure7_contrastive")
     loss = store.series("align", "loss", "align")
     got = data[data["metric"] == "loss"]
-    np.testing.assert_allclose(got[got["kind"] == "ema"]["value"], ema(loss, 0.95))
+    raw = got[got["kind"] == "raw"]
+    span = smoothing_span(raw["step"], raw["run_id"])
+    np.testing.assert_allclose(
+        got[got["kind"] == "ema"]["value"], ema_span(loss, raw["step"].to_numpy(), span)
+    )
     temp = data[data["metric"] == "temperature"]
     np.testing.assert_allclose(temp["value"], store.series("align", "temperature", "align"))
     assert temp["step"].tolist() == list(range(1, 31))
