@@ -211,7 +211,7 @@ def test_close_with_server_down_warns_and_resend_restores(
     assert "100 metric values" in warning
 
     assert resend(run_dir, stack.url) == (run_id, 50)
-    assert resend(run_dir, stack.url) == (run_id, 50)  # twice adds nothing: steps it has are skipped
+    assert resend(run_dir, stack.url) == (run_id, 0)  # twice adds nothing: every (key, step) it has is skipped
     _assert_every_step_once(stack.url, run_id, 50, 2)
 
 
