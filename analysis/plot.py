@@ -122,8 +122,10 @@ FIGURES: tuple[Figure, ...] = (
     Figure(
         "table1_completions",
         T2I,
-        "text-to-image train runs",
-        lambda f: f.t2i,
+        "pretrained text-to-image train runs",
+        # The text-ability probe runs for pretrained initialisations only (ablate.stages.train.text_probe):
+        # a random arm has no completions to miss.
+        lambda f: f.t2i[f.t2i["init"] == "pretrained"],
         lambda runs, d: tables.table1_completions(completion_records(runs, d.tokens, d.fetch), d.out_dir),
     ),
     Figure(

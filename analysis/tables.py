@@ -184,9 +184,10 @@ def summary_frame(train: pd.DataFrame, finals: pd.DataFrame, evaluations: pd.Ser
 
 
 def write_summary(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """summary.csv into out_dir (SUMMARY_COLUMNS; final_* are means over the last TAIL_FRACTION of steps)."""
+    """summary.csv into out_dir (SUMMARY_COLUMNS, numbers to 4 significant digits; final_* are means over
+    the last TAIL_FRACTION of steps)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "summary.csv"
-    atomic_write_text(path, summary.to_csv(index=False))
+    atomic_write_text(path, summary.to_csv(index=False, float_format="%.4g"))  # 4 significant digits
     return [path]

@@ -124,3 +124,16 @@ def test_frozen_parameters_do_not_move(dataset, tmp_path):
     for n, p in m.named_parameters():
         moved = not torch.equal(p, before[n])
         assert moved == (n.startswith("tok_embeddings") or n.startswith("output")), n
+
+
+def test_a_text_only_run_logs_no_image_loss(tmp_path):
+    """A loss over no tokens of a type is not 0 (a perfect score): the pretrain LM logs no image_loss."""
+    rng = np.random.default_rng(1)
+    with ShardWriter(tmp_path / "text", seq_len=SEQ, vocab_size=LAYOUT.size, sequences_per_shard=50) as w:
+        for _ in range(40):
+            w.add(rng.integers(0, LAYOUT.text_vocab_size, SEQ))  # text ids only, as pretrain's shards
+        w.finish({"vocab": LAYOUT.to_dict()})
+    cfg = loop_config(total_tokens=SEQ * 8 * 2, checkpoint_every_tokens=0)
+    train_loop(model(), ShardDataset(tmp_path / "text"), LAYOUT, cfg, tmp_path / "run", NullTracker())
+    for r in rows(tmp_path / "run"):
+        assert "text_loss" in r and "image_loss" not in r

@@ -232,8 +232,10 @@ def train_loop(
         merged = dist.reduce_loss_parts(LossParts.merge(parts)).to_metrics()  # the global batch's loss
         last = {
             "loss": merged["loss"],
-            "text_loss": merged["text_loss"],
-            "image_loss": merged["image_loss"],
+            # Only the token types the step has: a text-only LM (pretrain) has no image loss, an
+            # unconditional run no text loss, and a 0 logged for them would read as a perfect loss.
+            **({"text_loss": merged["text_loss"]} if merged["n_text"] else {}),
+            **({"image_loss": merged["image_loss"]} if merged["n_image"] else {}),
             "perplexity": merged["perplexity"],
             "lr": lr,
             "tokens": step * tokens_per_step,
