@@ -125,6 +125,10 @@ def launch(
         for line in pretokenize_lines([(a.label, a.config) for a in arms]):
             echo(line)
         return 0
+    if cluster.kind == "slurm":  # before anything is written (the sweep's lock, the store, the manifest)
+        from ablate.launch import slurm
+
+        slurm.check_reachable()
     try:
         return _launch_exclusive(sweep, arms, graph, cluster, settings, results, echo, wait)
     except Exception as exc:
