@@ -62,7 +62,8 @@ def figure5_samples(panels: pd.DataFrame, out_dir: Path) -> list[Path]:
         raise AblateError(f"figure 5: no evaluate run's {SAMPLES_ARTIFACT} could be read")
     rows = rows.sort_values("init", key=lambda s: s.map(label_rank), kind="stable").reset_index(drop=True)
     images = [imread(str(p)) for p in rows["local_path"]]
-    ncols = min(len(images), 2)
+    # Side by side only for an even count: three panels in two columns would leave a quarter empty.
+    ncols = 2 if len(images) % 2 == 0 else 1
     nrows = math.ceil(len(images) / ncols)
     aspect = max(img.shape[0] / max(img.shape[1], 1) for img in images)  # height / width, tallest panel
     width = 6.5
@@ -74,7 +75,11 @@ def figure5_samples(panels: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.set_axis_off()
     for ax in axes[len(images) :]:
         ax.set_axis_off()
-    fig.suptitle("Generated samples (green caption: the image matches it)", fontsize=12)
+    fig.suptitle(
+        "Generated samples: in each pair, the scene the caption describes (left) and the model's sample "
+        "(right);\ncaption green where the sample matches it exactly, red where it does not",
+        fontsize=12,
+    )
     rows["panel"] = np.arange(1, len(rows) + 1)
     rows["local_path"] = rows["local_path"].map(str)
     return save(fig, rows[PANEL_COLUMNS], out_dir, "figure5_samples")

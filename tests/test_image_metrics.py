@@ -83,3 +83,16 @@ def test_sample_grid_writes_png(data, tmp_path: Path):
     assert [p.name for p in out.parent.iterdir()] == ["grid.png"]  # no temporary file left behind
     with pytest.raises(DataError, match="captions"):
         sample_grid(images[:3], captions[:2], tmp_path / "bad.png")
+
+
+def test_sample_grid_draws_each_reference_beside_its_sample(data, tmp_path: Path):
+    from matplotlib.image import imread
+
+    images, captions, _ = data
+    plain = imread(str(sample_grid(images[:4], captions[:4], tmp_path / "plain.png", ncols=4)))
+    paired = imread(
+        str(sample_grid(images[:4], captions[:4], tmp_path / "pair.png", ncols=4, references=images[4:8]))
+    )
+    assert paired.shape[1] > 1.8 * plain.shape[1]  # two images per cell
+    with pytest.raises(DataError, match="references"):
+        sample_grid(images[:4], captions[:4], tmp_path / "bad.png", references=images[:3])

@@ -96,12 +96,15 @@ def sample_grid(
     ncols: int = 4,
     marks: Sequence[bool] | None = None,
     title: str | None = None,
+    references: Any = None,
 ) -> Path:
     """Save a grid of images ``(N, H, W, 3) uint8`` with their captions as titles; returns the path.
 
     The format follows the suffix (``.png``, ``.pdf``). ``marks`` (optional, one bool per image, e.g.
-    ``caption_matches``) colours each title green (match) or red (no match). Written to a temporary file
-    and renamed, so a reader never sees a half-written figure.
+    ``caption_matches``) colours each title green (match) or red (no match). ``references`` (optional,
+    ``(N, H, W, 3)``: what each caption describes, e.g. the synthetic scene rendered) are drawn left of
+    their sample in the same cell. Written to a temporary file and renamed, so a reader never sees a
+    half-written figure.
     """
     # Figure + Agg canvas directly, not pyplot: no global state, no backend switch, safe in threads.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -111,13 +114,20 @@ def sample_grid(
     n = len(arr)
     if n == 0:
         raise DataError("sample_grid needs at least one image")
+    if references is not None:
+        refs = _as_images(references)
+        if refs.shape != arr.shape:
+            raise DataError(f"references {refs.shape} must match the samples {arr.shape}")
+        gap = np.full((n, arr.shape[1], max(1, arr.shape[2] // 16), 3), 255, np.uint8)  # a white seam
+        arr = np.concatenate([refs, gap, arr], axis=2)  # (N, H, 2W + gap, 3): reference | sample
     if len(captions) != n or (marks is not None and len(marks) != n):
         raise DataError(f"{n} images need {n} captions (and marks, if given)")
     if ncols < 1:
         raise ConfigError("ncols", ncols, "an integer >= 1")
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
-    fig = Figure(figsize=(2.2 * ncols, 2.6 * nrows + (0.4 if title else 0.0)))
+    cell = 2.2 * (2.1 if references is not None else 1.0)
+    fig = Figure(figsize=(cell * ncols, 2.8 * nrows + (0.5 if title else 0.0)))
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for i, ax in enumerate(axes.flat):
@@ -127,7 +137,8 @@ def sample_grid(
         # nearest: 32 px images must stay crisp, smoothing would blur the shapes being judged.
         ax.imshow(arr[i], interpolation="nearest")
         colour = "black" if marks is None else ("tab:green" if marks[i] else "tab:red")
-        ax.set_title("\n".join(textwrap.wrap(captions[i], 24)), fontsize=7, color=colour)
+        width = 24 if references is None else 48
+        ax.set_title("\n".join(textwrap.wrap(captions[i], width)), fontsize=8, color=colour)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

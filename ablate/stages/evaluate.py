@@ -36,7 +36,7 @@ from ablate.config.schema import RunConfig
 from ablate.data.eval_set import eval_set_config
 from ablate.data.sequence import VocabLayout, caption_ids, prompt_t2i, prompt_uncond
 from ablate.data.shards import ShardDataset
-from ablate.data.synthetic import Scene
+from ablate.data.synthetic import Scene, render
 from ablate.errors import DataError
 from ablate.evaluate.image_metrics import caption_matches, colours_present, sample_grid, scene_valid
 from ablate.evaluate.sampling import sample_from_prompts
@@ -261,20 +261,27 @@ def run(ctx: StageContext) -> None:
         metrics["fid_samples"] = float(len(res["features"]))
         ctx.log(f"FID {metrics['fid']:.2f} over {len(res['features'])} samples")
 
-    captions = [sets[k].captions[i] for k, i in _set_positions(sets, res)]
+    captions = [sets[k].captions[i] for k, i in _set_positions(sets, res)]  # one per sample
     split = [sets[k].name for k in res["set"]]
     k = min(e.grid_images, len(res["codes"]))
     # Figure 5 shows seen and held-out prompts alike: take the grid's images from both halves.
     pick = np.linspace(0, len(res["codes"]) - 1, k).round().astype(int) if k else np.arange(0)
     grid_images = image_tok.decode(torch.from_numpy(res["codes"][pick].astype(np.int64)))
-    arm = ", ".join(ctx.labels) or ctx.cfg.model.init
-    title = f"{arm}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+    positions = _set_positions(sets, res)
+    # Synthetic captions describe a scene: draw it (the ground truth) left of each sample.
+    scenes = [sets[positions[i][0]].scenes for i in pick]
+    references = (
+        np.stack([render(_scene(sets, *positions[i])) for i in pick])
+        if len(pick) and all(s is not None for s in scenes)
+        else None
+    )
+    scored = [res["match"][i] != NOT_SCORED for i in pick]
     grid = sample_grid(
         grid_images,
         [captions[i] for i in pick],
         ctx.out_dir / "samples.png",
-        marks=[bool(res["match"][i] == 1) for i in pick],
-        title=title,
+        marks=[bool(res["match"][i] == 1) for i in pick] if all(scored) else None,
+        references=references,
     )
 
     buf = io.StringIO()
