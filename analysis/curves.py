@@ -25,6 +25,7 @@ FREEZE_SETTINGS = {
     "emb_out_norm_ffn": "+ norms + feed-forward layers",
     "all": "all parameters",
 }
+FREEZE_SWEEP = "sweeps/freeze.yaml"  # the sweep file that runs every setting of FREEZE_SETTINGS
 NO_POSITIONAL = "none"  # tracking.TAG_POSITIONAL starts so when the model has no positional parameters
 ROTARY_NOTE = (
     f"open_lm's rotary position embedding has no parameters (tag {tracking.TAG_POSITIONAL} = {{value!r}}), "
@@ -81,6 +82,10 @@ def figure6_freeze(frame: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> li
         if init != "pretrained" and trainable == "all":
             colors[_setting(init, trainable)] = _colors([init])[init]
     note = positional_note(points.drop_duplicates("run_id")["positional_params"])
+    ran = {t for i, t in pairs if i == "pretrained"}
+    if len(ran) < len(FREEZE_SETTINGS):
+        missing = ", ".join(t for t in FREEZE_SETTINGS if t not in ran)
+        note += f" Not run here: {missing}; `ablate launch {FREEZE_SWEEP}` runs every setting."
     fig = Figure(figsize=(7.6, 5.0))
     ax = fig.subplots()
     _draw(ax, points, colors, by="setting", title="trainable parameters")

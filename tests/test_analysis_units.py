@@ -136,3 +136,10 @@ def test_smoothing_span_is_the_papers_20_steps_but_at_most_2_percent_of_the_run(
     assert smoothing_span(demo, pd.Series(["a"] * 218)) == pytest.approx(0.02 * 217 * 2304)
     paper = pd.Series(np.arange(100_007) * 999_936.0)
     assert smoothing_span(paper, pd.Series(["a"] * len(paper))) == pytest.approx(20 * 999_936)
+
+
+def test_the_freeze_sweep_named_by_figure_6_runs_every_setting():
+    import yaml
+
+    sweep = yaml.safe_load((Path(__file__).parent.parent / curves.FREEZE_SWEEP).read_text())
+    assert sweep["grid"]["train.trainable"] == list(curves.FREEZE_SETTINGS)
