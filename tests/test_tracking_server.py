@@ -211,7 +211,8 @@ def test_close_with_server_down_warns_and_resend_restores(
     assert "100 metric values" in warning
 
     assert resend(run_dir, stack.url) == (run_id, 50)
-    assert resend(run_dir, stack.url) == (run_id, 0)  # twice adds nothing: every (key, step) it has is skipped
+    # Twice adds nothing: every (key, step) the run has is skipped.
+    assert resend(run_dir, stack.url) == (run_id, 0)
     _assert_every_step_once(stack.url, run_id, 50, 2)
 
 
