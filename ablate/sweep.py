@@ -15,6 +15,7 @@ A sweep file (sweeps/*.yaml) has:
     exclude:                        # drop arms whose values match every key of an entry (keys of
       - {model.init: random, train.trainable: emb_out}  #   'grid' or 'arms' only)
     max_arms: 5000                  # optional; the most arms the file may expand to (default 1,000)
+    seeds: 3                        # optional; every arm (included ones too) once per train.seed 0..N-1
 
 Command-line overrides apply to every arm, last (they win).
 Every arm remembers the sweeps it belongs to: its file's name and the names of the files including it.
@@ -53,11 +54,14 @@ TOP_LEVEL_KEYS = (
     "arms",
     "exclude",
     "max_arms",
+    "seeds",
 )
+SEED_KEY = "train.seed"  # what `seeds: N` varies: the training run's initialisation and data order
 DEFAULT_SCALE = "demo"  # the config tree's default (conf/config.yaml)
 # A sweep's arms, unless its file's `max_arms` says otherwise: a dry run costs milliseconds per arm and a
 # launch one MLflow run per stage, so a typo such as range(0,1000000) is refused before it starts.
 DEFAULT_MAX_ARMS = 1000
+MAX_SEEDS = 100
 # Experiment, manifest folder and job names are built from it: short and safe in a path and a shell.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 KEY_RE = re.compile(r"[+~]{0,2}[A-Za-z_][\w.@/-]*")
@@ -119,6 +123,13 @@ class _Parser:
                 break
         where = f"{self.path}:{line}" if line else str(self.path)
         return SweepError(f"{where}: {msg}")
+
+    def seeds_of(self) -> int:
+        """The file's `seeds` (a positive integer), else 1: each arm once, with the config's seed."""
+        value = self.data.get("seeds", 1) if isinstance(self.data, dict) else 1
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SEEDS:
+            raise self.error(f"'seeds' is an integer from 1 to {MAX_SEEDS}, got {_show(value)}", "seeds")
+        return value
 
     def max_arms_of(self) -> int:
         """The file's `max_arms` (a positive integer), else DEFAULT_MAX_ARMS."""
@@ -440,6 +451,27 @@ def load_sweep(
     for a in arms:
         overrides = outer + base + [f"{k}={v}" for k, v in a.assignments.items()] + cli
         out.append(Arm(a.label or label_of(a.assignments), a.assignments, overrides, (name,)))
+    seeds = parser.seeds_of()
+    if seeds > 1:
+        out = _with_seeds(out, seeds, parser)
     if len(out) > _limits[1]:
         raise parser.too_many(len(out), f"the sweep has {len(out):,} arms")
     return Sweep(name=name, path=path, description=description, arms=out)
+
+
+def _with_seeds(arms: list[Arm], seeds: int, parser: _Parser) -> list[Arm]:
+    """Each arm once per seed 0..seeds-1 (SEED_KEY), the seed in its label, after the arm's own overrides."""
+    if len(arms) * seeds > parser.max_arms:
+        raise parser.too_many(len(arms) * seeds, f"{len(arms):,} arms x {seeds} seeds", "seeds")
+    out = []
+    for a in arms:
+        if SEED_KEY in a.assignments or any(o.split("=", 1)[0].lstrip("+~") == SEED_KEY for o in a.overrides):
+            raise parser.error(
+                f"arm {a.label!r} sets {SEED_KEY} itself, and 'seeds' sets it too: drop one of them", "seeds"
+            )
+        for seed in range(seeds):
+            assignments = {**a.assignments, SEED_KEY: str(seed)}
+            out.append(
+                Arm(f"{a.label} seed={seed}", assignments, [*a.overrides, f"{SEED_KEY}={seed}"], a.sweeps)
+            )
+    return out

@@ -246,3 +246,30 @@ def test_sweep_level_settings_apply_to_every_arm_and_stay_out_of_the_keys(tmp_pa
     cluster, tracking = execution_settings(four)
     assert (cluster.threads, cluster.kind, tracking.experiment_prefix) == (4, "debug", "ablate/")
     assert [a.key for a in one] == [a.key for a in four]  # threads and executor change no run key
+
+
+def test_seeds_repeat_every_arm_with_its_seed_included_ones_too(tmp_path):
+    write(tmp_path, "name: a\ngrid:\n  model.init: [pretrained, random]\n", "a.yaml")
+    p = write(tmp_path, "name: all\nseeds: 3\ninclude: [a.yaml]\narms:\n  - {train.trainable: emb_out}\n")
+    s = load_sweep(p)
+    assert [a.label for a in s.arms] == [
+        f"{arm} seed={k}" for arm in ("init=pretrained", "init=random", "trainable=emb_out") for k in range(3)
+    ]
+    assert all(a.overrides[-1] == f"train.seed={k % 3}" for k, a in enumerate(s.arms))
+    resolved = resolve_arms(s)
+    assert len(resolved) == 9 and [a.config.train.seed for a in resolved[:3]] == [0, 1, 2]
+    assert len({a.key for a in resolved}) == 9  # every seed is a run of its own
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("name: x\nseeds: 0\ngrid:\n  model.init: [random]\n", "'seeds' is an integer from 1"),
+        ("name: x\nseeds: true\ngrid:\n  model.init: [random]\n", "'seeds' is an integer from 1"),
+        ("name: x\nseeds: 2\ngrid:\n  train.seed: [1, 2]\n", "sets train.seed itself"),
+        ("name: x\nseeds: 100\ngrid:\n  optim.lr: range(1,20)\n", "1,900 arms|19 arms x 100 seeds"),
+    ],
+)
+def test_bad_seeds_are_clear_errors(tmp_path, text, needle):
+    with pytest.raises(SweepError, match=needle):
+        load_sweep(write(tmp_path, text))
