@@ -21,13 +21,14 @@ import pandas as pd
 from ablate import tracking
 from ablate.errors import AblateError
 from ablate.stages import names as stages
-from analysis import curves, figures, runs, samples, sensitivity, tables
+from analysis import curves, figures, runs, samples, seeds, sensitivity, tables
 from analysis.frames import curves_from_histories, final_values
 
 log = logging.getLogger(__name__)
 
 CURVE_KEYS = ("loss", "text_loss", "image_loss", "perplexity", "heldout_text_ppl", "temperature")
 HISTORY_KEYS = (*CURVE_KEYS, "tokens", *tables.EVAL_METRICS)
+PROBE_METRIC = "heldout_text_ppl"  # ablate.evaluate.text_ability's held-out perplexity
 ARTIFACTS_DIR = "artifacts"  # under out_dir: the downloaded samples.png / completions.jsonl, per run id
 MAX_TRIES = 3  # per initialisation: runs tried for an artifact before giving up on it
 HOW_TO_PRODUCE = (
@@ -56,6 +57,11 @@ class Fetched:
     evals: pd.Series  # as Frames.evals
     fetch: ArtifactFetcher
     out_dir: Path
+
+    @property
+    def probed(self) -> set[str]:
+        """Runs that logged the text-ability probe's heldout_text_ppl."""
+        return set(self.finals.loc[self.finals["key"] == PROBE_METRIC, "run_id"])
 
     def curves_of(self, runs: pd.DataFrame) -> pd.DataFrame:
         """The curves of the given run-table rows."""
@@ -122,11 +128,13 @@ FIGURES: tuple[Figure, ...] = (
     Figure(
         "table1_completions",
         T2I,
-        "pretrained text-to-image train runs",
-        # The text-ability probe runs for pretrained initialisations only (ablate.stages.train.text_probe):
-        # a random arm has no completions to miss.
-        lambda f: f.t2i[f.t2i["init"] == "pretrained"],
-        lambda runs, d: tables.table1_completions(completion_records(runs, d.tokens, d.fetch), d.out_dir),
+        "text-to-image train runs",
+        lambda f: f.t2i,
+        # Only runs that probed (logged heldout_text_ppl) have completions: the probe runs for pretrained
+        # initialisations only, and a random arm has no file to miss.
+        lambda runs, d: tables.table1_completions(
+            completion_records(runs[runs["run_id"].isin(d.probed)], d.tokens, d.fetch), d.out_dir
+        ),
     ),
     Figure(
         "text_ability",
@@ -228,7 +236,9 @@ def plot_report(uri: str, out_dir: Path, sweep: str | None = None) -> Report:
             "yet. Wait for them (`ablate status`), or relaunch the sweep if they failed."
         )
     if not train.empty:
-        report.paths += tables.write_summary(tables.summary_frame(train, finals, evals), out_dir)
+        summary = tables.summary_frame(train, finals, evals)
+        report.paths += tables.write_summary(summary, out_dir)
+        report.paths += seeds.write_seed_tables(summary, out_dir)
     if not report.paths:
         raise AblateError(
             f"No figure could be drawn from the {store} {which}: {'; '.join(report.skipped.values())}"

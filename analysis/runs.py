@@ -17,6 +17,7 @@ from ablate.stages import names as stages
 RUN_COLUMNS = [
     "run_id", "run_name", "status", "start_time", "stage", "sweeps", "arm", "run_key", "train_key",
     "init", "image_init", "label", "task", "trainable", "positional_params", "lr", "batch_tokens", "scale",
+    "seed",
 ]  # fmt: skip
 # Run metadata column (of the run table and of analysis.frames' curves) <- tracking.fetch_runs column.
 SOURCES = {
@@ -33,6 +34,7 @@ SOURCES = {
     "lr": "params.optim.lr",
     "batch_tokens": "params.train.batch_tokens",
     "scale": "params.scale",
+    "seed": "params.train.seed",
 }
 _SWEEP_COLUMN = f"tags.{tracking.TAG_SWEEPS_PREFIX}"
 
@@ -72,11 +74,12 @@ def run_table(runs: pd.DataFrame) -> pd.DataFrame:
     tag = f"tags.{tracking.TAG_TRAINABLE}"
     if tag in runs.columns:
         table["trainable"] = table["trainable"].fillna(runs[tag])
-    for column in ("lr", "batch_tokens"):
+    for column in ("lr", "batch_tokens", "seed"):
         table[column] = pd.to_numeric(table[column], errors="coerce")
     table["sweeps"] = run_sweeps(runs)
     table["label"] = [init_label(i, m) for i, m in zip(table["init"], table["image_init"], strict=True)]
-    table = table.astype({c: object for c in RUN_COLUMNS if c not in ("lr", "batch_tokens", "start_time")})
+    numeric = ("lr", "batch_tokens", "seed", "start_time")
+    table = table.astype({c: object for c in RUN_COLUMNS if c not in numeric})
     return table[RUN_COLUMNS].drop_duplicates("run_id").reset_index(drop=True)
 
 

@@ -34,7 +34,7 @@ EVAL_METRICS = (
     "fid",  # real data with evaluate.fid_weights
 )
 SUMMARY_COLUMNS = [
-    "sweeps", "arm", "init", "image_init", "task", "trainable", "lr", "batch_tokens", "scale", "status",
+    "sweeps", "arm", "init", "image_init", "task", "trainable", "lr", "batch_tokens", "scale", "seed", "status",
     "steps", "tokens", *(f"final_{m}" for m in FINAL_METRICS), "heldout_text_ppl", *EVAL_METRICS,
     "train_run_id", "evaluate_run_id",
 ]  # fmt: skip
@@ -161,7 +161,8 @@ def summary_frame(train: pd.DataFrame, finals: pd.DataFrame, evaluations: pd.Ser
         finals = pd.DataFrame(columns=["run_id", "key", "last_step", "last", "tail_mean"])
     by = finals.set_index(["run_id", "key"])
     summary = pd.DataFrame(
-        {c: train[c].to_numpy() for c in SUMMARY_COLUMNS[:10]}, index=train["run_id"].to_numpy()
+        {c: train[c].to_numpy() for c in SUMMARY_COLUMNS[: SUMMARY_COLUMNS.index("status") + 1]},
+        index=train["run_id"].to_numpy(),
     )
     summary["train_run_id"] = train["run_id"].to_numpy()
     summary["evaluate_run_id"] = summary["train_run_id"].map(evaluations)

@@ -145,7 +145,12 @@ def test_plot_all_draws_every_figure(store: SimpleNamespace, tmp_path: Path) -> 
     # demo has t2i and uncond train runs, no evaluate/align runs, no probes: figures 3, 4, 6 and the summary.
     names = ("3_perplexity", "4_loss_split", "6_freeze")
     assert sorted(p.name for p in paths) == sorted(
-        [*(f"figure{n}.{ext}" for n in names for ext in ("png", "pdf", "csv")), "summary.csv"]
+        [
+            *(f"figure{n}.{ext}" for n in names for ext in ("png", "pdf", "csv")),
+            "summary.csv",
+            "summary_arms.csv",
+            "comparisons.csv",
+        ]
     )
     assert all(p.exists() for p in paths)
     summary = pd.read_csv(tmp_path / "figures" / "summary.csv")

@@ -143,3 +143,50 @@ def test_the_freeze_sweep_named_by_figure_6_runs_every_setting():
 
     sweep = yaml.safe_load((Path(__file__).parent.parent / curves.FREEZE_SWEEP).read_text())
     assert sweep["grid"]["train.trainable"] == list(curves.FREEZE_SETTINGS)
+
+
+def _seeded_summary() -> pd.DataFrame:
+    """summary.csv rows: t2i pretrained vs random over 3 seeds, an uncond freeze pair over 3 seeds."""
+    rows = []
+    for seed in range(3):
+        for init, image in (("pretrained", 2.0), ("random", 2.5)):
+            rows.append({"arm": f"init={init} seed={seed}", "init": init, "image_init": "random", "task": "t2i",
+                         "trainable": "all", "lr": 1e-3, "batch_tokens": 2304, "scale": "demo", "seed": seed,
+                         "final_image_loss": image + 0.01 * seed, "final_text_loss": 3.0 + 0.1 * (-1) ** seed,
+                         "final_loss": image})  # fmt: skip
+        for trainable, loss in (("emb_out", 4.0), ("all", 3.0)):
+            rows.append({"arm": f"trainable={trainable} seed={seed}", "init": "pretrained", "image_init": "random",
+                         "task": "uncond", "trainable": trainable, "lr": 1e-3, "batch_tokens": 2304,
+                         "scale": "demo", "seed": seed, "final_loss": loss + 0.2 * seed})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_arm_summary_gives_mean_and_spread_across_seeds():
+    from analysis.seeds import arm_summary
+
+    arms = arm_summary(_seeded_summary()).set_index("arm")
+    assert list(arms["seeds"]) == [3, 3, 3, 3]
+    row = arms.loc["init=pretrained"]
+    assert row["final_image_loss_mean"] == pytest.approx(2.01)
+    assert row["final_image_loss_sd"] == pytest.approx(0.01)
+    assert (row["final_image_loss_min"], row["final_image_loss_max"]) == pytest.approx((2.0, 2.02))
+
+
+def test_comparisons_pair_seeds_and_say_whether_the_interval_excludes_zero():
+    from analysis.seeds import comparisons, t975
+
+    table = comparisons(_seeded_summary()).set_index(["comparison", "metric"])
+    image = table.loc[("pretrained - random (text-to-image)", "final_image_loss")]
+    # Paired by seed the differences are exactly -0.5: a zero-width interval that excludes 0.
+    assert image["seeds"] == 3 and image["difference"] == pytest.approx(-0.5)
+    assert image["ci_low"] == pytest.approx(-0.5) and image["excludes_zero"]
+    text = table.loc[("pretrained - random (text-to-image)", "final_text_loss")]
+    assert text["difference"] == pytest.approx(0.0) and not text["excludes_zero"]
+    freeze = table.loc[("emb_out - all (unconditional, pretrained)", "final_loss")]
+    assert freeze["difference"] == pytest.approx(1.0) and freeze["excludes_zero"]
+    # A noisy difference: 1, 2, 6 -> mean 3, sd 2.65, half-width t(2) * sd / sqrt(3) = 6.57.
+    from analysis.seeds import paired_interval
+
+    n, mean, lo, hi = paired_interval(pd.Series([1.0, 2.0, 6.0]), pd.Series([0.0, 0.0, 0.0]))
+    assert (n, mean) == (3, 3.0) and hi - mean == pytest.approx(t975(2) * np.std([1, 2, 6], ddof=1) / 3**0.5)
+    assert lo < 0 < hi
