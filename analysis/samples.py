@@ -20,6 +20,7 @@ from analysis.figures import save
 from analysis.runs import label_rank
 
 SAMPLES_ARTIFACT = "samples.png"
+GRID_DPI = 150  # ablate.evaluate.image_metrics.sample_grid saves at this resolution
 PANEL_METRICS = (
     "caption_match_seen", "caption_match_heldout", "colour_match_seen", "colour_match_heldout",
     "colour_match_chance",
@@ -66,8 +67,9 @@ def figure5_samples(panels: pd.DataFrame, out_dir: Path) -> list[Path]:
     ncols = 2 if len(images) % 2 == 0 else 1
     nrows = math.ceil(len(images) / ncols)
     aspect = max(img.shape[0] / max(img.shape[1], 1) for img in images)  # height / width, tallest panel
-    width = 6.5
-    fig = Figure(figsize=(width * ncols, (width * aspect + 0.9) * nrows))
+    # Each grid at its own size (it was saved at GRID_DPI): scaled down, its 8 pt captions would shrink.
+    width = max(6.5, max(img.shape[1] for img in images) / GRID_DPI)
+    fig = Figure(figsize=(width * ncols, (width * aspect + 0.9) * nrows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for ax, img, (_, row) in zip(axes, images, rows.iterrows(), strict=False):
         ax.imshow(img, interpolation="nearest")
