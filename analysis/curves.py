@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter
+from matplotlib.ticker import EngFormatter, FuncFormatter
 
 from ablate import tracking
 from ablate.errors import AblateError
@@ -111,7 +111,7 @@ def figure7_contrastive(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     arms = list(dict.fromkeys(points["arm"]))
     palette = [*_colors(["pretrained", "random"]).values(), "tab:green", "tab:red", "tab:purple"]
     colors = {a: palette[k % len(palette)] for k, a in enumerate(arms)}
-    fig = Figure(figsize=(11.0, 4.2))
+    fig = Figure(figsize=(11.0, 4.4), layout="constrained")  # room for the suptitle over two titles
     axes = np.atleast_1d(fig.subplots(1, 2))
     if loss.empty:
         axes[0].text(0.5, 0.5, "no loss logged", ha="center", va="center", transform=axes[0].transAxes)
@@ -124,7 +124,7 @@ def figure7_contrastive(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         axes[1].text(0.5, 0.5, "no temperature logged", ha="center", va="center", transform=axes[1].transAxes)
     axes[1].grid(True, alpha=0.3)
     axes[0].set_ylabel("contrastive (CLIP) loss")
-    axes[1].set_ylabel("temperature (logit scale)")
+    axes[1].set_ylabel("logit scale")
     for ax in axes:
         ax.set_xlabel("step")
     axes[0].set_title(f"Contrastive loss\n({smoothing_label(loss, x='step')})", fontsize=9)
@@ -151,6 +151,11 @@ def text_ability(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.plot(xs, ys, marker="o", ms=3.5, lw=1.6, color=color, label=init)
     if (points["value"] > 0).all():
         ax.set_yscale("log")
+        # Plain numbers (600, 1,000, 2,000) rather than 6 x 10^2: a perplexity is read as a count.
+        plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:.2g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="minor", labelsize=7)
     handles, labels = ax.get_legend_handles_labels()
     order = [labels.index(i) for i in colors if i in labels]
     ax.legend([handles[i] for i in order], [labels[i] for i in order], title="initialisation")
