@@ -19,7 +19,7 @@ from matplotlib.ticker import EngFormatter
 
 from ablate.atomic import atomic_path
 from ablate.errors import AblateError
-from analysis.runs import init_label, label_rank
+from analysis.runs import arm_of, init_label, label_rank
 from analysis.smoothing import ema_span, smoothing_span
 from analysis.tables import human
 
@@ -110,7 +110,11 @@ def smoothing_label(points: pd.DataFrame, x: str = "tokens") -> str:
     """What the thick lines are, for a title: 'EMA over 10.0k tokens'."""
     span = points.attrs.get("span", float("nan"))
     unit = "tokens" if x == "tokens" else "steps"
-    return f"thick: EMA over {human(span)} {unit}, bias-corrected; thin: raw"
+    label = f"thick: EMA over {human(span)} {unit}, bias-corrected; thin: raw"
+    seeds = points["arm"].map(arm_of).to_frame().assign(run=points["run_id"]).drop_duplicates()
+    if len(seeds) and seeds.groupby("arm")["run"].nunique().max() > 1:
+        label += "; shaded: min-max over seeds, thick their mean"
+    return label
 
 
 def joined(points: pd.DataFrame, x: str, y: str = "value") -> tuple[np.ndarray, np.ndarray]:
@@ -121,6 +125,31 @@ def joined(points: pd.DataFrame, x: str, y: str = "value") -> tuple[np.ndarray, 
     xs = np.insert(points[x].to_numpy(dtype=np.float64), breaks, np.nan)
     ys = np.insert(points[y].to_numpy(dtype=np.float64), breaks, np.nan)
     return xs, ys
+
+
+def seed_bands(
+    lines: pd.DataFrame, x: str
+) -> tuple[pd.DataFrame, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]]:
+    """Split one group's smoothed lines into the runs alone in their arm and, per arm with several seeds
+    (runs whose labels differ only in ' seed=k'), (x, mean, min, max) across the seeds at each x."""
+    arms = lines["arm"].map(arm_of)
+    runs_per_arm = lines.groupby(arms)["run_id"].transform("nunique")
+    bands = []
+    for _, arm in lines[runs_per_arm > 1].groupby(arms[runs_per_arm > 1], sort=False):
+        table = arm.pivot_table(index=x, columns="run_id", values="value", aggfunc="mean").sort_index()
+        values = table.to_numpy(dtype=np.float64)  # (points, seeds)
+        bands.append((table.index.to_numpy(dtype=np.float64), *_nan_stats(values)))
+    return lines[runs_per_arm <= 1], bands
+
+
+def _nan_stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, min and max over the seeds (columns) at each point, NaN where no seed has a value."""
+    has = np.isfinite(values).any(axis=1)
+    out = np.full((3, len(values)), np.nan)
+    if has.any():
+        v = values[has]
+        out[:, has] = np.nanmean(v, axis=1), np.nanmin(v, axis=1), np.nanmax(v, axis=1)
+    return out[0], out[1], out[2]
 
 
 def _draw(
@@ -147,8 +176,14 @@ def _draw(
             ls, z = LINESTYLES[rank % len(LINESTYLES)], 3 + len(colors) - rank
             if kind == "raw":
                 ax.plot(xs, ys, lw=0.7, alpha=0.45, color=color, rasterized=True, zorder=z)
-            else:
-                ax.plot(xs, ys, lw=2.0, color=color, label=group, ls=ls, zorder=z)
+                continue
+            single, bands = seed_bands(lines, x)
+            for bx, mean, lo, hi in bands:  # an arm run with several seeds: their mean, min-max shaded
+                ax.fill_between(bx, lo, hi, color=color, alpha=0.2, lw=0, zorder=z - 0.5)
+                ax.plot(bx, mean, lw=2.0, color=color, ls=ls, zorder=z)
+            if not single.empty:
+                ax.plot(*joined(single, x), lw=2.0, color=color, ls=ls, zorder=z)
+            ax.plot([], [], lw=2.0, color=color, ls=ls, label=group)  # one legend entry per group
     if x == "tokens":
         ax.set_xlabel("training tokens")
         ax.xaxis.set_major_formatter(EngFormatter())  # 250 k, 1 G: token counts span orders of magnitude

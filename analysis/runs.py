@@ -6,6 +6,7 @@ Built from `tracking.fetch_runs` rows (`tags.ablate.*`, `params.*` columns; see 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import numpy as np
@@ -43,6 +44,14 @@ def source_column(runs: pd.DataFrame, column: str) -> pd.Series:
     """The fetch_runs column that SOURCES maps `column` to; all None where no run logged it."""
     source = SOURCES[column]
     return runs[source] if source in runs.columns else pd.Series(None, index=runs.index, dtype=object)
+
+
+SEED_SUFFIX = re.compile(r"\s*\bseed=\d+$")  # ablate.sweep: a sweep's `seeds: N` labels each arm ' seed=k'
+
+
+def arm_of(label: object) -> str:
+    """An arm's label without its ' seed=k' suffix: the runs of one arm but for the seed share it."""
+    return SEED_SUFFIX.sub("", label) if isinstance(label, str) else ""
 
 
 def init_label(init: object, image_init: object = None) -> str:

@@ -10,7 +10,6 @@ rows (analysis.tables.summary_frame).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +18,8 @@ import pandas as pd
 
 from ablate.atomic import atomic_write_text
 from analysis.curves import FREEZE_SETTINGS
+from analysis.runs import arm_of
 
-SEED_SUFFIX = re.compile(r"\s*\bseed=\d+$")
 # What makes two runs the same arm but for the seed (summary.csv columns).
 ARM_FIELDS = ("init", "image_init", "task", "trainable", "lr", "batch_tokens", "scale")
 METRICS = ("final_loss", "final_text_loss", "final_image_loss", "final_perplexity", "heldout_text_ppl",
@@ -89,11 +88,6 @@ def t975(df: int) -> float:
     if df < 1:
         return math.nan
     return T975[df - 1] if df <= len(T975) else 1.96
-
-
-def arm_of(label: object) -> str:
-    """An arm's label without its ' seed=k' suffix."""
-    return SEED_SUFFIX.sub("", str(label)) if isinstance(label, str) else ""
 
 
 def _normalised(summary: pd.DataFrame) -> pd.DataFrame:

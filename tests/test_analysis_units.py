@@ -190,3 +190,23 @@ def test_comparisons_pair_seeds_and_say_whether_the_interval_excludes_zero():
     n, mean, lo, hi = paired_interval(pd.Series([1.0, 2.0, 6.0]), pd.Series([0.0, 0.0, 0.0]))
     assert (n, mean) == (3, 3.0) and hi - mean == pytest.approx(t975(2) * np.std([1, 2, 6], ddof=1) / 3**0.5)
     assert lo < 0 < hi
+
+
+def test_seed_bands_take_mean_min_and_max_across_the_seeds_of_an_arm():
+    from analysis.figures import seed_bands
+
+    x = [0.0, 10.0, 20.0]
+    lines = pd.DataFrame(
+        {
+            "run_id": ["a"] * 3 + ["b"] * 3 + ["c"] * 3,
+            "arm": ["init=pretrained seed=0"] * 3 + ["init=pretrained seed=1"] * 3 + ["init=random"] * 3,
+            "tokens": x * 3,
+            "value": [1.0, 2.0, 3.0, 3.0, 4.0, 5.0, 9.0, 9.0, 9.0],
+        }
+    )
+    single, bands = seed_bands(lines, "tokens")
+    assert list(single["run_id"].unique()) == ["c"]  # alone in its arm: drawn as it is
+    ((bx, mean, lo, hi),) = bands
+    np.testing.assert_allclose(bx, x)
+    np.testing.assert_allclose(mean, [2.0, 3.0, 4.0])
+    np.testing.assert_allclose(lo, [1.0, 2.0, 3.0]) and np.testing.assert_allclose(hi, [3.0, 4.0, 5.0])
