@@ -291,3 +291,17 @@ def test_local_first_never_delivers_a_step_whose_local_write_failed(tmp_path: Pa
     finished.log_metrics({"loss": 9.0}, 9)
     finished.close("FINISHED")  # a stage that finished: its last step goes, whatever the file says
     assert inner.metrics == [(9, {"loss": 9.0})]
+
+
+def test_a_sweep_experiment_is_a_model_training_experiment(store: SimpleNamespace) -> None:
+    """MLflow 3's UI opens it on its runs table, not on a GenAI traces overview; older ones get the tag."""
+    from mlflow import MlflowClient
+
+    from ablate.tracking.tags import EXPERIMENT_KIND_TRAINING, TAG_EXPERIMENT_KIND
+
+    client = MlflowClient(store.uri)
+    assert client.get_experiment(store.experiment_id).tags[TAG_EXPERIMENT_KIND] == EXPERIMENT_KIND_TRAINING
+    old = client.create_experiment("made-before-the-tag")
+    assert TAG_EXPERIMENT_KIND not in client.get_experiment(old).tags
+    assert tracking.ensure_experiment(store.uri, "made-before-the-tag") == old
+    assert client.get_experiment(old).tags[TAG_EXPERIMENT_KIND] == EXPERIMENT_KIND_TRAINING

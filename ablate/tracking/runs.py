@@ -22,7 +22,16 @@ from ablate.tracking.store import (
     describe_store,
     redact_uri,
 )
-from ablate.tracking.tags import TAG_ARM, TAG_KIND, TAG_PARENT, TAG_RUN_KEY, TAG_STAGE, TAG_SWEEP
+from ablate.tracking.tags import (
+    EXPERIMENT_KIND_TRAINING,
+    TAG_ARM,
+    TAG_EXPERIMENT_KIND,
+    TAG_KIND,
+    TAG_PARENT,
+    TAG_RUN_KEY,
+    TAG_STAGE,
+    TAG_SWEEP,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +45,15 @@ def ensure_experiment(uri: str, name: str) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        if exp.tags.get(TAG_EXPERIMENT_KIND) is None:  # made by an older ablate: open it as ours do
+            client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
         return exp.experiment_id
     path = _sqlite_path(uri)
     # Next to the SQLite file, not in ./mlruns of whatever directory the launcher ran from.
     location = (path.parent / "artifacts" / name).resolve().as_uri() if path else None
+    kind = {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING}
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=kind)
     except MlflowException as exc:  # another process created it since we looked
         exp = client.get_experiment_by_name(name)
         if exp is None:

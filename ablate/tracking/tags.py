@@ -20,6 +20,10 @@ TAG_TRAIN_KEY = "ablate.train_key"  # on an evaluate run: the run key of the tra
 TAG_TRAINABLE = "ablate.trainable"  # on a train run: its partial-freeze preset
 TAG_POSITIONAL = "ablate.positional_params"  # on a train run: the positional-embedding parameters
 TAG_PARENT = "mlflow.parentRunId"
+# MLflow 3's UI opens an experiment by its kind; a model-training one opens on its runs table (not the
+# GenAI traces overview it infers for an experiment without the tag).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
 TAG_SWEEPS_PREFIX = "ablate.sweeps."  # + sweep name = "true": every sweep that uses the run
 MAX_ARM_TAG_LEN = 5000  # MLflow's limit on a tag value is 8,000 characters
 MAX_RUN_NAME_LEN = 200
