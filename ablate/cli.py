@@ -54,13 +54,30 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from ablate.tracking import default_tracking_uri, ui_command
+    import subprocess
+
+    from ablate.config.schema import TrackingConfig
+    from ablate.tracking import default_tracking_uri, sweep_links, ui_command, wait_until_up
 
     uri = args.tracking_uri or default_tracking_uri(_results(args))
-    argv = ui_command(uri, host="127.0.0.1", port=args.port)
-    print(f"MLflow UI on http://127.0.0.1:{args.port} over {uri} (Ctrl-C stops it)", flush=True)
-    os.execvp(argv[0], argv)
-    return 0  # not reached
+    base = f"http://{args.host}:{args.port}"
+    print(f"starting the MLflow UI over {uri} ({args.workers or 'default'} worker(s)) ...", flush=True)
+    proc = subprocess.Popen(ui_command(uri, host=args.host, port=args.port, workers=args.workers))
+    try:
+        wait_until_up(base, proc, echo=lambda line: print(line, flush=True))
+        links = sweep_links(uri, base, TrackingConfig().experiment_prefix)
+        print(f"MLflow UI on {base} (Ctrl-C stops it)", flush=True)
+        for name, url in links:
+            print(f"  sweep {name}: {url}", flush=True)
+        if not links:
+            print("  no sweep tracked yet: `ablate launch sweeps/demo.yaml` first", flush=True)
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def cmd_resend(args: argparse.Namespace) -> int:
@@ -120,8 +137,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_plot)
 
-    s = sub.add_parser("ui", help="serve the MLflow UI on 127.0.0.1 over the tracking store")
-    s.add_argument("--port", type=int, default=5000)
+    s = sub.add_parser(
+        "ui",
+        help="serve the MLflow UI on 127.0.0.1 over the tracking store",
+        description="Start the MLflow UI over the tracking store, wait until it answers, then print a link "
+        "to each sweep's runs table. Ctrl-C stops it.",
+    )
+    s.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to bind (default: 127.0.0.1; 0.0.0.0 exposes the store)",
+    )
+    s.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="server worker processes (default: one per 4 cores, 1 to 4; each imports all of MLflow)",
+    )
     s.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the results store)"
     )

@@ -60,9 +60,10 @@ def test_default_tracking_uri(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 
 
 def test_ui_command_and_redaction() -> None:
-    argv = tracking.ui_command("sqlite:////x/mlflow.db", port=5123)
+    argv = tracking.ui_command("sqlite:////x/mlflow.db", port=5123, workers=1)
     assert argv[1:] == [
-        "-m", "mlflow", "ui", "--backend-store-uri", "sqlite:////x/mlflow.db", "--host", "127.0.0.1", "--port", "5123"
+        "-m", "mlflow", "ui", "--backend-store-uri", "sqlite:////x/mlflow.db", "--host", "127.0.0.1", "--port", "5123",
+        "--workers", "1",
     ]  # fmt: skip
     assert tracking.redact_uri("postgresql://me:secret@db:5432/ml") == "postgresql://me:***@db:5432/ml"
 

@@ -4,7 +4,7 @@ Three users: the launcher (run management, single process, before jobs start), t
 never blocks the training step) and analysis (fetch_runs / fetch_histories into pandas frames).
 
 Modules: tags (every tag name, the stage-run tag builder), store (constants, URIs, the client, param/tag/search helpers), tracker (Tracker, NullTracker,
-MLflowTracker), runs (run management) and read (fetch_runs, fetch_histories, download_artifact). Import
+MLflowTracker), runs (run management), ui (the MLflow UI process) and read (fetch_runs, fetch_histories, download_artifact). Import
 from here.
 """
 
@@ -16,7 +16,6 @@ from ablate.tracking.runs import (
     get_or_create_sweep_run,
     run_info,
     set_run_status,
-    ui_command,
 )
 from ablate.tracking.store import (
     HISTORY_COLUMNS,
@@ -48,6 +47,7 @@ from ablate.tracking.tags import (
     sweep_tag,
 )
 from ablate.tracking.tracker import LocalFirst, MLflowTracker, NullTracker, Tracker
+from ablate.tracking.ui import default_workers, sweep_links, ui_command, wait_until_up
 
 __all__ = [
     "HISTORY_COLUMNS",
@@ -88,4 +88,7 @@ __all__ = [
     "stage_run_tags",
     "sweep_tag",
     "ui_command",
+    "default_workers",
+    "sweep_links",
+    "wait_until_up",
 ]

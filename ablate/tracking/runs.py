@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -158,9 +157,3 @@ def run_info(uri: str, run_id: str) -> dict[str, Any]:
         "steps": {m.key: int(m.step) for m in latest},
         "step": max((int(m.step) for m in latest), default=None),
     }
-
-
-def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
-    """The argv of an MLflow UI over the store (bound to localhost by default), for the CLI to exec."""
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
-    return [*cmd, "--host", host, "--port", str(port)]
