@@ -52,3 +52,22 @@ def test_missing_fid_weights_stop_the_launch_and_say_where_they_come_from(tmp_pa
         launch(sweep, overrides, tmp_path / "results", echo=lambda line: None)
     assert "torch-fidelity/releases/download" in str(err.value)
     assert not (tmp_path / "results" / "mlflow.db").exists()
+
+
+def test_the_dry_run_shows_the_key_of_each_arms_train_directory(tmp_path: Path) -> None:
+    """One key for one thing: the dry run's key is results/cache/train/<key> and the train run's tag."""
+    from ablate.arms import resolve_arms
+    from ablate.stages.plan import plan_stages
+    from ablate.sweep import load_sweep
+
+    sweep = Path(__file__).resolve().parent.parent / "sweeps" / "t2i_init.yaml"
+    lines: list[str] = []
+    assert (
+        launch(sweep, [], tmp_path / "results", dry_run=True, echo=lambda t: lines.extend(t.splitlines()))
+        == 0
+    )
+    for arm in resolve_arms(load_sweep(sweep)):
+        train = next(s for s in plan_stages(arm.config) if s.name == "train")
+        row = next(line for line in lines if line.startswith(arm.label + " "))
+        assert row.split()[len(arm.label.split())] == train.key
+    assert any("train key" in line for line in lines)

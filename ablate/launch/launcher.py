@@ -19,6 +19,7 @@ from ablate.launch.graph import Graph, Node, build_graph
 from ablate.launch.manifest import Manifest, launch_lock_path
 from ablate.rundir import RunDir, git_commit
 from ablate.stages import registry
+from ablate.stages.names import TRAIN
 from ablate.sweep import Sweep, load_sweep
 
 
@@ -29,14 +30,19 @@ def _units(graph: Graph, name: str) -> str:
 
 
 def dry_run_table(arms: list[ResolvedArm], graph: Graph) -> str:
-    """The arms, their run keys and stages, marking which outputs already exist."""
-    rows = [("arm", "run key", "stages (* = output exists)")]
+    """The arms, their train keys and stages, marking which outputs already exist.
+
+    The train key is what a user looks the arm up by: its directory results/cache/train/<key> and the
+    ablate.run_key tag of its MLflow train run (the arm's config hash, arm.key, names no file or run).
+    """
+    rows = [("arm", "train key", "stages (* = output exists)")]
     for arm in arms:
         names = graph.arm_stages[arm.label]
         stages = " -> ".join(
             f"{s}{_units(graph, n)}{'*' if graph.nodes[n].done else ''}" for s, n in names.items()
         )
-        rows.append((arm.label, arm.key, stages))
+        train = names.get(TRAIN)
+        rows.append((arm.label, graph.nodes[train].job.key if train else "-", stages))
     width = [max(len(r[i]) for r in rows) for i in range(2)]
     lines = [f"{r[0]:<{width[0]}}  {r[1]:<{width[1]}}  {r[2]}" for r in rows]
     todo = sum(not n.done for n in graph.nodes.values())
