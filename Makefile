@@ -31,7 +31,7 @@ setup-fid: $(FID_BIN)/ablate
 
 demo: setup
 	$(BIN)/ablate launch sweeps/demo.yaml
-	$(BIN)/ablate plot --sweep demo
+	$(BIN)/ablate report --sweep demo
 
 # Every test: those of the fid extra (marker fid) in the FID venv, all others in the main one.
 test: lint typecheck test-fid

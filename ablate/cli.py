@@ -1,4 +1,4 @@
-"""The `ablate` command: launch, status, cancel, plot, ui, resend, config."""
+"""The `ablate` command: launch, status, cancel, plot, report, ui, resend, verify, config."""
 
 from __future__ import annotations
 
@@ -50,6 +50,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
     out = Path(args.out or results / "figures")
     for path in plot_all(uri, out, sweep=args.sweep):
         print(path)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ablate.tracking import default_tracking_uri
+    from analysis.report import write_report
+
+    results = _results(args)
+    uri = args.tracking_uri or default_tracking_uri(results)
+    print(write_report(uri, results, sweep=args.sweep))
     return 0
 
 
@@ -136,6 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the results store)"
     )
     s.set_defaults(func=cmd_plot)
+
+    s = sub.add_parser(
+        "report",
+        help="one HTML page: the figures, the runs and the paper's findings checked (results/report.html)",
+    )
+    s.add_argument("--sweep", help="only runs of this sweep (the page: results/report-<sweep>.html)")
+    s.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the results store)"
+    )
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser(
         "ui",

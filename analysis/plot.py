@@ -79,6 +79,8 @@ class Figure:
     needs: str
     select: Callable[[Frames], pd.DataFrame]
     draw: Callable[[pd.DataFrame, Fetched], list[Path]]
+    caption: str = ""
+    """What it shows, as the report (analysis.report) prints under it."""
 
     def runs_of(self, frames: Frames) -> pd.DataFrame:
         """The rows `select` picks that one of the figure's sweeps uses."""
@@ -94,6 +96,7 @@ FIGURES: tuple[Figure, ...] = (
         "text-to-image train runs",
         lambda f: f.t2i,
         lambda runs, d: figures.figure3_perplexity(d.curves_of(runs), d.out_dir),
+        caption="Figure 3: perplexity of the text-to-image runs against training tokens, per initialisation.",
     ),
     Figure(
         "figure4_loss_split",
@@ -101,6 +104,7 @@ FIGURES: tuple[Figure, ...] = (
         "text-to-image train runs",
         lambda f: f.t2i,
         lambda runs, d: figures.figure4_loss_split(d.curves_of(runs), d.out_dir),
+        caption="Figure 4: the loss on text tokens (left) and on image tokens (right), per initialisation.",
     ),
     Figure(
         "figure5_samples",
@@ -110,6 +114,7 @@ FIGURES: tuple[Figure, ...] = (
         lambda runs, d: samples.figure5_samples(
             sample_panels(runs, d.evals, d.finals, d.tokens, d.fetch), d.out_dir
         ),
+        caption="Figure 5: generated samples beside the scenes their captions describe, per initialisation.",
     ),
     Figure(
         "figure6_freeze",
@@ -117,6 +122,7 @@ FIGURES: tuple[Figure, ...] = (
         "unconditional train runs",
         lambda f: f.train[f.train["task"] == "uncond"],
         lambda runs, d: curves.figure6_freeze(d.curves_of(runs), runs, d.out_dir),
+        caption="Figure 6: unconditional generation with parts of the pretrained model frozen.",
     ),
     Figure(
         "figure7_contrastive",
@@ -124,6 +130,7 @@ FIGURES: tuple[Figure, ...] = (
         "align runs",
         lambda f: f.table[f.table["stage"] == stages.ALIGN],
         lambda runs, d: curves.figure7_contrastive(d.curves_of(runs), d.out_dir),
+        caption="Figure 7: contrastive alignment of the image-code embeddings with the text embeddings.",
     ),
     Figure(
         "table1_completions",
@@ -135,6 +142,7 @@ FIGURES: tuple[Figure, ...] = (
         lambda runs, d: tables.table1_completions(
             completion_records(runs[runs["run_id"].isin(d.probed)], d.tokens, d.fetch), d.out_dir
         ),
+        caption="Table 1: greedy completions before and after text-to-image training.",
     ),
     Figure(
         "text_ability",
@@ -142,6 +150,7 @@ FIGURES: tuple[Figure, ...] = (
         "text-to-image train runs",
         lambda f: f.t2i,
         lambda runs, d: curves.text_ability(d.curves_of(runs), d.out_dir),
+        caption="Held-out text perplexity of the pretrained runs through text-to-image training (forgetting).",
     ),
     Figure(
         "sensitivity_lr",
@@ -151,6 +160,7 @@ FIGURES: tuple[Figure, ...] = (
         lambda runs, d: sensitivity.sensitivity(
             sensitivity.final_points(runs, d.finals), "lr", d.out_dir, "sensitivity_lr"
         ),
+        caption="Final image-token loss against the peak learning rate, per initialisation.",
     ),
     Figure(
         "sensitivity_batch",
@@ -160,6 +170,7 @@ FIGURES: tuple[Figure, ...] = (
         lambda runs, d: sensitivity.sensitivity(
             sensitivity.final_points(runs, d.finals), "batch_tokens", d.out_dir, "sensitivity_batch"
         ),
+        caption="Final image-token loss against the batch size, per initialisation.",
     ),
 )
 PRODUCERS = {sweep for figure in FIGURES for sweep in figure.sweeps}

@@ -12,7 +12,7 @@ make setup > "$work/setup.log" 2>&1
 t1=$(date +%s)
 .venv/bin/ablate launch sweeps/demo.yaml > "$work/launch.log" 2>&1
 t2=$(date +%s)
-.venv/bin/ablate plot --sweep demo > "$work/plot.log" 2>&1
+.venv/bin/ablate report --sweep demo > "$work/plot.log" 2>&1
 t3=$(date +%s)
 grep -E "^\[.*\] (done|failed)" "$work/launch.log" || true
 echo "setup  $((t1 - t0)) s"

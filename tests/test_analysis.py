@@ -171,3 +171,15 @@ def test_plot_all_with_no_runs_explains_how_to_get_some(store: SimpleNamespace, 
     assert not (tmp_path / "nothing").exists()
     with pytest.raises(AblateError, match="none has logged metrics yet"):
         plot_all(store.uri, tmp_path, sweep="pending")
+
+
+def test_report_writes_one_page_with_findings_and_run_links(store: SimpleNamespace, tmp_path: Path) -> None:
+    from analysis.report import FINDINGS, write_report
+
+    path = write_report(store.uri, tmp_path, sweep="demo")
+    assert path == tmp_path / "report-demo.html"
+    page = path.read_text()
+    assert all(f.claim in page for f in FINDINGS) and page.count("data:image/png;base64,") >= 3
+    train = store.runs[("demo", "t2i-pretrained", "train")]
+    assert f"/runs/{train}" in page  # the arm's train run in the MLflow UI
+    assert (tmp_path / "figures" / "summary.csv").is_file()  # drawn as `ablate plot` draws them
