@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,3 +34,30 @@ def write_random_inception(path: Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), path)
     return path
+
+
+def torch_fidelity_fid(dir_a: Path, dir_b: Path, weights: Path) -> float:
+    """torch-fidelity's own FID between two image folders, on the CPU, with the given weights file."""
+    torch_fidelity = pytest.importorskip("torch_fidelity")
+    metrics = torch_fidelity.calculate_metrics(
+        input1=str(dir_a),
+        input2=str(dir_b),
+        fid=True,
+        feature_extractor="inception-v3-compat",
+        feature_extractor_weights_path=str(weights),
+        cuda=False,
+        cache=False,
+        verbose=False,
+        batch_size=8,
+    )
+    return float(metrics["frechet_inception_distance"])
+
+
+def save_pngs(images: np.ndarray, out: Path) -> Path:
+    """Images (N, H, W, 3) uint8 as out/000.png, 001.png, ... (PNG: lossless)."""
+    from PIL import Image
+
+    out.mkdir(parents=True)
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(out / f"{i:03d}.png")
+    return out

@@ -7,11 +7,10 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from test_ui import free_port
+from test_ui import free_port, start_ui
 
 from ablate import tracking
 
@@ -62,16 +61,7 @@ def test_the_ui_opens_a_sweep_on_its_runs_table(chromium, tmp_path):
     }
     tracking.get_or_create_stage_run(uri, experiment, parent, "k1", "train", "init=pretrained", tags, {})
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ablate.cli", "--results", str(tmp_path), "ui", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_ui(tmp_path, port)
     try:
         assert proc.stdout is not None
         link = None

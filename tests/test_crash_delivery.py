@@ -15,20 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny import TINY_DATA
 
 from ablate.tracking import TAG_STAGE
 
 ROOT = Path(__file__).resolve().parent.parent
 STEP_TOKENS = 2304  # pretrain.batch_tokens below: one step
 TINY = [
-    "cluster=local",
-    "cluster.poll_s=5",
-    "data.n_train=256",
-    "data.n_val=64",
-    "data.n_heldout=64",
-    "tokenizer.vq_steps=40",
-    "tokenizer.vq_hidden=32",
-    "tokenizer.text_vocab_size=512",
+    *TINY_DATA,
     "optim.warmup_tokens=2304",
     "model.hidden_dim=32",
     "model.n_layers=2",

@@ -12,17 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from tiny import TINY_DATA
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
-    "cluster=local",
-    "cluster.poll_s=5",
-    "data.n_train=256",
-    "data.n_val=64",
-    "data.n_heldout=64",
-    "tokenizer.vq_steps=40",
-    "tokenizer.vq_hidden=32",
-    "tokenizer.text_vocab_size=512",
+    *TINY_DATA,
     "pretrain.corpus_max_chars=150000",
     "pretrain.total_tokens=12000",
     "pretrain.batch_tokens=2304",

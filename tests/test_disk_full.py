@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tiny import TINY_DATA
 
 from ablate.atomic import as_storage_error, atomic_write_json
 from ablate.errors import StorageError
@@ -24,14 +25,7 @@ from ablate.errors import StorageError
 ROOT = Path(__file__).resolve().parent.parent
 STEP_TOKENS = 2304
 TINY = [
-    "cluster=local",
-    "cluster.poll_s=5",
-    "data.n_train=256",
-    "data.n_val=64",
-    "data.n_heldout=64",
-    "tokenizer.vq_steps=40",
-    "tokenizer.vq_hidden=32",
-    "tokenizer.text_vocab_size=512",
+    *TINY_DATA,
     "optim.warmup_tokens=2304",
     "model.hidden_dim=32",
     "model.n_layers=2",

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import realdata
-from fidweights import write_random_inception
-from PIL import Image
+from fidweights import save_pngs, torch_fidelity_fid, write_random_inception
 
 from ablate.config.compose import compose_config, to_run_config
 from ablate.data.eval_set import eval_samples
@@ -31,13 +30,6 @@ torch_fidelity = pytest.importorskip("torch_fidelity", reason="needs the fid ext
 ROOT = Path(__file__).resolve().parent.parent
 N = 6  # prompts per arm: the reference set's 6 samples, in slices of 4 (two units: 4 + 2)
 SWEEP = "name: fid\ngrid:\n  evaluate.temperature: [1.0, 0.7]\n"
-
-
-def _save_pngs(images: np.ndarray, out: Path) -> Path:
-    out.mkdir(parents=True)
-    for i, img in enumerate(images):
-        Image.fromarray(img).save(out / f"{i:03d}.png")
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -97,21 +89,12 @@ def test_the_logged_fid_equals_torch_fidelity_on_the_same_images(launched, tmp_p
     results, args, weights = launched
     cfg = to_run_config(compose_config(args))
     references = np.stack([img for _, _, img in eval_samples(cfg.data, N)])
-    ref_dir = _save_pngs(references, tmp_path / "ref")
+    ref_dir = save_pngs(references, tmp_path / "ref")
     (tok_dir,) = (results / "cache" / names.IMAGE_TOKENIZER).iterdir()
     tok = open_image_tokenizer(tok_dir)
     for i, d in enumerate(sorted((results / "cache" / names.EVALUATE).iterdir())):
         codes = np.load(d / "samples.npz")["codes"]
-        generated = _save_pngs(tok.decode(codes.astype(np.int64)), tmp_path / f"gen{i}")
-        theirs = torch_fidelity.calculate_metrics(
-            input1=str(generated),
-            input2=str(ref_dir),
-            fid=True,
-            feature_extractor="inception-v3-compat",
-            feature_extractor_weights_path=str(weights),
-            cuda=False,
-            cache=False,
-            verbose=False,
-        )["frechet_inception_distance"]
+        generated = save_pngs(tok.decode(codes.astype(np.int64)), tmp_path / f"gen{i}")
+        theirs = torch_fidelity_fid(generated, ref_dir, weights)
         ours = json.loads((d / "metrics.json").read_text())["fid"]
         assert ours == pytest.approx(theirs, rel=1e-3)

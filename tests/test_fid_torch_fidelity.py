@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fidweights import write_random_inception
-from PIL import Image
+from fidweights import save_pngs, torch_fidelity_fid, write_random_inception
 
 from ablate.data.synthetic import generate
 from ablate.evaluate.fid import (
@@ -35,9 +34,7 @@ def weights(tmp_path_factory) -> Path:
 
 def write_folder(out: Path, n: int, seed: int, split: str) -> np.ndarray:
     images, _, _ = generate(n, seed=seed, split=split, size=64)  # (n, 64, 64, 3) uint8 scenes
-    out.mkdir(parents=True)
-    for i, img in enumerate(images):
-        Image.fromarray(img).save(out / f"{i:03d}.png")
+    save_pngs(images, out)
     return images
 
 
@@ -51,17 +48,7 @@ def folders(tmp_path_factory) -> tuple[Path, Path, np.ndarray, np.ndarray]:
 
 def test_ablate_fid_equals_torch_fidelity_calculate_metrics(weights, folders):
     dir_a, dir_b, images_a, images_b = folders
-    theirs = torch_fidelity.calculate_metrics(
-        input1=str(dir_a),
-        input2=str(dir_b),
-        fid=True,
-        feature_extractor="inception-v3-compat",
-        feature_extractor_weights_path=str(weights),
-        cuda=False,
-        cache=False,
-        verbose=False,
-        batch_size=8,
-    )["frechet_inception_distance"]
+    theirs = torch_fidelity_fid(dir_a, dir_b, weights)
     net = load_inception(weights)
     # The images as the folders hold them (PNG is lossless), in ablate's (N, H, W, 3) layout.
     fa = inception_features(net, images_a, batch_size=5)

@@ -24,13 +24,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ui_answers_before_it_prints_its_links(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    experiment = tracking.ensure_experiment(uri, "ablate/demo")
-    port = free_port()
+def start_ui(results: Path, port: int) -> subprocess.Popen:
+    """`ablate ui` over results/mlflow.db, in its own process group, stdout piped."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ablate.cli", "--results", str(tmp_path), "ui", "--port", str(port)],
+    return subprocess.Popen(
+        [sys.executable, "-m", "ablate.cli", "--results", str(results), "ui", "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -38,6 +36,13 @@ def test_ui_answers_before_it_prints_its_links(tmp_path):
         text=True,
         start_new_session=True,
     )
+
+
+def test_ui_answers_before_it_prints_its_links(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = tracking.ensure_experiment(uri, "ablate/demo")
+    port = free_port()
+    proc = start_ui(tmp_path, port)
     try:
         lines = []
         deadline = time.monotonic() + 240
@@ -56,7 +61,9 @@ def test_ui_answers_before_it_prints_its_links(tmp_path):
             if line.strip().startswith("sweep demo:"):
                 break
         text = "\n".join(lines)
-        assert re.search(rf"sweep demo: http://127\.0\.0\.1:{port}/#/experiments/{experiment}/runs", text), text
+        assert re.search(rf"sweep demo: http://127\.0\.0\.1:{port}/#/experiments/{experiment}/runs", text), (
+            text
+        )
         assert text.index("MLflow UI on") < text.index("sweep demo:")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
