@@ -213,7 +213,16 @@ def test_cancelled_arm_alone_is_resubmitted(results, tiny, tmp_path):
     launch(results, path, *long)
     ids = job_ids(results, "slurmcancel")
     victim = Manifest.load(results, "slurmcancel").data["arms"][1]["stages"]
-    subprocess.run(["scancel", ids[victim["train"]]], check=True)
+    task = ids[victim["train"]]
+
+    def running() -> bool:
+        state = slurm.sacct([task]).get(task)
+        return state is not None and state.state == "RUNNING"
+
+    # Cancelled while still pending (a busy node starts the array's tasks one by one), an array task
+    # leaves no accounting record at all; cancel it running, as the test means to.
+    wait_until(running, timeout=300, what=f"train task {task} running")
+    subprocess.run(["scancel", task], check=True)
     states = wait_for(results, "slurmcancel")
     assert states[ids[victim["train"]]].state == "CANCELLED"
     # Its evaluation waited on that one train task (aftercorr) and was dropped; the other arm finished.
