@@ -183,9 +183,9 @@ def train_loop(
         tracker.log_params({f"loop.{k}": v for k, v in info.items()})
 
     def log(step: int, metrics: dict[str, float]) -> None:
-        if main:
-            tracker.log_metrics(metrics, step)
+        if main:  # the file first: a step the store has is always in metrics.jsonl (exactly-once resume)
             metrics_log.append(step, metrics)
+            tracker.log_metrics(metrics, step)
 
     if evaluate is not None and step == 0 and main:
         log(0, evaluate(0, 0))
