@@ -178,6 +178,9 @@ def summary_frame(train: pd.DataFrame, finals: pd.DataFrame, evaluations: pd.Ser
     summary["tokens"] = column(summary["train_run_id"], "tokens", "last")
     for metric in FINAL_METRICS:
         summary[f"final_{metric}"] = column(summary["train_run_id"], metric, "tail_mean")
+    # An unconditional run's only non-image targets are the structural specials (</image>, </doc>): its
+    # "text" loss is no text ability, so it is left out rather than read as one.
+    summary.loc[(summary["task"] == "uncond").to_numpy(), "final_text_loss"] = np.nan
     summary["heldout_text_ppl"] = column(summary["train_run_id"], "heldout_text_ppl", "last")
     for metric in EVAL_METRICS:
         summary[metric] = column(summary["evaluate_run_id"], metric, "last")

@@ -277,6 +277,7 @@ def test_summary_has_a_row_per_train_run(everything: SimpleNamespace, store: Sto
     assert data.loc["t2i-contrastive", "image_init"] == "contrastive"
     frozen = data.loc["freeze-pretrained-all"]
     assert frozen["scene_valid"] == 0.9 and frozen["task"] == "uncond" and frozen["trainable"] == "all"
+    assert np.isnan(frozen["final_text_loss"]) and frozen["final_image_loss"] > 0  # specials are no text
     assert np.isnan(data.loc["freeze-pretrained-emb_out", "scene_valid"])
 
 
