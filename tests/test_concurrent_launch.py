@@ -51,7 +51,13 @@ def _hold(path: str) -> None:  # in a child process: take the lock, say so, then
 def test_a_lock_held_by_a_killed_process_is_free_at_once(tmp_path: Path) -> None:
     path = tmp_path / "x" / ".lock"
     child = subprocess.Popen(
-        [sys.executable, "-c", f"import tests.test_concurrent_launch as t; t._hold({str(path)!r})"],
+        # tests/ on the path, as pytest puts it: the module imports its helpers (tiny) from there.
+        [
+            sys.executable,
+            "-c",
+            f"import sys; sys.path.insert(0, 'tests'); import test_concurrent_launch as t; "
+            f"t._hold({str(path)!r})",
+        ],  # fmt: skip
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from test_distributed import free_ports
 
 from ablate.errors import ConfigError
 from ablate.model.transformer import ModelArgs, Transformer
 from ablate.train import distributed as dist
 from ablate.train.grad_sync import GradSync
-from tests.test_distributed import free_ports
 
 VOCAB, SEQ = 48, 16
 MICRO_BATCHES = {0: 2, 1: 1}  # rank 0 accumulates over two backward passes, rank 1 over one
