@@ -25,7 +25,6 @@ from ablate.stages.evaluate import SLICE_FILE
 from ablate.stages.image_tokenizer import open_image_tokenizer
 
 pytestmark = [pytest.mark.fid, pytest.mark.slow]
-torch_fidelity = pytest.importorskip("torch_fidelity", reason="needs the fid extra: make test-fid")
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 6  # prompts per arm: the reference set's 6 samples, in slices of 4 (two units: 4 + 2)

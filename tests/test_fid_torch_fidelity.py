@@ -24,7 +24,6 @@ from ablate.evaluate.fid import (
 )
 
 pytestmark = pytest.mark.fid
-torch_fidelity = pytest.importorskip("torch_fidelity", reason="needs the fid extra: make test-fid")
 
 
 @pytest.fixture(scope="module")
