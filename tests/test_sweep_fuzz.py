@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from ablate.errors import AblateError
 from ablate.launch.launcher import launch
+from ablate.sweep import TOP_LEVEL_KEYS
 
 pytestmark = pytest.mark.slow  # about 40 s for the four classes together
 
@@ -40,19 +41,7 @@ WORDS = [
     "range(1,2,0.5)", "interval(0,1)", "choice(a,b)", "a,b", "[a,b]", "{a:1}", "'x'", "(", "\\n", "../x",
     "a" * 300, "\x00", "é",
 ]  # fmt: skip
-TOP = [
-    "name",
-    "description",
-    "include",
-    "base",
-    "grid",
-    "scale_grid",
-    "arms",
-    "exclude",
-    "max_arms",
-    "bogus",
-    1,
-]
+TOP = [*TOP_LEVEL_KEYS, "bogus", 1]  # every key a sweep file may have, and two it may not
 SNIPPETS = [
     "&a ", "*a ", "[", "]", "{", "}", ": ", "- ", "\n", "\n  ", "\t", "!!python/object:os.system ", "%YAML 1.1\n",
     "---\n", "...\n", "? ", "|\n", ">\n", "'", '"', "#", "<<: *a\n", "!!binary ", "&r [*r]", "\\", "\x00", "\ufeff",
