@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ablate.config.compose import compose_arm, flatten, run_key
@@ -24,6 +24,8 @@ class ResolvedArm:
     key: str
     sweeps: tuple[str, ...] = ()
     """Every sweep this arm belongs to (an arm given twice, e.g. by two included files, keeps both)."""
+    assignments: dict[str, str] = field(default_factory=dict)
+    """The arm's own keys (its grid point or `arms` entry), without the sweep's base and command line."""
 
 
 def resolve_arms(sweep: Sweep) -> list[ResolvedArm]:
@@ -38,7 +40,9 @@ def resolve_arms(sweep: Sweep) -> list[ResolvedArm]:
         _check_same_execution(first, (arm.label, config))
         key = run_key(cfg)
         if key not in out:
-            out[key] = ResolvedArm(arm.label, arm.overrides, cfg, config, key, arm.sweeps)
+            out[key] = ResolvedArm(
+                arm.label, arm.overrides, cfg, config, key, arm.sweeps, dict(arm.assignments)
+            )
         else:
             seen = out[key]
             seen.sweeps = seen.sweeps + tuple(s for s in arm.sweeps if s not in seen.sweeps)

@@ -81,6 +81,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
             print(f"  sweep {name}: {url}", flush=True)
         if not links:
             print("  no sweep tracked yet: `ablate launch sweeps/demo.yaml` first", flush=True)
+        print(
+            "  one row per arm; each sweep's stage runs are in the experiment <sweep>/stages. To plot against "
+            "tokens: a chart's settings, X-axis: Metric, tokens",
+            flush=True,
+        )
         return proc.wait()
     except KeyboardInterrupt:
         return 0

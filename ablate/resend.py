@@ -37,32 +37,13 @@ def resend(run_dir: Path, uri: str) -> tuple[str, int]:
         exists = bool(run_id) and info.get("run_id") == run_id and not info.get("deleted")
     except Exception:  # not in this store (another server, or a lost database)
         exists = False
+    saved = prov.get("tracking")  # what the job was launched with: the same runs, found or made again
+    job_tracking = tracking.JobTracking.from_dict(saved, uri=uri) if saved else None
     if not exists:
-        # The experiment the launch used: the run's own tracking.experiment_prefix (config.yaml).
-        prefix = (config.get("tracking") or {}).get("experiment_prefix", TrackingConfig.experiment_prefix)
-        experiment = tracking.ensure_experiment(uri, f"{prefix}{sweep}")
-        parent = tracking.get_or_create_sweep_run(uri, experiment, sweep)
-        labels = prov.get("arms", [])
-        tags = tracking.stage_run_tags(
-            sweep=sweep,
-            stage=prov["stage"],
-            key=prov["key"],
-            labels=labels,
-            sweeps=[sweep],
-            inputs=prov.get("inputs"),
-            git_commit=prov.get("git_commit", "unknown"),
+        run_id = tracking.stage_run(
+            uri, job_tracking.stage if job_tracking else _older_spec(prov, config, sweep)
         )
-        run_id = tracking.get_or_create_stage_run(
-            uri,
-            experiment,
-            parent,
-            run_key=prov["key"],
-            stage=prov["stage"],
-            run_name=tracking.stage_run_name(prov["stage"], labels),
-            tags=tags,
-            params=flatten(config),
-        )
-    if run_id is None:  # get_or_create_stage_run creates the run unless told not to
+    if run_id is None:  # stage_run creates the run unless told not to
         raise AblateError(f"no MLflow run for {rd.path} in {tracking.describe_store(uri)}")
     # Given the directory, the tracker sends the metrics.jsonl rows the run lacks before anything else.
     tracker = tracking.MLflowTracker(uri, run_id, run_dir=rd.path, mark_running=False)
@@ -70,4 +51,30 @@ def resend(run_dir: Path, uri: str) -> tuple[str, int]:
         if path.exists():
             tracker.log_artifact(path, artifact_path)
     tracker.close("FINISHED" if rd.is_complete() else "KILLED")
+    for arm in job_tracking.arms if job_tracking else []:  # the arms' runs show this stage's metrics too
+        tracking.backfill(uri, tracking.arm_run(uri, arm, prov["stage"], run_id), rd.path)
     return run_id, tracker.backfilled_rows
+
+
+def _older_spec(prov: dict, config: dict, sweep: str):
+    """The stage run of a directory from before jobs recorded their tracking: tags from provenance."""
+    from ablate import tracking
+
+    # The experiment the launch used: the run's own tracking.experiment_prefix (config.yaml).
+    prefix = (config.get("tracking") or {}).get("experiment_prefix", TrackingConfig.experiment_prefix)
+    labels = prov.get("arms", [])
+    tags = tracking.stage_run_tags(
+        sweep=sweep,
+        stage=prov["stage"],
+        key=prov["key"],
+        labels=labels,
+        sweeps=[sweep],
+        inputs=prov.get("inputs"),
+        git_commit=prov.get("git_commit", "unknown"),
+    )
+    return tracking.RunSpec(
+        experiment=tracking.stages_experiment(prefix, sweep),
+        name=tracking.stage_run_name(prov["stage"], labels),
+        tags={k: str(v) for k, v in tags.items()},
+        params=flatten(config),
+    )

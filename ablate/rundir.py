@@ -214,7 +214,8 @@ class RunDir:
 
 
 class MetricsLog:
-    """Append-only metrics.jsonl: one JSON row per step, the first one logged for it.
+    """Append-only metrics.jsonl: JSON rows {"step": s, key: value, ...}, the first value logged for each
+    (key, step) (a step's row, and later rows adding other keys at that step, such as final values).
 
     A resumed stage re-executes the steps after its last checkpoint; their rows from before the crash
     stay and the re-executed ones are not appended, because the tracking store (MLflowTracker) keeps the
@@ -225,7 +226,9 @@ class MetricsLog:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._steps: set[int] | None = None  # the steps the file holds, read at the first append
+        self._logged: set[tuple[int, str]] | None = (
+            None  # (step, key) the file holds, read at the first append
+        )
 
     def truncate_after(self, step: int) -> None:
         """Prepare a resume after `step`: cut a row torn by a crash; rows after `step` stay (see class)."""
@@ -235,17 +238,19 @@ class MetricsLog:
             data = f.read()
             if data and not data.endswith(b"\n"):
                 f.truncate(data.rfind(b"\n") + 1)  # a row a SIGKILL cut short: its step will be re-logged
-        self._steps = None
+        self._logged = None
 
     def append(self, step: int, metrics: dict[str, float]) -> None:
-        """Add one row unless the file has the step (a plain append, not an atomic rewrite)."""
-        if self._steps is None:
-            self._steps = {int(r["step"]) for r in self.rows()}
-        if step in self._steps:
+        """Add a row of the metrics the file lacks at this step, if any (a plain append, not an atomic
+        rewrite)."""
+        if self._logged is None:
+            self._logged = {(int(r["step"]), k) for r in self.rows() for k in r if k != "step"}
+        new = {k: v for k, v in metrics.items() if (step, k) not in self._logged}
+        if not new:
             return
         with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
-        self._steps.add(step)
+            f.write(json.dumps({"step": step, **new}) + "\n")
+        self._logged.update((step, k) for k in new)
 
     def rows(self) -> list[dict[str, Any]]:
         """Every complete row, in the order logged (a last row torn by a crash is not one)."""

@@ -94,6 +94,15 @@ def _mlflow_progress(manifest: Manifest, run_ids: list[str]) -> tuple[dict[str, 
         return {}, f"(tracking store unreachable: {first[:200]}; progress read from the run directories)"
 
 
+def _run_id(job: dict[str, Any], arm: str | None = None) -> str:
+    """The job's MLflow run (with `arm`: that arm's run, which the job logs to as well), as the job
+    recorded it in its stage directory when it started ('' before)."""
+    prov = RunDir(job["dir"]).read_provenance() or {}
+    if arm is not None:
+        return str((prov.get("mlflow_arm_runs") or {}).get(arm) or "")
+    return str(prov.get("mlflow_run_id") or "")
+
+
 def arm_rows(manifest: Manifest, slurm_states: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One row per arm: the first stage that is not done (or train), its state, progress and job."""
     slurm_states = _slurm_states(manifest) if slurm_states is None else slurm_states
@@ -114,8 +123,8 @@ def arm_rows(manifest: Manifest, slurm_states: dict[str, Any] | None = None) -> 
                 "arm": arm["label"],
                 "stage": current,
                 "state": state,
-                "run_id": job.get("run_id") or "",
-                "train_run_id": jobs[stages["train"]].get("run_id") or "",
+                "run_id": _run_id(job),
+                "arm_run_id": _run_id(jobs[stages["train"]], arm["label"]) or _run_id(jobs[stages["train"]]),
                 "job_id": job.get("job_id") or "",
                 "slurm": slurm_states.get(job.get("job_id") or ""),
                 "dir": job["dir"],
@@ -192,7 +201,7 @@ def format_status(manifest: Manifest) -> str:
         slurm_states, slurm_note = {}, f"(SLURM not reachable: {e}; states read from the run directories)"
     rows = arm_rows(manifest, slurm_states)
     mlflow, mlflow_note = _mlflow_progress(manifest, [r["run_id"] for r in rows])
-    header = ("arm", "stage", "state", "tokens", "last loss", "job", "mlflow run")
+    header = ("arm", "stage", "state", "tokens", "last loss", "job", "mlflow arm run")
     table = [header]
     for r in rows:
         tokens, total, loss = _progress(r, mlflow)
@@ -207,7 +216,7 @@ def format_status(manifest: Manifest) -> str:
                 f"{_tok(tokens)}/{_tok(total)}",
                 "-" if loss is None else f"{loss:.4f}",
                 str(r["job_id"]),
-                r["train_run_id"],
+                r["arm_run_id"],
             )
         )
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]

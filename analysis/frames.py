@@ -9,6 +9,7 @@ import pandas as pd
 
 from ablate import tracking
 from ablate.stages import names as stages
+from ablate.train.final import TAIL_FRACTION  # "final" value of a curve: its last 5% of steps, averaged
 from analysis.runs import source_column
 
 # Per run, from tracking.fetch_runs through the one column mapping, analysis.runs.SOURCES.
@@ -16,7 +17,6 @@ META_COLUMNS = ("sweep", "arm", "init", "image_init", "task", "trainable")
 CURVE_COLUMNS = ["run_id", *META_COLUMNS, "step", "tokens", "metric", "value"]
 CURVE_METRICS = ("loss", "text_loss", "image_loss", "perplexity", "lr", "tokens_per_s")
 FINAL_COLUMNS = ["run_id", "key", "n", "last_step", "last", "tail_n", "tail_mean"]
-TAIL_FRACTION = 0.05  # "final" value of a curve: the mean over its last 5% of logged steps
 
 
 def training_curves(
@@ -101,7 +101,9 @@ def final_values(hist: pd.DataFrame, fraction: float = TAIL_FRACTION) -> pd.Data
     first = np.flatnonzero(starts)
     end = np.append(first[1:], len(run))  # one past each group's last row
     n = end - first
-    tail_n = np.maximum(1, np.ceil(fraction * n)).astype(np.int64)
+    tail_n = np.maximum(1, np.ceil(fraction * n)).astype(
+        np.int64
+    )  # ablate.train.final.tail_count, vectorised
     group = np.cumsum(starts) - 1
     in_tail = (end[group] - np.arange(len(run))) <= tail_n[group]
     counted = in_tail & ~np.isnan(value)

@@ -20,6 +20,7 @@ import pandas as pd
 
 from ablate import tracking
 from ablate.atomic import atomic_write_text
+from ablate.stages import names as stages
 from analysis.plot import FIGURES, plot_report
 
 REPRODUCED, NOT_REPRODUCED, NOT_RUN = "reproduced", "not reproduced", "not run"
@@ -167,16 +168,30 @@ def _png(path: Path) -> str:
 
 
 def _run_links(uri: str, sweep: str | None, summary: pd.DataFrame) -> dict[str, str]:
-    """train run id -> its page in the MLflow UI."""
+    """train run id -> its arm's run in the MLflow UI (the arm's row there), else the train run itself."""
     if summary.empty:
         return {}
     runs = tracking.fetch_runs(uri, sweep=sweep)
-    where = dict(zip(runs["run_id"], runs["experiment_id"], strict=True)) if not runs.empty else {}
-    return {
-        rid: f"{UI_URL}/#/experiments/{where[rid]}/runs/{rid}"
-        for rid in summary["train_run_id"]
-        if rid in where
+    if runs.empty:
+        return {}
+    links = {
+        r: f"{UI_URL}/#/experiments/{e}/runs/{r}"
+        for r, e in zip(runs["run_id"], runs["experiment_id"], strict=True)
     }
+    arms = tracking.fetch_runs(uri, sweep=sweep, arms=True)
+    by_train_key = f"tags.{tracking.TAG_STAGE_KEY_PREFIX}{stages.TRAIN}"
+    if not arms.empty and by_train_key in arms:
+        arm_of_key = {
+            k: f"{UI_URL}/#/experiments/{e}/runs/{r}"
+            for k, r, e in zip(arms[by_train_key], arms["run_id"], arms["experiment_id"], strict=True)
+        }
+        run_key = f"tags.{tracking.TAG_RUN_KEY}"
+        for rid, key in zip(
+            runs["run_id"], runs.get(run_key, pd.Series(index=runs.index, dtype=object)), strict=True
+        ):
+            if key in arm_of_key:
+                links[rid] = arm_of_key[key]
+    return {rid: links[rid] for rid in summary["train_run_id"] if rid in links}
 
 
 def render(out_dir: Path, title: str, links: dict[str, str], skipped: dict[str, str]) -> str:

@@ -13,6 +13,7 @@ import pandas as pd
 from ablate import paper
 from ablate.atomic import atomic_write_text
 from ablate.errors import AblateError
+from ablate.train.final import FINAL_METRICS
 from analysis.runs import label_rank
 
 COMPLETIONS_ARTIFACT = "completions.jsonl"  # ablate.evaluate.text_ability.COMPLETIONS_FILE
@@ -23,7 +24,6 @@ TABLE1_COLUMNS = [
     "init", "arm", "run_id", "prompt", "before_step", "before_tokens", "before", "after_step", "after_tokens",
     "after", PAPER_BEFORE, PAPER_AFTER,
 ]  # fmt: skip
-FINAL_METRICS = ("loss", "text_loss", "image_loss", "perplexity")
 EVAL_METRICS = (
     "caption_match_seen",
     "caption_match_heldout",

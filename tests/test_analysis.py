@@ -41,7 +41,7 @@ def store(new_store: Callable[[str], Path]) -> SimpleNamespace:
     runs = {}
     for sweep in ("demo", "other"):
         exp = tracking.ensure_experiment(uri, sweep)
-        parent = tracking.get_or_create_sweep_run(uri, exp, sweep)
+        parent = None  # stage runs have no parent run
         arms = [("pretrained", "t2i", "train"), ("random", "t2i", "train"), ("pretrained", "uncond", "train")]
         arms.append(("random", "t2i", "evaluate"))
         for init, task, stage in arms if sweep == "demo" else arms[:1]:
@@ -54,7 +54,7 @@ def store(new_store: Callable[[str], Path]) -> SimpleNamespace:
             runs[(sweep, arm, stage)] = run_id
     # A sweep whose only run has not started: no metrics yet.
     exp = tracking.ensure_experiment(uri, "pending")
-    parent = tracking.get_or_create_sweep_run(uri, exp, "pending")
+    parent = None  # stage runs have no parent run
     tags = {
         tracking.TAG_SWEEP: "pending",
         tracking.sweep_tag("pending"): "true",

@@ -49,32 +49,59 @@ def dom(chromium: str, url: str, profile: Path, budget_ms: int = 20000) -> str:
     return proc.stdout
 
 
+def tracked_sweep(uri: str, arms: dict[str, float]) -> str:
+    """A sweep as its jobs leave it in the store: a train stage run and an arm run per arm (label ->
+    final image-token loss, logged as the train stage logs it); returns the arms' experiment id."""
+    for i, (label, final) in enumerate(arms.items()):
+        key = f"{i:012d}"
+        stage = tracking.RunSpec(
+            experiment=tracking.stages_experiment("ablate/", "demo"),
+            name=tracking.stage_run_name("train", [label]),
+            tags=tracking.stage_run_tags(sweep="demo", stage="train", key=key, labels=[label], sweeps=["demo"]),
+        )
+        arm = tracking.ArmRunSpec(
+            experiment=tracking.sweep_experiment("ablate/", "demo"),
+            name=label,
+            tags=tracking.arm_run_tags(sweep="demo", label=label, arm_key=f"arm{i}", stage_keys={"train": key}),
+            params={"model.init": label.split("=", 1)[1]},
+            view=tracking.arms_view(["model.init"], ["final_image_loss"]),
+        )
+        stage_id = tracking.stage_run(uri, stage)
+        assert stage_id is not None
+        arm_id = tracking.arm_run(uri, arm, "train", stage_id)
+        tracker = tracking.MLflowTracker(uri, arm_id)
+        tracker.log_metrics({"final_image_loss": final}, step=10)
+        tracker.close("FINISHED")
+    experiment = tracking.fetch_runs(uri, sweep="demo", arms=True)["experiment_id"].unique()
+    assert len(experiment) == 1
+    return str(experiment[0])
+
+
 @pytest.mark.slow
-def test_the_ui_opens_a_sweep_on_its_runs_table(chromium, tmp_path):
+def test_the_ui_opens_a_sweep_on_its_arms_with_their_results(chromium, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    experiment = tracking.ensure_experiment(uri, "ablate/demo")
-    parent = tracking.get_or_create_sweep_run(uri, experiment, "demo")
-    tags = {
-        tracking.TAG_SWEEP: "demo",
-        tracking.sweep_tag("demo"): "true",
-        tracking.TAG_ARM: "init=pretrained",
-    }
-    tracking.get_or_create_stage_run(uri, experiment, parent, "k1", "train", "init=pretrained", tags, {})
+    experiment = tracked_sweep(uri, {"init=pretrained": 0.485, "init=random": 0.527})
     port = free_port()
     proc = start_ui(tmp_path, port)
     try:
         assert proc.stdout is not None
-        link = None
-        for line in proc.stdout:  # the link is printed once the server answers
-            if line.strip().startswith("sweep demo:"):
-                link = line.split(": ", 1)[1].strip()
+        links = {}
+        for line in proc.stdout:  # the links are printed once the server answers
+            if line.strip().startswith("sweep "):
+                name, link = line.strip()[len("sweep ") :].split(": ", 1)
+                links[name] = link
+            if line.strip().startswith("one row per arm"):
                 break
-        assert link == f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs"
-        page = dom(chromium, link, tmp_path / "profile")
+        # One link per sweep, to its arms (the stage runs' experiment is not a sweep).
+        assert links == {"demo": tracking.arms_link(f"http://127.0.0.1:{port}", experiment)}
+        page = dom(chromium, links["demo"], tmp_path / "profile")
         # The model-training runs table (MLflow 3 opens an untagged experiment on a GenAI traces overview).
         assert f"Runs - Experiment {experiment}" in page and "Run Name" in page
-        assert ">demo<" in page  # the sweep's parent run is a row
         assert "Detect Issues" not in page
+        assert ">init=pretrained<" in page and ">init=random<" in page  # the arms are the rows
+        assert "train init=" not in page  # and no stage run is
+        assert "final_image_loss" in page and ">0.485<" in page  # a result column, with the arm's value
+        assert "model.init" in page  # the swept param
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

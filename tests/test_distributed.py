@@ -151,7 +151,7 @@ def _worker(rank: int, world: int, ports: list[int], root: str) -> None:
 
     # The runner opens (and closes) the process group itself for a data-parallel stage.
     _fake_stage("dp_probe", out)
-    job = Job(stage="dp_probe", key="k", out_dir=str(out / "job"), inputs={}, config={}, run_id="r")
+    job = Job(stage="dp_probe", key="k", out_dir=str(out / "job"), inputs={}, config={})
     results = []
     for port in ports[1:]:  # the second finds the output complete, on every rank
         os.environ["MASTER_PORT"] = str(port)

@@ -49,7 +49,7 @@ class Store:
 
     def run(self, name: str, stage: str, sweeps: list[str], params: dict, tags: dict | None = None) -> str:
         exp = tracking.ensure_experiment(self.uri, sweeps[0])
-        parent = tracking.get_or_create_sweep_run(self.uri, exp, sweeps[0])
+        parent = None  # stage runs have no parent run
         all_tags = {tracking.TAG_SWEEP: sweeps[0], tracking.TAG_ARM: name, **(tags or {})}
         all_tags.update({tracking.sweep_tag(s): "true" for s in sweeps})
         key = f"{name}-{stage}"

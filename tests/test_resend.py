@@ -54,7 +54,7 @@ def test_resend_into_a_new_store_uses_the_runs_experiment_prefix_and_launch_tags
     assert info["run_name"] == "evaluate init=random"
     from mlflow.tracking import MlflowClient
 
-    experiment = MlflowClient(uri).get_experiment_by_name("lab/mysweep")
+    experiment = MlflowClient(uri).get_experiment_by_name("lab/mysweep/stages")
     assert experiment is not None and MlflowClient(uri).get_run(run_id).info.experiment_id == (
         experiment.experiment_id
     )

@@ -128,7 +128,7 @@ def reference_metrics(results: Path, path: Path, label_index: int, out: Path, *o
     arms = resolve_arms(load_sweep(path, [*TINY, *overrides]))
     graph = build_graph(arms, results)
     node = graph.nodes[graph.arm_stages[arms[label_index].label]["train"]]
-    run_job(dataclasses.replace(node.job, out_dir=str(out), tracking_uri=None, run_id=None))
+    run_job(dataclasses.replace(node.job, out_dir=str(out), tracking=None))
     return metric_rows(out)[-1]
 
 

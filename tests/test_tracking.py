@@ -25,8 +25,7 @@ def store(new_store: Callable[[str], Path]) -> SimpleNamespace:
     root = new_store("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     experiment_id = tracking.ensure_experiment(uri, "test-sweep")
-    sweep_run = tracking.get_or_create_sweep_run(uri, experiment_id, "test-sweep")
-    return SimpleNamespace(root=root, uri=uri, experiment_id=experiment_id, sweep_run=sweep_run)
+    return SimpleNamespace(root=root, uri=uri, experiment_id=experiment_id, sweep_run=None)
 
 
 def stage_run(store: SimpleNamespace, params: dict | None = None, **tags: str) -> str:
@@ -81,9 +80,8 @@ def test_null_tracker_keeps_what_it_was_given() -> None:
     )  # fmt: skip
 
 
-def test_experiment_and_sweep_run_are_reused(store: SimpleNamespace) -> None:
+def test_experiment_is_reused(store: SimpleNamespace) -> None:
     assert tracking.ensure_experiment(store.uri, "test-sweep") == store.experiment_id
-    assert tracking.get_or_create_sweep_run(store.uri, store.experiment_id, "test-sweep") == store.sweep_run
 
 
 def test_stage_run_is_found_again_not_duplicated(store: SimpleNamespace) -> None:
@@ -98,7 +96,7 @@ def test_stage_run_is_found_again_not_duplicated(store: SimpleNamespace) -> None
     mine = runs[runs["tags.ablate.run_key"] == "key-dup"]
     assert len(mine) == 1
     row = mine.iloc[0]
-    assert row["status"] == "SCHEDULED" and row["parent_run_id"] == store.sweep_run
+    assert row["status"] == "RUNNING" and row["parent_run_id"] is None  # made by its job, as it starts
     assert row["tags.ablate.arm"] == "arm-dup2" and row["params.p000"] == "0" and row["params.p249"] == "249"
     assert len(row["params.long"]) == tracking.MAX_PARAM_VALUE_LEN
     assert row["params.long"].endswith(tracking.TRUNCATION_MARK)

@@ -1,4 +1,4 @@
-"""`ablate launch`: sweep file -> validated arms -> job graph -> MLflow runs -> manifest -> executor."""
+"""`ablate launch`: sweep file -> validated arms -> job graph -> jobs' tracking -> manifest -> executor."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 
 from ablate.arms import ResolvedArm, execution_settings, resolve_arms
 from ablate.atomic import as_storage_error
-from ablate.config.compose import flatten
 from ablate.config.schema import ClusterConfig, TrackingConfig
 from ablate.config.validate import check_assets
 from ablate.errors import AblateError, LaunchError
@@ -17,8 +16,7 @@ from ablate.launch.estimate import estimate_table, pretokenize_lines
 from ablate.launch.executor import arms_label, make_executor, run_graph
 from ablate.launch.graph import Graph, Node, build_graph
 from ablate.launch.manifest import Manifest, launch_lock_path
-from ablate.rundir import RunDir, git_commit
-from ablate.stages import registry
+from ablate.launch.runs import attach_tracking, sync_done
 from ablate.stages.names import TRAIN
 from ablate.sweep import Sweep, load_sweep
 
@@ -48,57 +46,6 @@ def dry_run_table(arms: list[ResolvedArm], graph: Graph) -> str:
     todo = sum(not n.done for n in graph.nodes.values())
     lines.append(f"{len(arms)} arm(s), {len(graph.nodes)} distinct stage job(s), {todo} to run")
     return "\n".join(lines)
-
-
-def _create_runs(
-    graph: Graph, arms: list[ResolvedArm], sweep_name: str, uri: str, experiment_prefix: str
-) -> tuple[str, str]:
-    """Experiment, parent run and one child run per job, created here so that jobs never race for them.
-
-    A job already done (shared with another sweep, or a relaunch) keeps its run: it is only tagged as
-    used by this sweep (and by the sweeps including it), so `ablate plot --sweep` finds it.
-    """
-    from ablate import tracking
-
-    experiment_id = tracking.ensure_experiment(uri, experiment_prefix + sweep_name)
-    parent = tracking.get_or_create_sweep_run(uri, experiment_id, sweep_name)
-    commit = git_commit()
-    sweeps_of = {a.label: a.sweeps or (sweep_name,) for a in arms}
-    for node in graph.nodes.values():
-        job = node.job
-        if job.unit is not None:  # a unit of work is tracked through its stage's run, which sums it up
-            continue
-        # A done stage keeps its run: only this sweep's tags are added (no commit, no params).
-        tags = tracking.stage_run_tags(
-            sweep=sweep_name,
-            stage=job.stage,
-            key=job.key,
-            labels=job.labels,
-            sweeps=[s for label in job.labels for s in sweeps_of.get(label, ())],
-            inputs=job.inputs,
-            git_commit=None if node.done else commit,
-        )
-        params: dict = {}
-        if not node.done:
-            stage = registry.get(job.stage)
-            params = {k: v for k, v in flatten(job.config).items() if stage.logs_param(k)}
-        job.run_id = tracking.get_or_create_stage_run(
-            uri,
-            experiment_id,
-            parent,
-            run_key=job.key,
-            stage=job.stage,
-            run_name=tracking.stage_run_name(job.stage, job.labels),
-            tags=tags,
-            params=params,
-            create=not node.done,
-            fresh=not RunDir(job.out_dir).provenance.exists(),  # nothing of an earlier attempt
-        )
-        if node.done:
-            continue
-        job.tracking_uri = uri
-        job.sweep = sweep_name
-    return experiment_id, parent
 
 
 def launch(
@@ -197,25 +144,19 @@ def _launch_locked(
     elif cluster.kind not in ("debug", "local"):
         make_executor(cluster, results / "jobs" / sweep.name)  # fails here, before any run is created
 
-    from ablate.tracking import default_tracking_uri, set_run_status
+    from ablate.tracking import default_tracking_uri, stages_experiment, sweep_experiment
 
     uri = settings.uri or default_tracking_uri(results)
-    for node in graph.nodes.values():
-        node.job.flush_interval_s = settings.flush_interval_s
-        node.job.close_timeout_s = settings.close_timeout_s
-    experiment_id, parent = _create_runs(graph, arms, sweep.name, uri, settings.experiment_prefix)
+    attach_tracking(graph, arms, sweep.name, uri, settings)  # jobs make their runs when they start
+    sync_done(graph, arms, sweep.name, uri, settings, echo)
     manifest = Manifest.create(
-        results,
-        sweep,
-        arms,
-        graph,
-        cluster=cluster.kind,
-        tracking_uri=uri,
-        experiment_id=experiment_id,
-        parent_run_id=parent,
-        previous=previous,
+        results, sweep, arms, graph, cluster=cluster.kind, tracking_uri=uri, previous=previous
     )
-    echo(f"tracking: {uri} (experiment {settings.experiment_prefix}{sweep.name}); manifest: {manifest.path}")
+    prefix = settings.experiment_prefix
+    echo(
+        f"tracking: {uri} (experiment {sweep_experiment(prefix, sweep.name)}: one run per arm; "
+        f"{stages_experiment(prefix, sweep.name)}: the stage runs); manifest: {manifest.path}"
+    )
     if cluster.kind == "slurm":
         return _submit_slurm(
             graph, cluster, results / "jobs" / sweep.name, sweep.name, manifest, active, echo
@@ -232,7 +173,6 @@ def _launch_locked(
         manifest.record(node.job.name, event, detail)  # after the line: a full disk must not hide it
 
     ok = run_graph(graph, cluster, results / "jobs" / sweep.name, on_event, echo=echo)
-    set_run_status(uri, parent, "FINISHED" if ok else "FAILED")
     took = time.monotonic() - start
     if ok:
         echo(

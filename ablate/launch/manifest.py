@@ -40,8 +40,6 @@ class Manifest:
         *,
         cluster: str,
         tracking_uri: str,
-        experiment_id: str,
-        parent_run_id: str,
         previous: Manifest | None = None,
     ) -> Manifest:
         """A new manifest for this launch; a relaunch's `previous` manifest lends its jobs' SLURM history."""
@@ -51,7 +49,6 @@ class Manifest:
                 "key": n.job.key,
                 "dir": n.job.out_dir,
                 "labels": n.job.labels,
-                "run_id": n.job.run_id,
                 "job_id": None,
                 "state": "done" if n.done else "pending",
                 "submitted_at": None,
@@ -79,8 +76,6 @@ class Manifest:
             "created_at": time.time(),
             "cluster": cluster,
             "tracking_uri": tracking_uri,
-            "experiment_id": experiment_id,
-            "parent_run_id": parent_run_id,
             "job_folder": str(Path(results) / "jobs" / sweep.name),
             "arms": [
                 {

@@ -14,3 +14,5 @@ ALIGN = "align"
 TRAIN = "train"
 EVAL_SET = "eval_set"
 EVALUATE = "evaluate"
+
+ARM_STAGES = (TRAIN, EVALUATE)  # the stages whose metrics an arm's MLflow run shows (its results)

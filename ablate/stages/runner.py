@@ -35,12 +35,11 @@ class Job:
     inputs: dict[str, str]
     config: dict[str, Any]
     labels: list[str] = field(default_factory=list)
-    tracking_uri: str | None = None
-    run_id: str | None = None
+    tracking: dict[str, Any] | None = None
+    """Where the job logs (ablate.tracking.JobTracking.to_dict()): its runs are found or created when it
+    starts. None: nothing is tracked (a unit of work, or a test)."""
     sweep: str | None = None
     threads: int = 1
-    flush_interval_s: float = 2.0
-    close_timeout_s: float = 300.0
     unit: str | None = None
     """One unit of work of a stage split into units: out_dir is then the unit's directory."""
 
@@ -55,19 +54,23 @@ def _null_tracker():
     return NullTracker()
 
 
-def _tracker(job: Job):
-    from ablate.tracking import LocalFirst, MLflowTracker, NullTracker
+def _open_tracking(job: Job, fresh: bool) -> tuple[Any, dict[str, Any]]:
+    """The job's tracker and the run ids for its provenance. A store that cannot be reached (or refuses
+    the runs) does not stop the stage: it runs with metrics.jsonl only, and `ablate resend` sends it later."""
+    from ablate.tracking import JobTracking, NullTracker, open_job_tracker, redact_uri
 
-    if job.tracking_uri and job.run_id:
-        tracker = MLflowTracker(
-            job.tracking_uri,
-            job.run_id,
-            flush_interval_s=job.flush_interval_s,
-            close_timeout_s=job.close_timeout_s,
-            run_dir=job.out_dir,  # sends what metrics.jsonl has and the store lacks; records artifacts
+    if job.tracking is None:
+        return NullTracker(), {}
+    spec = JobTracking.from_dict(job.tracking)
+    try:
+        tracker, stage_id, arm_ids = open_job_tracker(spec, job.out_dir, fresh=fresh)
+    except Exception as exc:
+        _say(
+            f"{job.name}: cannot open its MLflow runs in {redact_uri(spec.uri)} ({exc}); the stage runs and "
+            f"logs to {Path(job.out_dir) / 'metrics.jsonl'} only: `ablate resend {job.out_dir}` sends it later"
         )
-        return LocalFirst(tracker, job.out_dir)
-    return NullTracker()
+        return NullTracker(), {}
+    return tracker, {"mlflow_run_id": stage_id, "mlflow_arm_runs": arm_ids}
 
 
 class _StopOnSignal:
@@ -158,7 +161,11 @@ def _run_locked(job: Job, extra_stop: Callable[[], bool] | None, run_dir: RunDir
     import torch
 
     torch.set_num_threads(max(1, job.threads))
+    tracker: Any = _null_tracker()
+    runs: dict[str, Any] = {}
     if main:
+        # Before the description: a directory without provenance starts from nothing (its old run goes).
+        tracker, runs = _open_tracking(job, fresh=not run_dir.provenance.exists())
         out.mkdir(parents=True, exist_ok=True)
         run_dir.write_description(
             yaml.safe_dump(job.config, sort_keys=False),
@@ -167,15 +174,20 @@ def _run_locked(job: Job, extra_stop: Callable[[], bool] | None, run_dir: RunDir
                 "key": job.key,
                 "inputs": job.inputs,
                 "arms": job.labels,
-                "mlflow_run_id": job.run_id,
+                **runs,
                 "sweep": job.sweep,
+                # Without the store's URI (it may hold a password): `ablate resend DIR --tracking-uri` names it.
+                **(
+                    {"tracking": {k: v for k, v in job.tracking.items() if k != "uri"}}
+                    if job.tracking
+                    else {}
+                ),
                 "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
                 **({"unit": job.unit} if job.unit else {}),
             },
         )
         run_dir.set_status("running")
     dist.barrier()  # the output directory exists before any rank's stage looks into it
-    tracker = _tracker(job) if main else _null_tracker()
     signal_stop = _StopOnSignal()
 
     def should_stop() -> bool:

@@ -16,6 +16,7 @@ from ablate.model.checkpoint_io import load_into, load_open_lm_state_dict
 from ablate.model.freeze import apply_trainable, positional_parameter_names
 from ablate.model.transformer import Transformer
 from ablate.model.vocab import expand_vocab
+from ablate.rundir import RunDir
 from ablate.stages import names
 from ablate.stages.common import arch_config, loop_config, model_args, train_and_save
 from ablate.stages.context import StageContext
@@ -23,6 +24,7 @@ from ablate.stages.heldout_text import SPLIT as HELDOUT_SPLIT
 from ablate.stages.stage import Stage
 from ablate.stages.text_tokenizer import open_text_tokenizer
 from ablate.train import distributed as dist
+from ablate.train.final import FINAL_METRICS, final_values
 
 # evaluate.* fields that change what `train` computes (the text probe runs inside training); the others
 # (sampling) are read by `evaluate` only, so changing them re-evaluates without retraining.
@@ -151,6 +153,24 @@ def run(ctx: StageContext) -> None:
     )
     probe = text_probe(ctx, model, layout)
     train_and_save(ctx, model, dataset, layout, loop, probe, cfg.evaluate.probe_every_tokens)
+    if dist.is_main():
+        log_final_values(ctx)
+
+
+def log_final_values(ctx: StageContext) -> dict[str, float]:
+    """final_<metric> (ablate.train.final) at the last step, into metrics.jsonl and the tracker: the
+    numbers an arm's MLflow run shows. An unconditional run's only non-image targets are structural
+    specials, so it has no final_text_loss (its "text" loss is no text ability)."""
+    log = RunDir(ctx.out_dir).metrics_log()
+    rows = [r for r in log.rows() if "loss" in r]  # training steps, not the probe's step-0 row
+    if not rows:
+        return {}
+    metrics = [m for m in FINAL_METRICS if not (m == "text_loss" and ctx.cfg.data.task == "uncond")]
+    finals = final_values(rows, metrics)
+    step = max(int(r["step"]) for r in rows)
+    log.append(step, finals)  # the file first, as the loop does (exactly-once delivery)
+    ctx.tracker.log_metrics(finals, step)
+    return finals
 
 
 def config(cfg: RunConfig) -> dict:

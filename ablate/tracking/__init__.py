@@ -1,19 +1,31 @@
 """MLflow tracking: the only package that imports mlflow (lazily, so `import ablate.tracking` stays cheap).
 
-Three users: the launcher (run management, single process, before jobs start), the trainer (a Tracker that
-never blocks the training step) and analysis (fetch_runs / fetch_histories into pandas frames).
+Three users: jobs (each finds or creates its runs when it starts, then logs through a Tracker that never
+blocks the training step), the launcher (the runs of stages already done) and analysis (fetch_runs /
+fetch_histories into pandas frames).
 
-Modules: tags (every tag name, the stage-run tag builder), store (constants, URIs, the client, param/tag/search helpers), tracker (Tracker, NullTracker,
-MLflowTracker), runs (run management), ui (the MLflow UI process) and read (fetch_runs, fetch_histories, download_artifact). Import
-from here.
+Modules: tags (every tag and experiment name, the run tag builders), job_runs (the runs a job logs to:
+its stage run and its arms' runs), store (constants, URIs, the client, param/tag/search helpers), tracker
+(Tracker, NullTracker, MLflowTracker, LocalFirst), runs (experiments, stage runs, statuses), ui (the
+MLflow UI process) and read (fetch_runs, fetch_histories, download_artifact). Import from here.
 """
 
+from ablate.tracking.job_runs import (
+    ArmRunSpec,
+    JobTracking,
+    RunSpec,
+    arm_run,
+    backfill,
+    open_job_tracker,
+    stage_run,
+    sweep_arm_runs,
+    sweep_stage_keys,
+)
 from ablate.tracking.read import _client_histories as _client_histories  # tests compare it with the SQL read
 from ablate.tracking.read import download_artifact, fetch_histories, fetch_runs
 from ablate.tracking.runs import (
     ensure_experiment,
     get_or_create_stage_run,
-    get_or_create_sweep_run,
     run_info,
     set_run_status,
 )
@@ -31,6 +43,7 @@ from ablate.tracking.store import (
     redact_uri,
 )
 from ablate.tracking.tags import (
+    KIND_ARM,
     TAG_ARM,
     TAG_GIT_COMMIT,
     TAG_KIND,
@@ -38,16 +51,21 @@ from ablate.tracking.tags import (
     TAG_POSITIONAL,
     TAG_RUN_KEY,
     TAG_STAGE,
+    TAG_STAGE_KEY_PREFIX,
+    TAG_STAGE_RUN_PREFIX,
     TAG_SWEEP,
     TAG_SWEEPS_PREFIX,
     TAG_TRAIN_KEY,
     TAG_TRAINABLE,
+    arm_run_tags,
     stage_run_name,
     stage_run_tags,
+    stages_experiment,
+    sweep_experiment,
     sweep_tag,
 )
 from ablate.tracking.tracker import LocalFirst, MLflowTracker, NullTracker, Tracker
-from ablate.tracking.ui import default_workers, sweep_links, ui_command, wait_until_up
+from ablate.tracking.ui import arms_link, arms_view, default_workers, sweep_links, ui_command, wait_until_up
 
 __all__ = [
     "HISTORY_COLUMNS",
@@ -55,6 +73,7 @@ __all__ = [
     "MAX_PARAMS_PER_BATCH",
     "MAX_PARAM_VALUE_LEN",
     "RUN_STATUSES",
+    "KIND_ARM",
     "TAG_ARM",
     "TAG_GIT_COMMIT",
     "TAG_KIND",
@@ -63,6 +82,8 @@ __all__ = [
     "TAG_RUN_KEY",
     "TAG_STAGE",
     "TAG_SWEEP",
+    "TAG_STAGE_KEY_PREFIX",
+    "TAG_STAGE_RUN_PREFIX",
     "TAG_SWEEPS_PREFIX",
     "TAG_TRAINABLE",
     "TAG_TRAIN_KEY",
@@ -80,14 +101,27 @@ __all__ = [
     "fetch_histories",
     "fetch_runs",
     "get_or_create_stage_run",
-    "get_or_create_sweep_run",
+    "ArmRunSpec",
+    "JobTracking",
+    "RunSpec",
+    "arm_run",
+    "backfill",
+    "open_job_tracker",
+    "stage_run",
+    "sweep_arm_runs",
+    "sweep_stage_keys",
     "redact_uri",
     "run_info",
     "set_run_status",
+    "arm_run_tags",
+    "stages_experiment",
+    "sweep_experiment",
     "stage_run_name",
     "stage_run_tags",
     "sweep_tag",
     "ui_command",
+    "arms_link",
+    "arms_view",
     "default_workers",
     "sweep_links",
     "wait_until_up",

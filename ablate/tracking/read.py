@@ -19,7 +19,7 @@ from ablate.tracking.store import (
     all_experiment_ids,
     redact_uri,
 )
-from ablate.tracking.tags import TAG_PARENT, TAG_STAGE, sweep_tag
+from ablate.tracking.tags import KIND_ARM, TAG_KIND, TAG_PARENT, TAG_STAGE, TAG_SWEEP, sweep_tag
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -28,11 +28,14 @@ log = logging.getLogger(__name__)
 _PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
-def fetch_runs(uri: str, sweep: str | None = None, stage: str | None = None) -> pd.DataFrame:
-    """One row per active run: run_id, run_name, experiment, status, times, `tags.ablate.*`, `params.*`.
+def fetch_runs(
+    uri: str, sweep: str | None = None, stage: str | None = None, arms: bool = False
+) -> pd.DataFrame:
+    """One row per active stage run: run_id, run_name, experiment, status, times, `tags.ablate.*`, `params.*`.
 
     `sweep` selects the runs that sweep uses (tag ablate.sweeps.<sweep>), in whichever experiment they live:
-    an arm shared by two sweeps is one run, created by the first.
+    a stage shared by two sweeps is one run, created by the first. With `arms`, the arms' runs instead
+    (of `sweep`, or of every sweep): copies of their stages' metrics, which analysis never reads twice.
     """
     import pandas as pd
 
@@ -50,12 +53,16 @@ def fetch_runs(uri: str, sweep: str | None = None, stage: str | None = None) -> 
             break
     names = {e.experiment_id: e.name for e in experiments}
     tags = {k: v for k, v in ((TAG_STAGE, stage),) if v is not None}
-    if sweep is not None:
+    if arms:
+        tags = {TAG_KIND: KIND_ARM, **({TAG_SWEEP: sweep} if sweep is not None else {})}
+    elif sweep is not None:
         tags[sweep_tag(sweep)] = "true"
     rows = []
     ids = list(names)
     for chunk in _chunks(ids, 100):  # search_runs takes a bounded list of experiments
         for run in _search_runs(client, list(chunk), tags):
+            if not arms and run.data.tags.get(TAG_KIND) == KIND_ARM:
+                continue
             row = {
                 "run_id": run.info.run_id,
                 "run_name": run.info.run_name,

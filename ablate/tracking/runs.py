@@ -25,7 +25,6 @@ from ablate.tracking.tags import (
     EXPERIMENT_KIND_TRAINING,
     TAG_ARM,
     TAG_EXPERIMENT_KIND,
-    TAG_KIND,
     TAG_PARENT,
     TAG_RUN_KEY,
     TAG_STAGE,
@@ -60,16 +59,6 @@ def ensure_experiment(uri: str, name: str) -> str:
         return exp.experiment_id
 
 
-def get_or_create_sweep_run(uri: str, experiment_id: str, sweep: str) -> str:
-    """The sweep's parent run (tags ablate.sweep, ablate.kind=sweep), created on first launch."""
-    client = _client(uri, create=True)
-    tags = {TAG_SWEEP: sweep, TAG_KIND: "sweep"}
-    found = _search_runs(client, [experiment_id], tags)
-    if found:
-        return found[0].info.run_id
-    return client.create_run(experiment_id, tags=tags, run_name=sweep).info.run_id
-
-
 def get_or_create_stage_run(
     uri: str,
     experiment_id: str,
@@ -86,8 +75,8 @@ def get_or_create_stage_run(
 
     The same stage is the same run whichever sweep launches it: a relaunch, or another sweep sharing the
     arm, reuses it (tags added or refreshed, e.g. the sweep's ablate.sweeps.<name>; missing params added).
-    A new run lives in `experiment_id`, is a child of `parent_run_id` and has status SCHEDULED until its job
-    attaches a tracker. With create=False a missing run is not created and None is returned.
+    A new run lives in `experiment_id` (a child of `parent_run_id` if given) and is RUNNING: its job
+    creates it when it starts. With create=False a missing run is not created and None is returned.
 
     fresh=True says the stage starts from nothing (its output directory was deleted, or never existed
     here). A FINISHED run found for it then describes output that is gone: it is deleted (MLflow's trash,
@@ -124,7 +113,6 @@ def get_or_create_stage_run(
         return None
     run_id = client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
     _log_params(client, run_id, params, {})
-    client.update_run(run_id, status="SCHEDULED")
     return run_id
 
 

@@ -15,7 +15,12 @@ TAG_ARM = "ablate.arm"  # the labels of every arm that uses the run, ", "-joined
 TAG_RUN_KEY = "ablate.run_key"  # the stage's key: the name of its directory results/cache/<stage>/<key>
 TAG_STAGE = "ablate.stage"
 TAG_GIT_COMMIT = "ablate.git_commit"
-TAG_KIND = "ablate.kind"  # "sweep" on a sweep's parent run
+TAG_KIND = (
+    "ablate.kind"  # KIND_ARM on an arm's run (stage runs have no kind; "sweep": an older ablate's parent run)
+)
+KIND_ARM = "arm"
+TAG_STAGE_KEY_PREFIX = "ablate.key."  # + stage, on an arm's run: the run key of that stage of the arm
+TAG_STAGE_RUN_PREFIX = "ablate.run."  # + stage, on an arm's run: the stage run whose metrics it shows
 TAG_TRAIN_KEY = "ablate.train_key"  # on an evaluate run: the run key of the train run it evaluates
 TAG_TRAINABLE = "ablate.trainable"  # on a train run: its partial-freeze preset
 TAG_POSITIONAL = "ablate.positional_params"  # on a train run: the positional-embedding parameters
@@ -24,9 +29,46 @@ TAG_PARENT = "mlflow.parentRunId"
 # GenAI traces overview it infers for an experiment without the tag).
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
+# An experiment tag MLflow's UI reads as a saved view of the runs table (columns, charts' x-axis) when the
+# link says ?viewStateShareKey=<key>; ablate saves one for each sweep's arms.
+TAG_SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
+ARMS_VIEW = "arms"
 TAG_SWEEPS_PREFIX = "ablate.sweeps."  # + sweep name = "true": every sweep that uses the run
 MAX_ARM_TAG_LEN = 5000  # MLflow's limit on a tag value is 8,000 characters
 MAX_RUN_NAME_LEN = 200
+
+
+def sweep_experiment(prefix: str, sweep: str) -> str:
+    """The experiment holding a sweep's arms, one run each: what the MLflow UI compares."""
+    return prefix + sweep
+
+
+STAGES_EXPERIMENT_SUFFIX = "/stages"  # sweep names have no "/": no sweep's experiment ends so
+
+
+def stages_experiment(prefix: str, sweep: str) -> str:
+    """The experiment holding the stage runs a sweep created (a stage shared with an earlier sweep stays
+    in that sweep's); kept apart from the arms so that their table shows only arms."""
+    return prefix + sweep + STAGES_EXPERIMENT_SUFFIX
+
+
+def sweep_of_experiment(prefix: str, name: str) -> str | None:
+    """The sweep whose arms' experiment is `name`; None for a stage-run experiment or any other."""
+    if not name.startswith(prefix) or name.endswith(STAGES_EXPERIMENT_SUFFIX):
+        return None
+    return name[len(prefix) :]
+
+
+def arm_run_tags(*, sweep: str, label: str, arm_key: str, stage_keys: dict[str, str]) -> dict[str, str]:
+    """An arm run's tags: its sweep, label, config hash (its identity with the sweep) and the run key of
+    each of its stages (ablate.key.<stage>), the link to their stage runs."""
+    return {
+        TAG_SWEEP: sweep,
+        TAG_KIND: KIND_ARM,
+        TAG_ARM: label[:MAX_ARM_TAG_LEN],
+        TAG_RUN_KEY: arm_key,
+        **{TAG_STAGE_KEY_PREFIX + stage: key for stage, key in stage_keys.items()},
+    }
 
 
 def sweep_tag(sweep: str) -> str:

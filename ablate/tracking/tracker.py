@@ -178,19 +178,20 @@ class MLflowTracker:
                 self._cond.wait(remaining)
             return not (self._incoming or self._pending)
 
-    def close(self, status: str = "FINISHED", timeout: float | None = None) -> None:
-        """Flush, then set the run's status; later calls do nothing.
+    def close(self, status: str | None = "FINISHED", timeout: float | None = None) -> None:
+        """Flush, then set the run's status (None: leave it); later calls do nothing.
 
         Waits up to `timeout` s (default: the tracker's close_timeout_s; math.inf: until delivered). What
         is still queued then is given up on with a warning naming metrics.jsonl and `ablate resend`.
         """
-        if status not in TERMINAL_STATUSES:
+        if status is not None and status not in TERMINAL_STATUSES:
             raise ValueError(f"status must be one of {TERMINAL_STATUSES}, got {status!r}")
         with self._cond:
             if self._closed or self._dead:
                 self._closed = True
                 return
-            self._incoming.append(("status", status))
+            if status is not None:
+                self._incoming.append(("status", status))
             self._closed = True
         timeout = self.close_timeout_s if timeout is None else timeout
         delivered = self.flush(None if math.isinf(timeout) else timeout)
@@ -397,7 +398,7 @@ class LocalFirst:
     failure, the held step goes on only if metrics.jsonl holds it.
     """
 
-    def __init__(self, inner: MLflowTracker, run_dir: str | Path) -> None:
+    def __init__(self, inner: Tracker, run_dir: str | Path) -> None:
         self.inner, self.run_dir = inner, RunDir(run_dir)
         self.run_id = inner.run_id
         self._held: tuple[dict[str, float], int] | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import urllib.request
 from collections.abc import Callable
 
 from ablate.errors import AblateError
+from ablate.tracking.tags import ARMS_VIEW
 
 START_TIMEOUT_S = 300.0  # the UI's workers import mlflow's server: tens of seconds on 2 busy cores
 POLL_S = 0.5
@@ -50,15 +52,37 @@ def wait_until_up(
         time.sleep(POLL_S)
 
 
+def arms_view(params: list[str], metrics: list[str]) -> str:
+    """The saved view of a sweep's arms, as MLflow 3's UI reads it (the shared-view experiment tag): the
+    swept params and the results as table columns, every run in the charts (not the first 10), and
+    line charts against the `tokens` metric (arms with different batch sizes compare by tokens)."""
+    columns = [f"params.`{p}`" for p in params] + [f"metrics.`{m}`" for m in metrics]
+    return json.dumps(
+        {
+            "selectedColumns": columns,
+            "runsHiddenMode": "SHOW_ALL",
+            "globalLineChartConfig": {
+                "xAxisKey": "metric",
+                "selectedXAxisMetricKey": "tokens",
+                "lineSmoothness": 0,
+            },
+        }
+    )
+
+
+def arms_link(base_url: str, experiment_id: str) -> str:
+    """The UI's page of a sweep's arms, in the view arms_view saved."""
+    return f"{base_url}/#/experiments/{experiment_id}/runs?viewStateShareKey={ARMS_VIEW}"
+
+
 def sweep_links(uri: str, base_url: str, prefix: str) -> list[tuple[str, str]]:
-    """(sweep name, link to its runs table) of every experiment named `prefix` + sweep in the store."""
+    """(sweep name, link to its arms' runs table) of every sweep experiment (`prefix` + sweep; not the
+    sweeps' stage-run experiments) in the store."""
     from ablate.tracking.store import _client, _store_missing
+    from ablate.tracking.tags import sweep_of_experiment
 
     if _store_missing(uri):
         return []
     experiments = _client(uri).search_experiments()
-    return sorted(
-        (e.name[len(prefix) :], f"{base_url}/#/experiments/{e.experiment_id}/runs")
-        for e in experiments
-        if e.name.startswith(prefix)
-    )
+    sweeps = [(sweep_of_experiment(prefix, e.name), e.experiment_id) for e in experiments]
+    return sorted((s, arms_link(base_url, i)) for s, i in sweeps if s is not None)

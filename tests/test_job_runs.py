@@ -1,0 +1,148 @@
+"""Jobs make their own MLflow runs when they start (ablate.tracking.job_runs), through the real runner and
+a real SQLite store: the stage run in the sweep's stages experiment, the arm's run (one per arm, what the
+UI compares) in the sweep's experiment, fed by the arm's train and evaluate jobs; a stage recomputed from
+nothing makes its arm's run again; a store that cannot be opened does not stop a stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ablate import tracking
+from ablate.rundir import RunDir
+from ablate.stages import registry
+from ablate.stages.runner import Job, run_job
+from ablate.stages.stage import Stage
+from ablate.tracking.store import _client
+from ablate.tracking.tags import ARMS_VIEW, TAG_SHARED_VIEW_PREFIX
+
+SWEEP, LABEL = "s", "init=random"
+
+
+def fake_stage(monkeypatch: pytest.MonkeyPatch, name: str, metrics: dict[int, dict[str, float]]) -> None:
+    """A stage `name` that logs params and the given metrics (step -> values), file first as stages do."""
+
+    def run(ctx) -> None:
+        ctx.tracker.log_params({"stage.param": name})
+        log = RunDir(ctx.out_dir).metrics_log()
+        for step, values in metrics.items():
+            log.append(step, values)
+            ctx.tracker.log_metrics(values, step)
+
+    monkeypatch.setitem(registry._BY_NAME, name, Stage(name, 1, config=lambda cfg: {}, run=run))
+
+
+def job(uri: str, root: Path, stage: str, fake: str, key: str) -> Job:
+    """A job of `fake` tracked as stage `stage` of the arm LABEL of sweep SWEEP (train and evaluate feed the arm)."""
+    dirs = {"train": str(root / "train" / "k-train"), "evaluate": str(root / "evaluate" / "k-eval")}
+    spec = tracking.JobTracking(
+        uri=uri,
+        stage=tracking.RunSpec(
+            experiment=tracking.stages_experiment("ablate/", SWEEP),
+            name=tracking.stage_run_name(stage, [LABEL]),
+            tags=tracking.stage_run_tags(sweep=SWEEP, stage=stage, key=key, labels=[LABEL], sweeps=[SWEEP]),
+            params={"model.init": "random"},
+        ),
+        arms=[
+            tracking.ArmRunSpec(
+                experiment=tracking.sweep_experiment("ablate/", SWEEP),
+                name=LABEL,
+                tags=tracking.arm_run_tags(
+                    sweep=SWEEP,
+                    label=LABEL,
+                    arm_key="armkey",
+                    stage_keys={"train": "k-train", "evaluate": "k-eval"},
+                ),
+                params={"model.init": "random"},
+                dirs=list(dirs.values()),
+                view=tracking.arms_view(["model.init"], ["final_loss"]),
+            )
+        ],
+        flush_interval_s=0.05,
+    )
+    return Job(
+        stage=fake,
+        key=key,
+        out_dir=dirs[stage],
+        inputs={},
+        config={},
+        labels=[LABEL],
+        tracking=spec.to_dict(),
+    )
+
+
+def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    h = tracking.fetch_histories(uri, [run_id], [key])
+    return list(zip(h["step"].tolist(), h["value"].tolist(), strict=True))
+
+
+def test_train_and_evaluate_jobs_make_their_stage_runs_and_fill_their_arms_run(
+    monkeypatch, new_store, tmp_path
+):
+    uri = f"sqlite:///{new_store('jobruns') / 'mlflow.db'}"
+    fake_stage(monkeypatch, "fake_train", {1: {"loss": 3.0}, 2: {"loss": 2.0}})
+    fake_stage(monkeypatch, "fake_eval", {0: {"caption_match_seen": 0.25}})
+    train = job(uri, tmp_path, "train", "fake_train", "k-train")
+    assert run_job(train) == "done"
+    prov = RunDir(train.out_dir).read_provenance()
+    assert prov is not None and "uri" not in prov["tracking"]  # a URI may hold a password
+    stage_id, arm_id = prov["mlflow_run_id"], prov["mlflow_arm_runs"][LABEL]
+
+    stages = tracking.fetch_runs(uri, sweep=SWEEP).set_index("run_id")
+    assert list(stages.index) == [stage_id] and stages.loc[stage_id, "experiment"] == "ablate/s/stages"
+    assert (
+        stages.loc[stage_id, "status"] == "FINISHED"
+        and stages.loc[stage_id, "params.stage.param"] == "fake_train"
+    )
+    arms = tracking.fetch_runs(uri, sweep=SWEEP, arms=True).set_index("run_id")
+    assert list(arms.index) == [arm_id] and arms.loc[arm_id, "experiment"] == "ablate/s"
+    assert arms.loc[arm_id, "run_name"] == LABEL and arms.loc[arm_id, "params.model.init"] == "random"
+    assert "params.stage.param" not in arms  # an arm run has the arm's params, not each stage's
+    assert arms.loc[arm_id, f"tags.{tracking.TAG_STAGE_RUN_PREFIX}train"] == stage_id
+    assert history(uri, arm_id, "loss") == [(1, 3.0), (2, 2.0)] == history(uri, stage_id, "loss")
+    experiment = _client(uri).get_experiment_by_name("ablate/s")
+    view = json.loads(experiment.tags[TAG_SHARED_VIEW_PREFIX + ARMS_VIEW])
+    assert "metrics.`final_loss`" in view["selectedColumns"] and view["runsHiddenMode"] == "SHOW_ALL"
+
+    evaluate = job(uri, tmp_path, "evaluate", "fake_eval", "k-eval")
+    assert run_job(evaluate) == "done"
+    assert RunDir(evaluate.out_dir).read_provenance()["mlflow_arm_runs"] == {
+        LABEL: arm_id
+    }  # the same arm run
+    assert history(uri, arm_id, "caption_match_seen") == [(0, 0.25)]
+    info = tracking.run_info(uri, arm_id)
+    train_info = tracking.run_info(uri, stage_id)
+    # The arm's run spans its jobs: it started with its train job and ended with its evaluate job.
+    assert info["status"] == "FINISHED" and train_info["start_time"] <= info["start_time"] <= train_info["end_time"]
+    assert (
+        info["end_time"]
+        >= tracking.run_info(uri, RunDir(evaluate.out_dir).read_provenance()["mlflow_run_id"])["start_time"]
+    )
+
+    # The train stage recomputed from nothing (its directory deleted): a new stage run, and the arm's run
+    # made again with the new values, the evaluate stage's metrics sent to it from its directory.
+    import shutil
+
+    shutil.rmtree(train.out_dir)
+    fake_stage(monkeypatch, "fake_train", {1: {"loss": 9.0}, 2: {"loss": 8.0}})
+    assert run_job(train) == "done"
+    prov = RunDir(train.out_dir).read_provenance()
+    assert prov["mlflow_run_id"] != stage_id and prov["mlflow_arm_runs"][LABEL] != arm_id
+    new_arm = prov["mlflow_arm_runs"][LABEL]
+    assert list(tracking.fetch_runs(uri, sweep=SWEEP, arms=True)["run_id"]) == [new_arm]  # the old one: trash
+    assert history(uri, new_arm, "loss") == [(1, 9.0), (2, 8.0)]
+    assert history(uri, new_arm, "caption_match_seen") == [(0, 0.25)]
+
+
+def test_a_store_that_cannot_be_opened_does_not_stop_the_stage(monkeypatch, tmp_path, capsys):
+    fake_stage(monkeypatch, "fake_train", {1: {"loss": 3.0}})
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the store's folder should be")
+    j = job(f"sqlite:///{blocked / 'mlflow.db'}", tmp_path, "train", "fake_train", "k-train")
+    assert run_job(j) == "done"
+    rd = RunDir(j.out_dir)
+    assert rd.is_complete() and rd.metrics_log().rows() == [{"step": 1, "loss": 3.0}]
+    assert "mlflow_run_id" not in (rd.read_provenance() or {})
+    assert f"ablate resend {j.out_dir}" in capsys.readouterr().out
