@@ -104,3 +104,33 @@ def test_bad_inputs(trained: tuple[VQVAETokenizer, list]) -> None:
         tok.decode(torch.zeros(1, 100, dtype=torch.long))
     with pytest.raises(ConfigError):
         train_vqvae(IMAGES[:4], downsample=3, steps=1)
+
+
+def test_patch_local_encoder_gives_equal_patches_equal_codes(tmp_path: Path) -> None:
+    tok = train_vqvae(IMAGES, codebook_size=64, downsample=2, hidden=16, steps=30, batch_size=8, seed=0,
+                      patch_local=True)  # fmt: skip
+    codes = tok.encode(IMAGES).numpy()  # (N, 256)
+    # The black background: every all-black 2x2 patch of every image maps to one code, whatever is
+    # around it (shapes, or other images' statistics); the image-wide encoder spreads it over several.
+    patches = (
+        IMAGES.reshape(len(IMAGES), 16, 2, 16, 2, 3).transpose(0, 1, 3, 2, 4, 5).reshape(len(IMAGES), 256, -1)
+    )
+    black = (patches == 0).all(-1)
+    assert black.sum() > 1000 and len(np.unique(codes[black])) == 1
+    wide = train_vqvae(IMAGES, codebook_size=64, downsample=2, hidden=16, steps=30, batch_size=8, seed=0)
+    assert len(np.unique(wide.encode(IMAGES).numpy()[black])) > 1
+    # The setting is saved with the weights and survives a reload.
+    tok.save(tmp_path)
+    assert json.loads((tmp_path / CONFIG_FILE).read_text())["patch_local"] is True
+    assert torch.equal(load_image_tokenizer(tmp_path).encode(IMAGES), tok.encode(IMAGES))
+
+
+def test_tokenizers_saved_before_patch_local_load_as_image_wide(
+    trained: tuple[VQVAETokenizer, list], tmp_path: Path
+) -> None:
+    tok, _ = trained
+    tok.save(tmp_path)
+    cfg = json.loads((tmp_path / CONFIG_FILE).read_text())
+    del cfg["patch_local"]  # as an older version wrote it
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(cfg))
+    assert torch.equal(load_image_tokenizer(tmp_path).encode(IMAGES[:4]), tok.encode(IMAGES[:4]))

@@ -67,3 +67,32 @@ def test_missing_and_invalid_files(tmp_path: Path) -> None:
         TextTokenizer.from_file(bad)
     with pytest.raises(ConfigError):
         train_bpe(TEXTS, 100, tmp_path / "small.json")
+
+
+def test_caption_words_become_single_tokens(tmp_path: Path) -> None:
+    from ablate.data.synthetic import caption, generate, grammar_words
+
+    words = grammar_words()
+    # 256 byte tokens + room for the words' merges (about 6 per word)
+    plain = train_bpe(TEXTS, 480, tmp_path / "plain.json")
+    tok = train_bpe(TEXTS, 480, tmp_path / "words.json", words=words)
+    # Each word mid-sentence (after a space) is one token, and decodes back to itself.
+    for w in words:
+        ids = tok.encode(" " + w)
+        assert len(ids) == 1 and tok.decode(ids) == " " + w, w
+    # So a caption is as many tokens as words, which the corpus alone does not give ("magenta" is rare).
+    _, _, scenes = generate(50, seed=0, split="train")
+    for s in scenes:
+        text = caption(s)
+        assert len(tok.encode(text)) == len(text.split())
+        assert tok.decode(tok.encode(text)) == text
+    assert sum(len(plain.encode(caption(s))) for s in scenes) > sum(len(caption(s).split()) for s in scenes)
+
+
+def test_grammar_words_cover_every_caption() -> None:
+    from ablate.data.synthetic import caption, generate, grammar_words
+
+    words = set(grammar_words())
+    for split in ("train", "val", "heldout"):
+        _, _, scenes = generate(200, seed=1, split=split)
+        assert {w for s in scenes for w in caption(s).split()} <= words

@@ -195,12 +195,21 @@ class TokenizerConfig:
     """VQ-VAE batch size (images)."""
     vq_lr: float = 3e-3
     """VQ-VAE learning rate."""
+    vq_patch_local: bool = True
+    """The VQ-VAE's encoder sees only its own patch (a 1x1 first conv and per-position norms; false: a 3x3
+    first conv and GroupNorms over the image), so equal patches get equal codes: on the demo scenes the
+    black background is then one code instead of 42."""
     text: TextTokenizer = "bpe"
     """bpe: trained on the pretraining corpus by the `text_tokenizer` stage; path: a tokenizer.json (text_path)."""
     text_path: str | None = None
     """A tokenizer.json (e.g. GPT-NeoX's), for text=path."""
     text_vocab_size: int = 8192
     """BPE vocabulary size, for text=bpe (8192 keeps demo captions near 11 tokens: image:text ~23:1)."""
+    bpe_caption_words: bool = True
+    """text=bpe with data.source=synthetic: train the BPE on the caption grammar's words as well, so each is
+    one token (" magenta"), as in a tokenizer trained on web text. Demo captions are then 8.3 tokens
+    (image:text 31:1, the paper's ~30:1); without it a 1,792-token BPE of the documentation splits them
+    into 19 (13:1)."""
 
 
 @dataclass

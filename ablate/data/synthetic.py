@@ -58,6 +58,13 @@ _POSITION_PHRASES = {
 _EXTENT = {"small": 0.25, "large": 0.4375}
 
 
+def grammar_words() -> tuple[str, ...]:
+    """Every word a caption of this grammar can contain, sorted (a text tokenizer's vocabulary can then
+    hold each as one token, as a tokenizer trained on web text does)."""
+    phrases = ["a", *SIZES, *COLOURS, *KINDS, *RELATIONS, *_POSITION_PHRASES.values()]
+    return tuple(sorted({w for p in phrases for w in p.split()}))
+
+
 @dataclass
 class Shape:
     """One shape: attributes plus the integer pixel centre it is drawn at."""

@@ -90,6 +90,7 @@ def run(ctx: StageContext) -> None:
             lr=t.vq_lr,
             seed=ctx.cfg.data.seed,
             on_step=on_step,
+            patch_local=t.vq_patch_local,
         )
         tok.save(ctx.out_dir / "vqvae")
     atomic_write_json(ctx.out_dir / "refs.json", refs)
@@ -113,7 +114,7 @@ def config(cfg: RunConfig) -> dict:
     t = cfg.tokenizer
     fields = (
         *("image", "image_path", "codebook_size", "downsample"),
-        *("vq_hidden", "vq_steps", "vq_batch_size", "vq_lr"),
+        *("vq_hidden", "vq_steps", "vq_batch_size", "vq_lr", "vq_patch_local"),
     )
     out = {k: getattr(t, k) for k in fields}
     if t.image == "diffusers":  # a VQModel's code grid depends on the image size it is used at
@@ -124,7 +125,8 @@ def config(cfg: RunConfig) -> dict:
 STAGE = Stage(
     names.IMAGE_TOKENIZER,
     # 2: image=diffusers loads the VQModel (before, it fell through to training the demo VQ-VAE).
-    version=2,
+    # 3: tokenizer.vq_patch_local.
+    version=3,
     config=config,
     run=run,
     inputs=(names.SYNTH,),

@@ -9,6 +9,7 @@ from pathlib import Path
 from ablate.atomic import atomic_write_json, atomic_write_text, read_json
 from ablate.config.schema import RunConfig
 from ablate.data.corpus import corpus_fingerprint, english_documents, split_documents
+from ablate.data.synthetic import grammar_words
 from ablate.stages import names
 from ablate.stages.context import StageContext
 from ablate.stages.stage import Stage
@@ -41,7 +42,8 @@ def run(ctx: StageContext) -> None:
         tok = TextTokenizer.from_file(t.text_path)
         refs["text_path"] = str(Path(t.text_path).resolve())
     else:
-        tok = train_bpe(train_docs, t.text_vocab_size, ctx.out_dir / "tokenizer.json")
+        words = grammar_words() if _caption_words(ctx.cfg) else ()
+        tok = train_bpe(train_docs, t.text_vocab_size, ctx.out_dir / "tokenizer.json", words=words)
     atomic_write_json(ctx.out_dir / "refs.json", refs)
     atomic_write_json(
         ctx.out_dir / "summary.json",
@@ -58,6 +60,11 @@ def run(ctx: StageContext) -> None:
     ctx.log(f"text tokenizer: {tok.vocab_size} tokens")
 
 
+def _caption_words(cfg: RunConfig) -> bool:
+    """Whether the BPE also learns the synthetic caption grammar's words (tokenizer.bpe_caption_words)."""
+    return cfg.tokenizer.bpe_caption_words and cfg.data.source == "synthetic"
+
+
 def config(cfg: RunConfig) -> dict:
     """What the key hashes: the tokenizer's settings and the corpus it is trained on."""
     t, p = cfg.tokenizer, cfg.pretrain
@@ -65,9 +72,10 @@ def config(cfg: RunConfig) -> dict:
         "text": t.text,
         "text_path": t.text_path,
         "text_vocab_size": t.text_vocab_size,
+        "caption_words": _caption_words(cfg),
         "corpus_max_chars": p.corpus_max_chars,
         "heldout_fraction": p.heldout_fraction,
     }
 
 
-STAGE = Stage(names.TEXT_TOKENIZER, version=1, config=config, run=run, params=("tokenizer", "pretrain"))
+STAGE = Stage(names.TEXT_TOKENIZER, version=2, config=config, run=run, params=("tokenizer", "pretrain"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -61,11 +62,23 @@ class TextTokenizer:
             self._tok.save(str(tmp))
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, out_path: str | os.PathLike[str]) -> TextTokenizer:
+# How often each of train_bpe's `words` is counted: above any pair count of a few-MB corpus, so every
+# merge that builds one of them ranks among the first and the words fit any vocabulary that holds them.
+WORD_COUNT = 200_000
+
+
+def train_bpe(
+    texts: Iterable[str], vocab_size: int, out_path: str | os.PathLike[str], words: Iterable[str] = ()
+) -> TextTokenizer:
     """Train a byte-level BPE (GPT-2/NeoX style, no special tokens), write it to out_path and load it back.
 
-    Deterministic for the same texts in the same order. Special tokens are not part of this vocabulary:
-    the sequence builder appends them after the text ids (docs/CONTRACTS.md).
+    `words` become single tokens, each with its leading space (" red"), as they would be in the middle of
+    a sentence: the trainer counts each WORD_COUNT times besides the corpus. The demo passes its caption
+    grammar's words, which a tokenizer trained on web text (GPT-NeoX's) holds whole but a small BPE trained
+    on Python's documentation splits.
+
+    Deterministic for the same texts and words in the same order. Special tokens are not part of this
+    vocabulary: the sequence builder appends them after the text ids (docs/CONTRACTS.md).
     """
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if vocab_size < len(alphabet):
@@ -81,7 +94,10 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_path: str | os.PathLike
         special_tokens=[],
         show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer=trainer)
+    extra = [" " + w for w in words]
+    # Repeated as one string per word: the trainer's word counts, not the length of the text, decide.
+    counted = ("".join([w] * WORD_COUNT) for w in extra)  # " red red red ..."
+    tok.train_from_iterator(itertools.chain(texts, counted), trainer=trainer)
     out = Path(out_path)
     # Atomic, so a crash never leaves a truncated tokenizer.json behind.
     with atomic_path(out) as tmp:
