@@ -136,7 +136,7 @@ def test_cpu_clusters_give_steps_and_no_gpu_hours():
         assert (e.gpus, e.world_size) == (0, 1)
         assert e.gpu_hours is None and e.wall_hours is None
         assert (e.tokens_per_step, e.micro_batch_size, e.accum_steps) == (2304, 8, 1)
-        assert e.steps == math.ceil(500_000 / 2304) == 218
+        assert e.steps == math.ceil(1_000_000 / 2304) == 435  # conf/train/demo.yaml
         assert e.flops_per_token > 0
 
 
