@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Time the README's first command from a fresh clone: venv + install + the demo sweep + plot.
 #   bash bench/demo_time.sh            (prints the wall time of each phase)
+#   KEEP=1 bash bench/demo_time.sh     (keeps the clone, its results and logs, and prints where)
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+if [ -n "${KEEP:-}" ]; then echo "kept in $work"; else trap 'rm -rf "$work"' EXIT; fi
 git clone -q "$src" "$work/ablate"
 cd "$work/ablate"
 t0=$(date +%s)
