@@ -15,7 +15,9 @@ from typing import Any
 from ablate.errors import AblateError
 from ablate.launch.manifest import Manifest
 from ablate.rundir import RunDir
+from ablate.stages.names import TRAIN
 from ablate.stages.registry import STAGE_ORDER
+from ablate.train.final import TAIL_FRACTION, final_values
 
 # SLURM state -> what status shows (anything else is shown lower-cased as SLURM says it).
 _SLURM_STATE = {
@@ -141,6 +143,10 @@ def _progress(row: dict[str, Any], mlflow: dict[str, dict[str, Any]]) -> tuple[A
     tokens = metrics.get("tokens", prog.get("tokens"))
     total = run.get("total_tokens") or prog.get("total_tokens")
     loss = metrics.get("loss", prog.get("loss"))
+    if row["stage"] == TRAIN and row["state"] == "done":  # the final loss, as summary.csv and the arm run
+        loss = metrics.get(
+            "final_loss", final_values(RunDir(row["dir"]).metrics_log().rows()).get("final_loss", loss)
+        )
     return tokens, total, loss
 
 
@@ -201,7 +207,7 @@ def format_status(manifest: Manifest) -> str:
         slurm_states, slurm_note = {}, f"(SLURM not reachable: {e}; states read from the run directories)"
     rows = arm_rows(manifest, slurm_states)
     mlflow, mlflow_note = _mlflow_progress(manifest, [r["run_id"] for r in rows])
-    header = ("arm", "stage", "state", "tokens", "last loss", "job", "mlflow arm run")
+    header = ("arm", "stage", "state", "tokens", "loss", "job", "mlflow arm run")
     table = [header]
     for r in rows:
         tokens, total, loss = _progress(r, mlflow)
@@ -225,6 +231,10 @@ def format_status(manifest: Manifest) -> str:
         f"tracking {manifest.data['tracking_uri']}"
     ]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    lines.append(
+        f"loss: the last step's while a stage runs; once train is done, its final loss (the mean over the last "
+        f"{TAIL_FRACTION:.0%} of steps, as summary.csv and the arm's MLflow run give it)"
+    )
     lines += unit_lines(manifest, rows, slurm_states)
     lines += [note for note in (slurm_note, mlflow_note) if note]
     for r in rows:

@@ -86,6 +86,38 @@ def test_sweep_runs_every_stage_once_and_tracks_it(demo):
     assert all(j["state"] == "done" for j in manifest["jobs"].values())
 
 
+@pytest.mark.slow
+def test_each_arm_is_one_run_with_its_results_in_the_sweeps_experiment(demo):
+    from ablate import tracking
+    from ablate.launch.runs import ARM_RESULT_METRICS
+    from ablate.train.final import final_values
+
+    results, _ = demo
+    uri = f"sqlite:///{results / 'mlflow.db'}"
+    arms = tracking.fetch_runs(uri, sweep="demo", arms=True).set_index("run_name")
+    assert sorted(arms.index) == sorted(DEMO_ARMS) and set(arms["experiment"]) == {"ablate/demo"}
+    assert set(arms["status"]) == {"FINISHED"} and set(arms["params.model.init"]) == {"pretrained", "random"}
+    assert set(tracking.fetch_runs(uri, sweep="demo")["experiment"]) == {"ablate/demo/stages"}
+    logged: set[str] = set()
+    for label, arm in arms.iterrows():
+        info = tracking.run_info(uri, arm["run_id"])
+        logged |= info["metrics"].keys()
+        train_key = arm[f"tags.{tracking.TAG_STAGE_KEY_PREFIX}train"]
+        rows = [
+            json.loads(line) for line in (results / "cache" / "train" / train_key / "metrics.jsonl").open()
+        ]
+        expected = final_values([r for r in rows if "loss" in r])
+        assert info["metrics"]["final_image_loss"] == pytest.approx(expected["final_image_loss"])
+        assert ("final_text_loss" in info["metrics"]) == label.startswith("task=t2i")  # not for uncond
+        train = tracking.run_info(uri, arm[f"tags.{tracking.TAG_STAGE_RUN_PREFIX}train"])
+        evaluate = tracking.run_info(uri, arm[f"tags.{tracking.TAG_STAGE_RUN_PREFIX}evaluate"])
+        # The arm's run spans its jobs, not the launch: from its train job's start to its evaluate's end.
+        assert train["start_time"] <= info["start_time"] <= train["end_time"] <= info["end_time"]
+        assert info["end_time"] >= evaluate["start_time"]
+    # Every result column of the arms' saved view is logged by some arm (FID needs real data).
+    assert set(ARM_RESULT_METRICS) - {"fid"} <= logged
+
+
 def _runs(results: Path, stage: str) -> pd.DataFrame:
     from ablate import tracking
 
@@ -151,7 +183,10 @@ def test_run_directories_describe_themselves(demo):
         assert (train_dir / "_COMPLETE.json").is_file() and (train_dir / "config.yaml").is_file()
         prov = json.loads((train_dir / "provenance.json").read_text())
         assert prov["stage"] == "train" and prov["git_commit"] and prov["mlflow_run_id"]
-        steps = [json.loads(line)["step"] for line in (train_dir / "metrics.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines()]
+        *rows, finals = rows  # the last row: the final values, at the last step
+        assert finals["step"] == rows[-1]["step"] and "final_loss" in finals
+        steps = [r["step"] for r in rows]
         first = steps[0]  # 0: the text-ability probe's row before the first update (pretrained t2i arms)
         assert first in (0, 1) and steps == list(range(first, first + len(steps))) and len(steps) >= 5
 
@@ -178,6 +213,17 @@ def test_a_sweep_sharing_the_arms_trains_nothing_and_plots_them(demo, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     fig3 = pd.read_csv(out / "figure3_perplexity.csv")
     assert set(fig3["init"]) == {"pretrained", "random"}  # the demo's runs, found through the shared tag
+    from ablate import tracking
+
+    # Its arms, all done by the demo, get their own runs in its experiment, filled from the stages.
+    arms = tracking.fetch_runs(f"sqlite:///{results / 'mlflow.db'}", sweep="t2i_init", arms=True)
+    assert sorted(arms["run_name"]) == ["init=pretrained", "init=random"] and set(arms["status"]) == {
+        "FINISHED"
+    }
+    for run_id in arms["run_id"]:
+        assert (
+            "final_image_loss" in tracking.run_info(f"sqlite:///{results / 'mlflow.db'}", run_id)["metrics"]
+        )
     assert not (out / "figure6_freeze.png").exists()  # t2i_init does not produce Figure 6
 
 
@@ -266,6 +312,10 @@ def test_resend_rebuilds_a_run_in_another_store_without_duplicates(demo, tmp_pat
     (n_runs,) = db.execute(
         "SELECT COUNT(*) FROM tags WHERE key = 'ablate.stage' AND value = 'train'"
     ).fetchone()
-    steps = db.execute("SELECT step, COUNT(*) FROM metrics WHERE key = 'loss' GROUP BY step").fetchall()
+    steps = db.execute(
+        "SELECT run_uuid, step, COUNT(*) FROM metrics WHERE key = 'loss' GROUP BY run_uuid, step"
+    ).fetchall()
     assert n_runs == 1
-    assert len(steps) == n_rows and all(count == 1 for _, count in steps)
+    # The train run and its arm's run (which resend rebuilds too, from the same directory), each step once.
+    assert len({run for run, _, _ in steps}) == 2
+    assert len(steps) == 2 * n_rows and all(count == 1 for _, _, count in steps)

@@ -115,7 +115,10 @@ def test_train_and_evaluate_jobs_make_their_stage_runs_and_fill_their_arms_run(
     info = tracking.run_info(uri, arm_id)
     train_info = tracking.run_info(uri, stage_id)
     # The arm's run spans its jobs: it started with its train job and ended with its evaluate job.
-    assert info["status"] == "FINISHED" and train_info["start_time"] <= info["start_time"] <= train_info["end_time"]
+    assert (
+        info["status"] == "FINISHED"
+        and train_info["start_time"] <= info["start_time"] <= train_info["end_time"]
+    )
     assert (
         info["end_time"]
         >= tracking.run_info(uri, RunDir(evaluate.out_dir).read_provenance()["mlflow_run_id"])["start_time"]
@@ -146,3 +149,17 @@ def test_a_store_that_cannot_be_opened_does_not_stop_the_stage(monkeypatch, tmp_
     assert rd.is_complete() and rd.metrics_log().rows() == [{"step": 1, "loss": 3.0}]
     assert "mlflow_run_id" not in (rd.read_provenance() or {})
     assert f"ablate resend {j.out_dir}" in capsys.readouterr().out
+
+
+def test_an_arm_runs_params_are_its_own_keys_and_what_differs_between_arms(tmp_path):
+    from ablate.arms import resolve_arms
+    from ablate.launch.runs import swept_params
+    from ablate.sweep import load_sweep
+
+    sweep = tmp_path / "p.yaml"
+    sweep.write_text("name: p\nbase: [optim.lr=3e-4]\nseeds: 2\ngrid:\n  model.init: [pretrained, random]\n")
+    params = swept_params(resolve_arms(load_sweep(sweep, ["train.total_tokens=100000"])))
+    assert params["init=pretrained seed=1"] == {"model.init": "pretrained", "train.seed": 1}
+    assert {p["model.init"] for p in params.values()} == {"pretrained", "random"} and len(params) == 4
+    # The base and the command line set every arm alike: not among an arm's params (its stage runs have them).
+    assert not any("optim.lr" in p or "train.total_tokens" in p for p in params.values())

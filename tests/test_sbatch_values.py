@@ -173,3 +173,12 @@ def test_render_and_submit_refuse_hostile_names_and_paths_before_sbatch(tmp_path
     # Refused before max_array_size asks scontrol or anything is submitted.
     with pytest.raises(ConfigError, match="sweep name.*names the SLURM jobs"):
         slurm.submit_graph(Graph({}, {}), c, tmp_path, "s\ntouch x", active={}, on_submitted=lambda s: None)
+
+
+def test_a_results_folder_with_a_newline_is_refused_before_anything_is_written(tmp_path):
+    from ablate.launch.launcher import launch
+
+    results = tmp_path / "res\nults"
+    with pytest.raises(ConfigError, match="results folder"):  # before SLURM is asked, or the store made
+        launch(Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml", ["cluster=slurm"], results)
+    assert not results.exists()

@@ -81,6 +81,7 @@ def launch(
     if cluster.kind == "slurm":  # before anything is written (the sweep's lock, the store, the manifest)
         from ablate.launch import slurm
 
+        slurm.check_script_values(cluster, results / "jobs" / sweep.name, sweep.name)  # a newline in a path
         slurm.check_reachable()
     try:
         return _launch_exclusive(sweep, arms, graph, cluster, settings, results, echo, wait)

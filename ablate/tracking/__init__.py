@@ -45,6 +45,7 @@ from ablate.tracking.store import (
 from ablate.tracking.tags import (
     KIND_ARM,
     TAG_ARM,
+    TAG_ARM_KEY,
     TAG_GIT_COMMIT,
     TAG_KIND,
     TAG_PARENT,
@@ -75,6 +76,7 @@ __all__ = [
     "RUN_STATUSES",
     "KIND_ARM",
     "TAG_ARM",
+    "TAG_ARM_KEY",
     "TAG_GIT_COMMIT",
     "TAG_KIND",
     "TAG_PARENT",

@@ -30,6 +30,7 @@ from ablate.tracking.store import (
 from ablate.tracking.tags import (
     ARMS_VIEW,
     KIND_ARM,
+    TAG_ARM_KEY,
     TAG_KIND,
     TAG_RUN_KEY,
     TAG_SHARED_VIEW_PREFIX,
@@ -136,7 +137,7 @@ def stage_run(uri: str, spec: RunSpec, fresh: bool = False, create: bool = True)
 
 
 def _arm_identity(spec: RunSpec) -> dict[str, str]:
-    return {TAG_SWEEP: spec.tags[TAG_SWEEP], TAG_KIND: KIND_ARM, TAG_RUN_KEY: spec.tags[TAG_RUN_KEY]}
+    return {TAG_SWEEP: spec.tags[TAG_SWEEP], TAG_KIND: KIND_ARM, TAG_ARM_KEY: spec.tags[TAG_ARM_KEY]}
 
 
 def arm_run(uri: str, spec: ArmRunSpec, stage: str, stage_run_id: str | None) -> str:
@@ -241,4 +242,4 @@ def sweep_arm_runs(uri: str, experiment: str, sweep: str) -> dict[str, tuple[str
     if exp is None or exp.lifecycle_stage == "deleted":
         return {}
     runs = _search_runs(client, [exp.experiment_id], {TAG_SWEEP: sweep, TAG_KIND: KIND_ARM})
-    return {r.data.tags.get(TAG_RUN_KEY, ""): (r.info.run_id, r.info.status) for r in runs}
+    return {r.data.tags.get(TAG_ARM_KEY, ""): (r.info.run_id, r.info.status) for r in runs}

@@ -19,6 +19,7 @@ TAG_KIND = (
     "ablate.kind"  # KIND_ARM on an arm's run (stage runs have no kind; "sweep": an older ablate's parent run)
 )
 KIND_ARM = "arm"
+TAG_ARM_KEY = "ablate.arm_key"  # on an arm's run: the arm's config hash, its identity within its sweep
 TAG_STAGE_KEY_PREFIX = "ablate.key."  # + stage, on an arm's run: the run key of that stage of the arm
 TAG_STAGE_RUN_PREFIX = "ablate.run."  # + stage, on an arm's run: the stage run whose metrics it shows
 TAG_TRAIN_KEY = "ablate.train_key"  # on an evaluate run: the run key of the train run it evaluates
@@ -60,13 +61,14 @@ def sweep_of_experiment(prefix: str, name: str) -> str | None:
 
 
 def arm_run_tags(*, sweep: str, label: str, arm_key: str, stage_keys: dict[str, str]) -> dict[str, str]:
-    """An arm run's tags: its sweep, label, config hash (its identity with the sweep) and the run key of
-    each of its stages (ablate.key.<stage>), the link to their stage runs."""
+    """An arm run's tags: its sweep, label, config hash (its identity within the sweep; not a run key,
+    which names a stage's directory) and the run key of each of its stages (ablate.key.<stage>: the
+    train key the dry run shows is ablate.key.train here), the link to their stage runs."""
     return {
         TAG_SWEEP: sweep,
         TAG_KIND: KIND_ARM,
         TAG_ARM: label[:MAX_ARM_TAG_LEN],
-        TAG_RUN_KEY: arm_key,
+        TAG_ARM_KEY: arm_key,
         **{TAG_STAGE_KEY_PREFIX + stage: key for stage, key in stage_keys.items()},
     }
 
