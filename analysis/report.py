@@ -194,8 +194,23 @@ def _run_links(uri: str, sweep: str | None, summary: pd.DataFrame) -> dict[str, 
     return {rid: links[rid] for rid in summary["train_run_id"] if rid in links}
 
 
-def render(out_dir: Path, title: str, links: dict[str, str], skipped: dict[str, str]) -> str:
-    """The page's HTML from plot's outputs in out_dir."""
+def _arms_pages(uri: str, sweep: str | None) -> dict[str, str]:
+    """Sweep -> its arms' table in the MLflow UI (the saved view with their params and results)."""
+    arms = tracking.fetch_runs(uri, sweep=sweep, arms=True)
+    if arms.empty:
+        return {}
+    pairs = arms[[f"tags.{tracking.TAG_SWEEP}", "experiment_id"]].drop_duplicates()
+    return {str(s): tracking.arms_link(UI_URL, str(e)) for s, e in pairs.itertuples(index=False)}
+
+
+def render(
+    out_dir: Path,
+    title: str,
+    links: dict[str, str],
+    skipped: dict[str, str],
+    arms_pages: dict[str, str] | None = None,
+) -> str:
+    """The page's HTML from plot's outputs in out_dir; `arms_pages`: sweep -> its arms in the MLflow UI."""
     esc = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -204,6 +219,17 @@ def render(out_dir: Path, title: str, links: dict[str, str], skipped: dict[str, 
         "padding:3px 6px}.reproduced{color:#1a7f37}.not-reproduced{color:#cf222e}.not-run{color:#777}"
         "</style></head><body>",
         f"<h1>{esc(title)}</h1>",
+        *(
+            [
+                "<p>In MLflow (start it with <code>ablate ui</code>): "
+                + ", ".join(
+                    f"<a href={esc(u)!r}>the arms of {esc(s)}</a>" for s, u in sorted(arms_pages.items())
+                )
+                + ", one row each, with their params and results.</p>"
+            ]
+            if arms_pages
+            else []
+        ),
         "<h2 id='findings'>The paper's findings at this scale</h2><table><tr><th>finding</th><th>verdict</th>"
         "<th>measured</th></tr>",
     ]
@@ -246,7 +272,7 @@ def write_report(uri: str, results: Path, sweep: str | None = None) -> Path:
     report = plot_report(uri, out_dir, sweep)
     summary = _csv(out_dir, "summary")
     title = f"ablate report: sweep {sweep}" if sweep else "ablate report: every tracked sweep"
-    page = render(out_dir, title, _run_links(uri, sweep, summary), report.skipped)
+    page = render(out_dir, title, _run_links(uri, sweep, summary), report.skipped, _arms_pages(uri, sweep))
     path = Path(results) / (f"report-{sweep}.html" if sweep else "report.html")
     atomic_write_text(path, page)
     return path
