@@ -204,7 +204,9 @@ class TokenizerConfig:
     text_path: str | None = None
     """A tokenizer.json (e.g. GPT-NeoX's), for text=path."""
     text_vocab_size: int = 8192
-    """BPE vocabulary size, for text=bpe (8192 keeps demo captions near 11 tokens: image:text ~23:1)."""
+    """BPE vocabulary size, for text=bpe. The demo scale sets 1,792 (scale/demo.yaml): with the caption words
+    held whole (bpe_caption_words) captions are ~8.3 tokens, image:text ~31:1, and the output layer is a
+    sixth of a demo step instead of half."""
     bpe_caption_words: bool = True
     """text=bpe with data.source=synthetic: train the BPE on the caption grammar's words as well, so each is
     one token (" magenta"), as in a tokenizer trained on web text. Demo captions are then 8.3 tokens
