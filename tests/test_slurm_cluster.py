@@ -104,7 +104,9 @@ def stage_dir(results: Path, name: str, label_index: int, stage: str) -> Path:
 
 
 def metric_rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The training steps' rows of metrics.jsonl (not the final values' row the stage adds at its last step)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "final_loss" not in r]
 
 
 def sacct_times(ids: list[str]) -> dict[str, tuple[str, str]]:
@@ -380,12 +382,15 @@ def test_eight_concurrent_jobs_log_every_step_to_one_mlflow_server(results, tiny
     for arm in manifest["arms"]:
         job = manifest["jobs"][arm["stages"]["train"]]
         rows = metric_rows(Path(job["dir"]))
-        hist = tracking.fetch_histories(uri, [job["run_id"]], ["loss", "image_loss"])
+        run_id = json.loads((Path(job["dir"]) / "provenance.json").read_text())[
+            "mlflow_run_id"
+        ]  # made by the job
+        hist = tracking.fetch_histories(uri, [run_id], ["loss", "image_loss"])
         for key in ("loss", "image_loss"):
             logged = hist[hist.key == key]
             assert sorted(logged.step) == [r["step"] for r in rows], key
             assert logged.sort_values("step").value.tolist() == pytest.approx([r[key] for r in rows])
-        assert tracking.run_info(uri, job["run_id"])["status"] == "FINISHED"
+        assert tracking.run_info(uri, run_id)["status"] == "FINISHED"
 
 
 def test_real_data_pretokenizes_as_one_array_of_units_then_trains(results, tmp_path):
