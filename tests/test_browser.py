@@ -57,12 +57,16 @@ def tracked_sweep(uri: str, arms: dict[str, float]) -> str:
         stage = tracking.RunSpec(
             experiment=tracking.stages_experiment("ablate/", "demo"),
             name=tracking.stage_run_name("train", [label]),
-            tags=tracking.stage_run_tags(sweep="demo", stage="train", key=key, labels=[label], sweeps=["demo"]),
+            tags=tracking.stage_run_tags(
+                sweep="demo", stage="train", key=key, labels=[label], sweeps=["demo"]
+            ),
         )
         arm = tracking.ArmRunSpec(
             experiment=tracking.sweep_experiment("ablate/", "demo"),
             name=label,
-            tags=tracking.arm_run_tags(sweep="demo", label=label, arm_key=f"arm{i}", stage_keys={"train": key}),
+            tags=tracking.arm_run_tags(
+                sweep="demo", label=label, arm_key=f"arm{i}", stage_keys={"train": key}
+            ),
             params={"model.init": label.split("=", 1)[1]},
             view=tracking.arms_view(["model.init"], ["final_image_loss"]),
         )

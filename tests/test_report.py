@@ -70,7 +70,9 @@ def test_the_page_embeds_its_figures_and_lists_every_finding(tmp_path):
     write(tmp_path, "summary", summary)
     arms = {"demo": "http://127.0.0.1:5000/#/experiments/2/runs?viewStateShareKey=arms"}
     page = report.render(tmp_path, "t", {"abc": "http://127.0.0.1:5000/#/experiments/1/runs/abc"}, {}, arms)
-    assert "href='http://127.0.0.1:5000/#/experiments/2/runs?viewStateShareKey=arms'>the arms of demo<" in page
+    assert (
+        "href='http://127.0.0.1:5000/#/experiments/2/runs?viewStateShareKey=arms'>the arms of demo<" in page
+    )
     assert page.count("data:image/png;base64,") == 1 and "<img src='http" not in page  # works offline
     assert all(f.claim in page for f in report.FINDINGS)
     assert "http://127.0.0.1:5000/#/experiments/1/runs/abc" in page
