@@ -41,7 +41,6 @@ def store(new_store: Callable[[str], Path]) -> SimpleNamespace:
     runs = {}
     for sweep in ("demo", "other"):
         exp = tracking.ensure_experiment(uri, sweep)
-        parent = None  # stage runs have no parent run
         arms = [("pretrained", "t2i", "train"), ("random", "t2i", "train"), ("pretrained", "uncond", "train")]
         arms.append(("random", "t2i", "evaluate"))
         for init, task, stage in arms if sweep == "demo" else arms[:1]:
@@ -49,18 +48,17 @@ def store(new_store: Callable[[str], Path]) -> SimpleNamespace:
             tags = {tracking.TAG_SWEEP: sweep, tracking.sweep_tag(sweep): "true", tracking.TAG_ARM: arm}
             params = {"model.init": init, "data.task": task}
             key = f"{sweep}-{arm}"
-            run_id = tracking.get_or_create_stage_run(uri, exp, parent, key, stage, arm, tags, params)
+            run_id = tracking.get_or_create_stage_run(uri, exp, key, stage, arm, tags, params)
             log_curves(uri, run_id, offset=0.0 if init == "pretrained" else 0.3)
             runs[(sweep, arm, stage)] = run_id
     # A sweep whose only run has not started: no metrics yet.
     exp = tracking.ensure_experiment(uri, "pending")
-    parent = None  # stage runs have no parent run
     tags = {
         tracking.TAG_SWEEP: "pending",
         tracking.sweep_tag("pending"): "true",
         tracking.TAG_ARM: "t2i-random",
     }
-    tracking.get_or_create_stage_run(uri, exp, parent, "pending-1", "train", "t2i-random", tags, {})
+    tracking.get_or_create_stage_run(uri, exp, "pending-1", "train", "t2i-random", tags, {})
     return SimpleNamespace(uri=uri, runs=runs)
 
 

@@ -49,11 +49,10 @@ class Store:
 
     def run(self, name: str, stage: str, sweeps: list[str], params: dict, tags: dict | None = None) -> str:
         exp = tracking.ensure_experiment(self.uri, sweeps[0])
-        parent = None  # stage runs have no parent run
         all_tags = {tracking.TAG_SWEEP: sweeps[0], tracking.TAG_ARM: name, **(tags or {})}
         all_tags.update({tracking.sweep_tag(s): "true" for s in sweeps})
         key = f"{name}-{stage}"
-        run_id = tracking.get_or_create_stage_run(self.uri, exp, parent, key, stage, name, all_tags, params)
+        run_id = tracking.get_or_create_stage_run(self.uri, exp, key, stage, name, all_tags, params)
         self.ids[(name, stage)], self.keys[(name, stage)] = run_id, key
         return run_id
 

@@ -25,7 +25,7 @@ def store(new_store: Callable[[str], Path]) -> SimpleNamespace:
     root = new_store("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     experiment_id = tracking.ensure_experiment(uri, "test-sweep")
-    return SimpleNamespace(root=root, uri=uri, experiment_id=experiment_id, sweep_run=None)
+    return SimpleNamespace(root=root, uri=uri, experiment_id=experiment_id)
 
 
 def stage_run(store: SimpleNamespace, params: dict | None = None, **tags: str) -> str:
@@ -33,7 +33,7 @@ def stage_run(store: SimpleNamespace, params: dict | None = None, **tags: str) -
     key = uuid.uuid4().hex[:12]
     all_tags = {tracking.TAG_SWEEP: "test-sweep", tracking.TAG_ARM: f"arm-{key}", **tags}
     return tracking.get_or_create_stage_run(
-        store.uri, store.experiment_id, store.sweep_run, key, "train", f"arm-{key}", all_tags, params or {}
+        store.uri, store.experiment_id, key, "train", f"arm-{key}", all_tags, params or {}
     )
 
 
@@ -87,7 +87,7 @@ def test_experiment_is_reused(store: SimpleNamespace) -> None:
 def test_stage_run_is_found_again_not_duplicated(store: SimpleNamespace) -> None:
     params = {f"p{i:03d}": i for i in range(250)}  # more than MLflow's 100 params per batch
     params["long"] = "x" * 7000  # over MLflow's 6000-char limit
-    args = (store.uri, store.experiment_id, store.sweep_run, "key-dup", "train", "arm-dup")
+    args = (store.uri, store.experiment_id, "key-dup", "train", "arm-dup")
     first = tracking.get_or_create_stage_run(*args, {"ablate.arm": "arm-dup"}, params)
     # A relaunch: same params (one changed value is kept as it was, with a warning), a refreshed tag.
     again = tracking.get_or_create_stage_run(*args, {"ablate.arm": "arm-dup2"}, {**params, "p000": "changed"})
@@ -244,7 +244,6 @@ def test_a_stage_recomputed_from_nothing_gets_a_new_run(store: SimpleNamespace) 
         return tracking.get_or_create_stage_run(
             store.uri,
             experiment_id or store.experiment_id,
-            store.sweep_run,
             key,
             "train",
             key,

@@ -125,7 +125,6 @@ def stage_run(uri: str, spec: RunSpec, fresh: bool = False, create: bool = True)
     return get_or_create_stage_run(
         uri,
         experiment_id,
-        None,
         run_key=spec.tags[TAG_RUN_KEY],
         stage=spec.tags[TAG_STAGE],
         run_name=spec.name,

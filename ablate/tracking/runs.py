@@ -1,4 +1,4 @@
-"""Run management for the launcher: experiments, the sweep's parent run, stage runs, statuses."""
+"""Run management: experiments, stage runs, statuses."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from ablate.tracking.tags import (
     EXPERIMENT_KIND_TRAINING,
     TAG_ARM,
     TAG_EXPERIMENT_KIND,
-    TAG_PARENT,
     TAG_RUN_KEY,
     TAG_STAGE,
     TAG_SWEEP,
@@ -62,7 +61,6 @@ def ensure_experiment(uri: str, name: str) -> str:
 def get_or_create_stage_run(
     uri: str,
     experiment_id: str,
-    parent_run_id: str | None,
     run_key: str,
     stage: str,
     run_name: str,
@@ -75,7 +73,7 @@ def get_or_create_stage_run(
 
     The same stage is the same run whichever sweep launches it: a relaunch, or another sweep sharing the
     arm, reuses it (tags added or refreshed, e.g. the sweep's ablate.sweeps.<name>; missing params added).
-    A new run lives in `experiment_id` (a child of `parent_run_id` if given) and is RUNNING: its job
+    A new run lives in `experiment_id` and is RUNNING: its job
     creates it when it starts. With create=False a missing run is not created and None is returned.
 
     fresh=True says the stage starts from nothing (its output directory was deleted, or never existed
@@ -86,8 +84,6 @@ def get_or_create_stage_run(
     client = _client(uri, create=True)
     key_tags = {TAG_RUN_KEY: run_key, TAG_STAGE: stage}
     all_tags = {**{k: str(v) for k, v in tags.items()}, **key_tags}
-    if parent_run_id:
-        all_tags[TAG_PARENT] = parent_run_id
     ids = all_experiment_ids(client)
     found = [r for chunk in _chunks(ids, 100) for r in _search_runs(client, list(chunk), key_tags)]
     found.sort(key=lambda r: r.info.start_time or 0)
@@ -103,8 +99,8 @@ def get_or_create_stage_run(
         if len(found) > 1:
             log.warning("%d runs for %s/%s; using the oldest", len(found), run_key, stage)
         if run.info.experiment_id != experiment_id:
-            # Shared with the sweep that created it: keep its experiment, parent, first sweep and label.
-            all_tags = {k: v for k, v in all_tags.items() if k not in (TAG_PARENT, TAG_SWEEP, TAG_ARM)}
+            # Shared with the sweep that created it: keep its experiment, first sweep and label.
+            all_tags = {k: v for k, v in all_tags.items() if k not in (TAG_SWEEP, TAG_ARM)}
         changed = {k: v for k, v in all_tags.items() if run.data.tags.get(k) != v}
         _set_tags(client, run.info.run_id, changed)
         _log_params(client, run.info.run_id, params, run.data.params)
