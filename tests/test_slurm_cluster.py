@@ -382,9 +382,10 @@ def test_eight_concurrent_jobs_log_every_step_to_one_mlflow_server(results, tiny
     for arm in manifest["arms"]:
         job = manifest["jobs"][arm["stages"]["train"]]
         rows = metric_rows(Path(job["dir"]))
-        run_id = json.loads((Path(job["dir"]) / "provenance.json").read_text())[
-            "mlflow_run_id"
-        ]  # made by the job
+        provenance = json.loads((Path(job["dir"]) / "provenance.json").read_text())
+        logs = "".join(p.read_text()[-2000:] for p in (results / "jobs").rglob(f"*{job['job_id']}*.err"))
+        assert "mlflow_run_id" in provenance, logs  # made by the job; the job's log says why not
+        run_id = provenance["mlflow_run_id"]
         hist = tracking.fetch_histories(uri, [run_id], ["loss", "image_loss"])
         for key in ("loss", "image_loss"):
             logged = hist[hist.key == key]

@@ -228,3 +228,81 @@ def test_unreachable_server_is_transient_and_does_not_fail_the_job(caplog: pytes
     with caplog.at_level(logging.WARNING, logger="ablate.tracking.tracker"):
         tracker.close("FINISHED", timeout=0.5)
     assert "ablate resend results/cache/<stage>/<key>" in caplog.text
+
+
+def test_a_write_race_is_retried_and_other_refusals_are_not() -> None:
+    """MLflow's SQL store upserts by select-then-insert: the loser of two writes of one new key gets the
+    table's unique-key error, which a second send resolves; any other BAD_REQUEST stays permanent."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST
+
+    from ablate.tracking.store import _is_permanent, lost_write_race
+
+    race = MlflowException(
+        '(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "experiment_tag_pk"',
+        error_code=BAD_REQUEST,
+    )
+    other = MlflowException("Invalid value 'x' for parameter 'step'", error_code=BAD_REQUEST)
+    assert lost_write_race(race) and not _is_permanent(race)
+    assert not lost_write_race(other) and _is_permanent(other)
+
+
+def _at_once(n: int, call: Any) -> tuple[dict[int, Any], list[str]]:
+    """call(i) for i < n in n threads released together: ({i: result}, [errors])."""
+    import threading
+
+    start, results, errors = threading.Barrier(n), {}, []
+
+    def one(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = call(i)
+        except Exception as exc:  # what a job would have run untracked with
+            errors.append(repr(exc)[:300])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors
+
+
+def test_eight_clients_setting_one_new_experiment_tag_at_once_all_succeed(stack: Any) -> None:
+    """The race itself, on the server's PostgreSQL: eight clients set one new tag at the same moment."""
+    from ablate.tracking.store import set_experiment_tag
+
+    client, key = _client(stack.url), "mlflow.sharedViewState.arms"
+    for trial in range(5):
+        experiment = client.create_experiment(f"tagrace-{uuid.uuid4().hex[:8]}")
+        _, errors = _at_once(8, lambda i, e=experiment: set_experiment_tag(_client(stack.url), e, key, "v"))
+        assert errors == [], f"trial {trial}"
+        assert client.get_experiment(experiment).tags[key] == "v"
+
+
+def test_eight_jobs_opening_their_arm_runs_at_once_all_get_them(stack: Any) -> None:
+    """The jobs of one array start together and each makes its arm's run in the sweep's new experiment,
+    setting the experiment's saved view as it does: every one gets its run, none is left untracked."""
+    from ablate import tracking
+
+    view = tracking.arms_view(["optim.lr"], ["final_loss"])
+    for trial in range(3):
+        sweep = f"race{trial}-{uuid.uuid4().hex[:6]}"
+
+        def open_arm(i: int, sweep: str = sweep) -> str:
+            spec = tracking.ArmRunSpec(
+                experiment=tracking.sweep_experiment("ablate/", sweep),
+                name=f"lr={i}",
+                tags=tracking.arm_run_tags(sweep=sweep, label=f"lr={i}", arm_key=f"arm{i}", stage_keys={}),
+                params={"optim.lr": str(i)},
+                view=view,
+            )
+            return tracking.arm_run(stack.url, spec, "train", None)
+
+        ids, errors = _at_once(8, open_arm)
+        assert errors == [], f"trial {trial}"
+        client = _client(stack.url)
+        exp = client.get_experiment_by_name(tracking.sweep_experiment("ablate/", sweep))
+        runs = client.search_runs([exp.experiment_id])
+        assert sorted(r.info.run_id for r in runs) == sorted(ids.values()) and len(ids) == 8
+        assert exp.tags["mlflow.sharedViewState.arms"] == view

@@ -11,6 +11,7 @@ rebuilds the same runs from the directory.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,13 @@ from ablate.tracking.runs import ensure_experiment, get_or_create_stage_run
 from ablate.tracking.store import (
     _chunks,
     _client,
+    _is_permanent,
     _log_params,
     _search_runs,
     _set_tags,
     _sqlite_path,
     all_experiment_ids,
+    set_experiment_tag,
 )
 from ablate.tracking.tags import (
     ARMS_VIEW,
@@ -175,7 +178,7 @@ def arm_run(uri: str, spec: ArmRunSpec, stage: str, stage_run_id: str | None) ->
         run_id = str(client.create_run(experiment_id, tags=tags, run_name=spec.name).info.run_id)
         _log_params(client, run_id, spec.params, {})
         if spec.view:
-            client.set_experiment_tag(experiment_id, TAG_SHARED_VIEW_PREFIX + ARMS_VIEW, spec.view)
+            set_experiment_tag(client, experiment_id, TAG_SHARED_VIEW_PREFIX + ARMS_VIEW, spec.view)
         return run_id
     finally:
         if lock is not None:
@@ -189,16 +192,44 @@ def backfill(uri: str, run_id: str, run_dir: str | Path) -> int:
     return tracker.backfilled_rows
 
 
-def open_job_tracker(
-    spec: JobTracking, run_dir: str | Path, fresh: bool
-) -> tuple[Tracker, str, dict[str, str]]:
-    """(tracker, stage run id, {arm run name: id}) of a job starting in run_dir (`fresh`: from nothing): the runs
-    found or created, each arm run filled from the arm's other finished stages, one tracker for all."""
-    out = str(Path(run_dir))
+# A job that cannot open its runs at once (a store restarting, another job's write in the way) tries again
+# after these pauses before running untracked; the MLflow client retries each HTTP call on its own as well.
+OPEN_RETRY_DELAYS_S = (1.0, 3.0, 9.0)
+
+
+def _open_runs(spec: JobTracking, out: str, fresh: bool) -> tuple[str, dict[str, str]]:
+    """(stage run id, {arm run name: id}): found or created, each arm run filled from the arm's other
+    finished stages. Safe to repeat: a second call finds what the first made."""
     stage = spec.stage.tags[TAG_STAGE]
     stage_id = stage_run(spec.uri, spec.stage, fresh=fresh)
     if stage_id is None:  # create=True always gives a run
         raise RuntimeError(f"no MLflow run for {out}")
+    arm_ids: dict[str, str] = {}
+    for arm in spec.arms:
+        arm_id = arm_run(spec.uri, arm, stage, stage_id)
+        for other in arm.dirs:
+            if Path(other) != Path(out) and RunDir(other).is_complete():
+                backfill(spec.uri, arm_id, other)
+        arm_ids[arm.name] = arm_id
+    return stage_id, arm_ids
+
+
+def open_job_tracker(
+    spec: JobTracking, run_dir: str | Path, fresh: bool
+) -> tuple[Tracker, str, dict[str, str]]:
+    """(tracker, stage run id, {arm run name: id}) of a job starting in run_dir (`fresh`: from nothing): the runs
+    found or created (tried again after OPEN_RETRY_DELAYS_S unless the store refuses for good), one tracker
+    for all."""
+    out = str(Path(run_dir))
+    for delay in (*OPEN_RETRY_DELAYS_S, None):
+        try:
+            stage_id, arm_ids = _open_runs(spec, out, fresh)
+            break
+        except Exception as exc:
+            if delay is None or _is_permanent(exc):
+                raise
+            log.warning("%s: cannot open its MLflow runs yet (%s); trying again in %.0f s", out, exc, delay)
+            time.sleep(delay)
 
     def tracker(run_id: str) -> MLflowTracker:
         return MLflowTracker(
@@ -210,15 +241,7 @@ def open_job_tracker(
         )
 
     primary = tracker(stage_id)
-    arm_ids: dict[str, str] = {}
-    secondaries: list[MLflowTracker] = []
-    for arm in spec.arms:
-        arm_id = arm_run(spec.uri, arm, stage, stage_id)
-        for other in arm.dirs:
-            if Path(other) != Path(out) and RunDir(other).is_complete():
-                backfill(spec.uri, arm_id, other)
-        arm_ids[arm.name] = arm_id
-        secondaries.append(tracker(arm_id))
+    secondaries = [tracker(arm_id) for arm_id in arm_ids.values()]
     return LocalFirst(FanOut(primary, secondaries), out), stage_id, arm_ids
 
 

@@ -20,6 +20,7 @@ from ablate.tracking.store import (
     all_experiment_ids,
     describe_store,
     redact_uri,
+    set_experiment_tag,
 )
 from ablate.tracking.tags import (
     EXPERIMENT_KIND_TRAINING,
@@ -43,7 +44,7 @@ def ensure_experiment(uri: str, name: str) -> str:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         if exp.tags.get(TAG_EXPERIMENT_KIND) is None:  # made by an older ablate: open it as ours do
-            client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
+            set_experiment_tag(client, exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
         return exp.experiment_id
     path = _sqlite_path(uri)
     # Next to the SQLite file, not in ./mlruns of whatever directory the launcher ran from.

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,15 @@ HISTORY_COLUMNS = ["run_id", "key", "step", "value", "timestamp"]
 # Errors that retrying cannot fix (bad run id, deleted run, invalid value): the batch is dropped, not retried.
 _PERMANENT_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST", "INVALID_STATE"}
 _PERMANENT_CODES |= {"PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_ALREADY_EXISTS"}
+# ...except a write that lost a race: MLflow's SQL store upserts a tag or param by select-then-insert, so two
+# processes setting one new key at once make one of them fail on the table's unique key (reported as
+# BAD_REQUEST by a server). Sent again, it finds the row and updates it: these are retried, not dropped.
+_LOST_RACE_MARKS = (
+    "violates unique constraint",  # PostgreSQL
+    "UNIQUE constraint failed",  # SQLite
+    "Duplicate entry",  # MySQL
+)
+_RACE_ATTEMPTS = 5
 
 
 def all_experiment_ids(client: Any) -> list[str]:
@@ -106,10 +117,36 @@ def _client(uri: str, create: bool = False) -> Any:
     return client
 
 
+def lost_write_race(exc: BaseException) -> bool:
+    """Whether exc is another process's write of the same new row winning (see _LOST_RACE_MARKS)."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException) and any(m in str(exc) for m in _LOST_RACE_MARKS)
+
+
 def _is_permanent(exc: BaseException) -> bool:
     from mlflow.exceptions import MlflowException
 
-    return isinstance(exc, MlflowException) and exc.error_code in _PERMANENT_CODES
+    return (
+        isinstance(exc, MlflowException) and exc.error_code in _PERMANENT_CODES and not lost_write_race(exc)
+    )
+
+
+def _retry_race(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """call(*args, **kwargs), sent again (after a short random pause) while it loses a write race to another process."""
+    for attempt in range(_RACE_ATTEMPTS):
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:
+            if attempt == _RACE_ATTEMPTS - 1 or not lost_write_race(exc):
+                raise
+            time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def set_experiment_tag(client: Any, experiment_id: str, key: str, value: str) -> None:
+    """Set an experiment tag, safe against other jobs setting it at the same moment."""
+    _retry_race(client.set_experiment_tag, experiment_id, key, value)
 
 
 def _param_value(value: Any) -> str:
@@ -142,7 +179,7 @@ def _log_params(client: Any, run_id: str, params: Mapping[str, Any], existing: M
 
     new = [Param(k, v) for k, v in _new_params(params, existing, run_id).items()]
     for chunk in _chunks(new, MAX_PARAMS_PER_BATCH):
-        client.log_batch(run_id, params=list(chunk))
+        _retry_race(client.log_batch, run_id, params=list(chunk))
 
 
 def _set_tags(client: Any, run_id: str, tags: Mapping[str, Any]) -> None:
@@ -150,7 +187,7 @@ def _set_tags(client: Any, run_id: str, tags: Mapping[str, Any]) -> None:
 
     items = [RunTag(k, str(v)) for k, v in tags.items()]
     for chunk in _chunks(items, MAX_PARAMS_PER_BATCH):
-        client.log_batch(run_id, tags=list(chunk))
+        _retry_race(client.log_batch, run_id, tags=list(chunk))
 
 
 def _filter_string(tags: Mapping[str, str]) -> str:
