@@ -5,7 +5,7 @@ samples the pairs after them (`--offset`, default 128, so the two sets never sha
 trained run for each setting given, and prints exact caption match and colour match per setting.
 
     python bench/demo_sampling_settings.py results/cache/train/<key> \
-        [--n 64] [--offset 128] [--settings 1.0:0 0.7:0 0.5:0 1.0:8]    # temperature:top_k
+        [--n 64] [--offset 128] [--settings 1.0:0 0.8:0 0.8:0:3 1.0:8]    # temperature:top_k[:guidance]
 
 The run's inputs (prepare, image tokenizer; synth through prepare) are read from provenance.json. One thread, as a
 demo job has; timings are this machine's and noisy when other jobs share it.
@@ -43,7 +43,12 @@ def main() -> None:
     ap.add_argument("train_dir", type=Path)
     ap.add_argument("--n", type=int, default=64, help="validation captions per setting")
     ap.add_argument("--offset", type=int, default=128, help="first validation pair used")
-    ap.add_argument("--settings", nargs="+", default=["1.0:0", "0.7:0", "0.5:0", "1.0:8"])
+    ap.add_argument(
+        "--settings",
+        nargs="+",
+        default=["1.0:0", "0.8:0", "0.8:0:3", "1.0:8"],
+        help="temperature:top_k[:guidance_scale] (guidance needs a run trained with caption dropout)",
+    )
     ap.add_argument("--precision", choices=("float32", "bf16"), default="float32")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
@@ -67,7 +72,9 @@ def main() -> None:
         else torch.autocast("cpu", enabled=False)
     )
     for s in a.settings:
-        temp, top_k = float(s.split(":")[0]), int(s.split(":")[1])
+        parts = s.split(":")
+        temp, top_k = float(parts[0]), int(parts[1])
+        guidance = float(parts[2]) if len(parts) > 2 else 1.0
         gen = torch.Generator().manual_seed(a.seed)
         t0 = time.perf_counter()
         with ctx:
@@ -80,12 +87,13 @@ def main() -> None:
                 temperature=temp,
                 top_k=top_k,
                 generator=gen,
+                guidance_scale=guidance,
             )
         images = image_tok.decode(codes)
         match = caption_matches(images, scenes).mean()
         colour = colours_present(images, scenes).mean()
         print(
-            f"temperature {temp:<4} top_k {top_k:<3}: caption match {match:.3f}, colour match {colour:.3f} "
+            f"temperature {temp:<4} top_k {top_k:<3} guidance {guidance:<4}: caption match {match:.3f}, colour match {colour:.3f} "
             f"({len(idx)} val captions {idx[0]}..{idx[-1]}, {time.perf_counter() - t0:.0f} s)",
             flush=True,
         )

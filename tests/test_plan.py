@@ -78,6 +78,24 @@ def test_sampling_settings_re_evaluate_without_retraining():
     assert stages(*c, "align.steps=7")["train"] != stages(*c)["train"]
 
 
+def test_caption_dropout_and_guidance_key_only_the_arms_they_change():
+    """At their paper defaults (no dropout, no guidance) they are left out of the keys, so runs made before
+    they existed keep theirs; set (the demo sets both), they change the text-to-image arm's train
+    (dropout) or evaluate (guidance) key, and no unconditional arm's."""
+    from ablate.stages import evaluate, train
+
+    off = ("train.caption_dropout=0", "evaluate.guidance_scale=1")
+    assert "caption_dropout" not in train.config(cfg(*off))["train"]
+    assert "guidance_scale" not in evaluate.config(cfg(*off))
+    base = stages(*off)
+    dropout = stages("train.caption_dropout=0.1", "evaluate.guidance_scale=1")
+    guided = stages("train.caption_dropout=0.1", "evaluate.guidance_scale=3")
+    assert dropout["train"] != base["train"] and dropout["prepare"] == base["prepare"]
+    assert guided["train"] == dropout["train"] and guided["evaluate"] != dropout["evaluate"]
+    uncond = ("data.task=uncond",)
+    assert stages(*uncond, "train.caption_dropout=0.1", "evaluate.guidance_scale=3") == stages(*uncond, *off)
+
+
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
@@ -86,6 +104,9 @@ def test_sampling_settings_re_evaluate_without_retraining():
         (["evaluate.top_p=0"], "evaluate.top_p"),
         (["evaluate.temperature=0"], "evaluate.temperature"),
         (["align.batch_size=0"], "align.batch_size"),
+        (["train.caption_dropout=1.0"], "train.caption_dropout"),
+        (["train.caption_dropout=0.1", "evaluate.guidance_scale=0.5"], "evaluate.guidance_scale"),
+        (["train.caption_dropout=0", "evaluate.guidance_scale=3"], "train.caption_dropout"),  # no dropout
     ],
 )
 def test_invalid_evaluate_and_align_settings_are_config_errors(overrides, needle):

@@ -213,3 +213,63 @@ def test_filter_arguments_are_validated():
             filter_logits(logits, **kwargs)
     with pytest.raises(ValueError, match=r"\(B, V\)"):
         filter_logits(torch.randn(5))
+
+
+class _CaptionAware(nn.Module):
+    """Logits (B, T, V) that depend only on whether a row's context holds a caption (any text id): code 0
+    narrowly wins with one, code 1 is nowhere without; records every context it ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))  # gives the sampler a device
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        self.seen.append(ids.clone())
+        lo = LAYOUT.image_offset
+        cond, uncond = torch.full((LAYOUT.size,), -5.0), torch.full((LAYOUT.size,), -5.0)
+        cond[lo], cond[lo + 1] = 2.5, 2.4
+        uncond[lo], uncond[lo + 1] = 2.0, 0.0
+        has_caption = LAYOUT.is_text(ids).any(dim=1)  # (B,)
+        rows = torch.where(has_caption[:, None], cond, uncond)  # (B, V)
+        return rows[:, None, :].expand(ids.shape[0], ids.shape[1], -1)
+
+
+def test_guidance_moves_towards_what_the_caption_adds_over_the_empty_caption():
+    """uncond + s * (cond - uncond): code 0 wins unguided (2.5 vs 2.4); at s = 3 code 1 does (7.2 vs 3.5)."""
+    prompts = _t2i_prompts(4)
+    model = _CaptionAware()
+    plain = sample_images(model, prompts, LAYOUT, 3, top_k=1)
+    assert plain.tolist() == [[0, 0, 0]] * 4
+    model.seen.clear()
+    guided = sample_images(model, prompts, LAYOUT, 3, top_k=1, guidance_scale=3.0)
+    assert guided.tolist() == [[1, 1, 1]] * 4
+    # The second stream is the empty caption <doc> <text> </text> <image>, followed by the same codes.
+    empty = [LAYOUT.doc, LAYOUT.text, LAYOUT.text_end, LAYOUT.image]
+    nulls = [ids for ids in model.seen if not bool(LAYOUT.is_text(ids).any())]
+    assert nulls and nulls[-1][0].tolist() == empty + [LAYOUT.image_offset + 1] * 2
+
+
+def test_guided_sampling_is_the_same_with_and_without_the_kv_cache():
+    model = _text_loving_model(3)
+    prompts = _t2i_prompts(3)
+    a = sample_images(
+        model, prompts, LAYOUT, N_CODES, generator=torch.Generator().manual_seed(5), guidance_scale=2.0
+    )
+    b = sample_images(
+        model,
+        prompts,
+        LAYOUT,
+        N_CODES,
+        generator=torch.Generator().manual_seed(5),
+        guidance_scale=2.0,
+        use_cache=False,
+    )
+    unguided = sample_images(model, prompts, LAYOUT, N_CODES, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b) and not torch.equal(a, unguided)
+
+
+@pytest.mark.parametrize("scale", [0.5, 0, -1, True])
+def test_a_guidance_scale_below_one_is_refused(scale):
+    with pytest.raises(ConfigError, match="guidance_scale"):
+        sample_images(_CaptionAware(), _t2i_prompts(1), LAYOUT, 2, guidance_scale=scale)

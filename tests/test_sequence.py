@@ -7,7 +7,9 @@ import pytest
 
 from ablate.data.sequence import (
     VocabLayout,
+    caption_dropout_mask,
     caption_ids,
+    drop_captions,
     extract_image_codes,
     image_positions,
     layout_t2i,
@@ -129,3 +131,22 @@ def test_extract_errors_and_cut_short_generation():
     # A generation cut before </image>: the span runs to the end.
     gen = np.concatenate([prompt_t2i([5], L, 12, 3), [108, 109]])
     assert extract_image_codes(gen, L).tolist() == [1, 2]
+
+
+def test_dropping_a_caption_keeps_the_image_and_its_specials_in_order():
+    t2i = layout_t2i([5, 6, 7], np.arange(4), L, 16)
+    uncond = layout_uncond(np.arange(4), L, 16)
+    batch = np.stack([t2i, t2i, uncond])
+    out = drop_captions(batch, L, np.array([True, False, True]))
+    assert out[0].tolist() == layout_t2i([], np.arange(4), L, 16).tolist()  # the empty-caption sequence
+    assert out[1].tolist() == t2i.tolist() and out[2].tolist() == uncond.tolist()
+    assert batch[0].tolist() == t2i.tolist()  # the input is not changed
+    assert extract_image_codes(out[0], L).tolist() == [0, 1, 2, 3]
+
+
+def test_the_caption_dropout_mask_depends_on_seed_and_step_only():
+    a = caption_dropout_mask(3, 7, 20_000, 0.1)
+    assert np.array_equal(a, caption_dropout_mask(3, 7, 20_000, 0.1))
+    assert not np.array_equal(a, caption_dropout_mask(3, 8, 20_000, 0.1))
+    assert abs(a.mean() - 0.1) < 0.01
+    assert not caption_dropout_mask(3, 7, 100, 0.0).any()

@@ -73,9 +73,10 @@ def test_loop_learns_and_logs_every_step_once(dataset, tmp_path):
     assert progress["step"] == progress["total_steps"] == 12
 
 
-def test_interrupted_run_resumes_to_the_same_curve(dataset, tmp_path):
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_interrupted_run_resumes_to_the_same_curve(dataset, tmp_path, dropout):
     straight = tmp_path / "straight"
-    train_loop(model(), dataset, LAYOUT, loop_config(), straight, NullTracker())
+    train_loop(model(), dataset, LAYOUT, loop_config(caption_dropout=dropout), straight, NullTracker())
 
     broken = tmp_path / "broken"
     calls = {"n": 0}
@@ -85,15 +86,34 @@ def test_interrupted_run_resumes_to_the_same_curve(dataset, tmp_path):
         return calls["n"] == 7
 
     with pytest.raises(StopRequested):
-        train_loop(model(), dataset, LAYOUT, loop_config(), broken, NullTracker(), should_stop=stop_at_7)
+        train_loop(
+            model(),
+            dataset,
+            LAYOUT,
+            loop_config(caption_dropout=dropout),
+            broken,
+            NullTracker(),
+            should_stop=stop_at_7,
+        )
     assert [r["step"] for r in rows(broken)] == list(range(1, 8))
     # A fresh process would rebuild the model from scratch; the checkpoint restores everything else.
-    train_loop(model(), dataset, LAYOUT, loop_config(), broken, NullTracker())
+    train_loop(model(), dataset, LAYOUT, loop_config(caption_dropout=dropout), broken, NullTracker())
     a, b = rows(straight), rows(broken)
     assert [r["step"] for r in b] == list(range(1, 13))  # no duplicate steps
     for ra, rb in zip(a, b, strict=True):
         assert rb["loss"] == pytest.approx(ra["loss"], abs=1e-6)
         assert rb["image_loss"] == pytest.approx(ra["image_loss"], abs=1e-6)
+
+
+def test_caption_dropout_trains_that_share_of_sequences_on_the_empty_caption(dataset, tmp_path):
+    """What the model is fed: about 30% of rows <doc> <text> </text> <image>..., the others as stored."""
+    net, fed = model(), []
+    net.register_forward_pre_hook(lambda _m, args: fed.append(args[0].clone()))
+    train_loop(net, dataset, LAYOUT, loop_config(caption_dropout=0.3), tmp_path, NullTracker())
+    inputs = torch.cat(fed)  # (12 steps x 8 sequences, SEQ - 1)
+    empty = (inputs[:, 2] == LAYOUT.text_end) & (inputs[:, 3] == LAYOUT.image)
+    assert 0.15 < float(empty.float().mean()) < 0.45
+    assert bool((LAYOUT.is_text(inputs[~empty]).sum(dim=1) >= 2).all())  # kept rows keep their caption
 
 
 def test_crash_between_checkpoints_drops_the_unsaved_steps(dataset, tmp_path):

@@ -278,6 +278,12 @@ class TrainConfig:
     """Checkpoint interval, in tokens (and always at the end)."""
     seed: int = 0
     """Seed of initialisation, data order and dropout-free sampling."""
+    caption_dropout: float = 0.0
+    """Fraction of text-to-image training sequences whose caption is removed (``<doc> <text> </text> <image>
+    codes...``), drawn per sequence from train.seed: the model also learns the image distribution without
+    a caption, which classifier-free guidance (evaluate.guidance_scale) samples against, as Parti and Muse
+    train. 0: every caption kept (the paper's setting; then not in the key, so older runs stay valid).
+    Unconditional arms have no caption and ignore it."""
     precision: Precision = "auto"
     """auto: bf16 on CUDA, float32 on CPU; bf16: forward and loss under bf16 autocast, with float32 weights,
     gradients and optimizer state; float32: no autocast. Also the pretrain stage's, and sampling's in
@@ -334,6 +340,11 @@ class EvaluateConfig:
     """Keep the k most likely image codes (0: all)."""
     top_p: float = 1.0
     """Nucleus sampling: keep the smallest set of codes with this much probability (1.0: all)."""
+    guidance_scale: float = 1.0
+    """Classifier-free guidance of text-to-image sampling: the logits are uncond + scale * (cond - uncond),
+    uncond being the model's logits after an empty caption. 1: no guidance (one forward per code; then not
+    in the key). Above 1 needs a model trained with train.caption_dropout > 0, and costs a second forward.
+    Unconditional arms ignore it."""
     batch_size: int = 32
     """Prompts sampled at once."""
     grid_images: int = 16

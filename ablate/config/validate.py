@@ -297,6 +297,21 @@ def validate(cfg: RunConfig, arm: str | None = None) -> None:
     ev = cfg.evaluate
     if not 0 < ev.top_p <= 1:
         raise ConfigError("evaluate.top_p", ev.top_p, "a number in (0, 1]", arm=arm)
+    if not 0 <= tr.caption_dropout < 1:
+        raise ConfigError("train.caption_dropout", tr.caption_dropout, "a fraction in [0, 1)", arm=arm)
+    if not ev.guidance_scale >= 1:
+        raise ConfigError(
+            "evaluate.guidance_scale", ev.guidance_scale, "a number >= 1 (1 disables guidance)", arm=arm
+        )
+    if ev.guidance_scale != 1 and cfg.data.task == "t2i" and tr.caption_dropout == 0:
+        raise ConfigError(
+            "evaluate.guidance_scale",
+            ev.guidance_scale,
+            "1 for a model trained with every caption (train.caption_dropout=0)",
+            arm=arm,
+            hint="guidance needs the model's image distribution without a caption: set train.caption_dropout "
+            "(e.g. 0.1) too, or evaluate.guidance_scale=1",
+        )
     for key, value in (("evaluate.top_k", ev.top_k), ("evaluate.probe_every_tokens", ev.probe_every_tokens)):
         if value < 0:
             raise ConfigError(key, value, "an integer >= 0 (0 disables)", arm=arm)

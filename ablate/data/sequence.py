@@ -213,6 +213,33 @@ def layout_t2i(caption_ids: Any, image_codes: Any, layout: VocabLayout, seq_len:
     return out
 
 
+def caption_dropout_mask(seed: int, step: int, n: int, rate: float) -> np.ndarray:
+    """Which of a step's n global sequences lose their caption (bool (n,)): from (seed, step) alone, so a
+    resumed run and every rank of a data-parallel one agree."""
+    if rate <= 0:
+        return np.zeros(n, dtype=bool)
+    return np.random.default_rng([seed, step, 0xCA9]).random(n) < rate
+
+
+def drop_captions(batch: np.ndarray, layout: VocabLayout, drop: np.ndarray) -> np.ndarray:
+    """The t2i rows of ``batch (B, L)`` marked in ``drop (B,)`` with their caption removed: ``<doc> <text>
+    </text> <image> codes... </image> </doc>``, shifted left and right-padded. Rows with no ``<text>``
+    (unconditional) and unmarked rows are returned unchanged; a new array."""
+    out = np.array(batch, copy=True)
+    for i in np.flatnonzero(drop):
+        row = out[i]
+        if row.size < 2 or row[1] != layout.text:
+            continue
+        ends = np.flatnonzero(row == layout.text_end)
+        if not ends.size:  # pragma: no cover (every t2i row has one: layout_t2i)
+            raise DataError(f"a t2i sequence without </text> (id {layout.text_end}) in row {i}")
+        cut = int(ends[0]) - 2  # the caption's tokens, between <text> and </text>
+        if cut:
+            out[i, 2:-cut] = row[2 + cut :].copy()
+            out[i, -cut:] = layout.pad
+    return out
+
+
 def layout_uncond(image_codes: Any, layout: VocabLayout, seq_len: int) -> np.ndarray:
     """Unconditional (image-only) training sequence, int32 ``(seq_len,)``."""
     codes = np.asarray(image_codes, dtype=np.int64).reshape(-1)

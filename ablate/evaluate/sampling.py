@@ -113,6 +113,7 @@ def sample_images(
     generator: torch.Generator | None = None,
     *,
     use_cache: bool = True,
+    guidance_scale: float = 1.0,
 ) -> torch.Tensor:
     """Sample ``n_codes`` image codes after each prompt: ``prompts (B, P)`` -> codes ``(B, n_codes)``.
 
@@ -124,8 +125,17 @@ def sample_images(
     Runs in eval mode under no_grad (the model's previous train/eval mode is restored). ``generator``
     (on the model's device) makes the samples reproducible: same seed, same codes. ``use_cache=False``
     re-runs the whole prefix every step even if the model has a KV cache (the slow reference path).
+
+    ``guidance_scale`` > 1: classifier-free guidance. A second stream decodes the same codes after the
+    empty-caption prompt ``<doc> <text> </text> <image>`` and each step's image logits become
+    ``uncond + scale * (cond - uncond)`` before the filters (the model must have been trained with
+    caption dropout to know that prompt).
     """
     _check_filters(temperature, top_k, top_p)
+    if isinstance(guidance_scale, bool) or not (
+        isinstance(guidance_scale, numbers.Real) and guidance_scale >= 1
+    ):
+        raise ConfigError("evaluate.guidance_scale", guidance_scale, "a number >= 1 (1 disables guidance)")
     if isinstance(n_codes, bool) or not isinstance(n_codes, numbers.Integral) or n_codes < 1:
         raise ConfigError("n_codes", n_codes, "an integer >= 1 (image tokens per image)")
     device = _model_device(model)
@@ -140,36 +150,59 @@ def sample_images(
         )
     lo, hi = layout.image_offset, layout.size  # image codes occupy [lo, hi) of the vocabulary
     codes = torch.empty(b, n_codes, dtype=torch.long, device=device)  # (B, n_codes)
+    streams = [_Stream(model, ids, n_codes, use_cache)]
+    if guidance_scale != 1:
+        null = torch.tensor([layout.doc, layout.text, layout.text_end, layout.image], device=device)
+        streams.append(_Stream(model, null.expand(b, -1), n_codes, use_cache))  # (B, 4): the empty caption
     was_training = model.training
     model.eval()
-    # The last code drawn is never fed back, so the cache needs room for P + n_codes - 1 tokens.
-    cache = _new_cache(model, p + n_codes - 1) if use_cache else None
-    step_ids = ids  # what the next forward runs: the prompt, then (with a cache) one new token per row
     try:
         for i in range(n_codes):
-            if cache is None:
-                logits = model(ids)[:, -1, :].float()  # (B, V) next-token logits, whole prefix re-run
-            else:
-                logits = model(step_ids, cache=cache)[:, -1, :].float()  # (B, V), new tokens only
-            if logits.shape[-1] < hi:
+            logits = [st.next_logits() for st in streams]  # each (B, V)
+            if logits[0].shape[-1] < hi:
                 raise DataError(
-                    f"model vocabulary ({logits.shape[-1]} ids) is smaller than the layout's ({hi}); "
+                    f"model vocabulary ({logits[0].shape[-1]} ids) is smaller than the layout's ({hi}); "
                     "the model was not built for this text tokenizer / codebook"
                 )
             # Only image codes are candidates: top-k / top-p rank and renormalise over them alone. Drawing
             # from the (B, K) slice (not a masked (B, V) row) is the mask, and K << V makes the sort cheap.
-            probs = filter_logits(logits[:, lo:hi], temperature, top_k, top_p).softmax(dim=-1)  # (B, K)
+            image = logits[0][:, lo:hi]  # (B, K)
+            if len(logits) > 1:
+                uncond = logits[1][:, lo:hi]  # (B, K)
+                image = uncond + guidance_scale * (image - uncond)
+            probs = filter_logits(image, temperature, top_k, top_p).softmax(dim=-1)  # (B, K)
             nxt = torch.multinomial(probs, 1, generator=generator) + lo  # (B, 1) vocabulary ids
             if bool(((nxt < lo) | (nxt >= hi)).any()):  # pragma: no cover (a broken invariant)
                 raise RuntimeError("sampled a non-image id at an image position")
             codes[:, i] = nxt[:, 0] - lo
-            if cache is None:
-                ids = torch.cat([ids, nxt], dim=1)  # (B, P + i + 1)
-            else:
-                step_ids = nxt  # (B, 1); the prefix is in the cache
+            for st in streams:
+                st.feed(nxt)
     finally:
         model.train(was_training)
     return codes.cpu()
+
+
+class _Stream:
+    """One decoding context: a prompt batch and the codes drawn after it, with its own key/value cache."""
+
+    def __init__(self, model: nn.Module, prompt: torch.Tensor, n_codes: int, use_cache: bool) -> None:
+        self.model, self.ids = model, prompt  # (B, P)
+        # The last code drawn is never fed back, so the cache needs room for P + n_codes - 1 tokens.
+        self.cache = _new_cache(model, prompt.shape[1] + n_codes - 1) if use_cache else None
+        self.step_ids = prompt  # what the next forward runs: the prompt, then (cached) one new token per row
+
+    def next_logits(self) -> torch.Tensor:
+        """(B, V) float logits of the next token."""
+        if self.cache is None:
+            return self.model(self.ids)[:, -1, :].float()  # whole prefix re-run
+        return self.model(self.step_ids, cache=self.cache)[:, -1, :].float()  # new tokens only
+
+    def feed(self, nxt: torch.Tensor) -> None:
+        """Append the drawn ids ``(B, 1)``."""
+        if self.cache is None:
+            self.ids = torch.cat([self.ids, nxt], dim=1)  # (B, P + i + 1)
+        else:
+            self.step_ids = nxt  # (B, 1); the prefix is in the cache
 
 
 def sample_from_prompts(
@@ -184,6 +217,7 @@ def sample_from_prompts(
     generator: torch.Generator | None = None,
     *,
     use_cache: bool = True,
+    guidance_scale: float = 1.0,
 ) -> torch.Tensor:
     """``sample_images`` for 1-D prompts of any lengths: ``N`` prompts -> codes ``(N, n_codes)``, input order.
 
@@ -214,5 +248,6 @@ def sample_from_prompts(
                 top_p,
                 generator=generator,
                 use_cache=use_cache,
+                guidance_scale=guidance_scale,
             )
     return out

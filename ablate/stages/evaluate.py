@@ -162,6 +162,7 @@ def sample_slice(ctx: StageContext, index: int) -> dict[str, np.ndarray]:
             top_k=e.top_k,
             top_p=e.top_p,
             generator=generator,
+            guidance_scale=e.guidance_scale if cfg.data.task == "t2i" else 1.0,
         )  # (n, n_codes)
     out: dict[str, np.ndarray] = {
         "index": np.arange(lo, lo + n),
@@ -312,6 +313,8 @@ def config(cfg: RunConfig) -> dict:
     """What the key hashes: the sampling settings (the probe's are train's), the sequence layout, the
     slicing (a slice's seed depends on it) and the reference set whose captions it samples."""
     out: dict[str, Any] = {k: v for k, v in asdict(cfg.evaluate).items() if k not in PROBE_FIELDS}
+    if cfg.evaluate.guidance_scale == 1 or cfg.data.task != "t2i":  # read by t2i only; 1 keeps older keys
+        del out["guidance_scale"]
     out.update(task=cfg.data.task, seq_len=cfg.data.seq_len)
     if has_eval_set(cfg):  # the captions, tokenized here as the training data's are
         out["eval_set"] = eval_set_config(cfg.data, cfg.evaluate.n_samples)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -151,6 +151,8 @@ def run(ctx: StageContext) -> None:
         warmup_tokens=cfg.optim.warmup_tokens,
         seed=t.seed,
     )
+    if cfg.data.task == "t2i":
+        loop = replace(loop, caption_dropout=t.caption_dropout)
     probe = text_probe(ctx, model, layout)
     train_and_save(ctx, model, dataset, layout, loop, probe, cfg.evaluate.probe_every_tokens)
     if dist.is_main():
@@ -185,6 +187,8 @@ def config(cfg: RunConfig) -> dict:
         section, name = field_.split(".", 1)
         out[section] = {k: v for k, v in out[section].items() if k != name}
     out["evaluate"] = {k: full["evaluate"][k] for k in PROBE_FIELDS}
+    if cfg.train.caption_dropout == 0 or cfg.data.task != "t2i":  # read by t2i only; 0 keeps older keys
+        del out["train"]["caption_dropout"]
     if cfg.model.config_json:  # the file's architecture, not just its path (edited in place, it differs)
         out["config_json_arch"] = arch_config(cfg)
     return out

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ablate.config.schema import OptimConfig
-from ablate.data.sequence import VocabLayout
+from ablate.data.sequence import VocabLayout, caption_dropout_mask, drop_captions
 from ablate.data.shards import ShardDataset, ShardSampler, read_batch
 from ablate.errors import ConfigError
 from ablate.rundir import RunDir
@@ -64,6 +64,8 @@ class LoopConfig:
     grad_reduce_dtype: str = "float32"
     """Data parallel: float32 or bf16, the dtype gradients are summed over ranks in."""
     seed: int = 0
+    caption_dropout: float = 0.0
+    """Fraction of text-to-image sequences trained without their caption (ablate.data.sequence.drop_captions)."""
     progress_every_s: float = 2.0
 
 
@@ -203,7 +205,11 @@ def train_loop(
         # This rank's strided share of the step's global positions: rank r takes r, r + W, r + 2W, ...
         first = step * plan.sequences_per_step
         positions = np.arange(first + env.rank, first + plan.sequences_per_step, env.world_size)
-        batch = read_batch(dataset, sampler.indices_at(positions)).to(device)  # (S_rank, L)
+        batch = read_batch(dataset, sampler.indices_at(positions))  # (S_rank, L)
+        if cfg.caption_dropout:
+            drop = caption_dropout_mask(cfg.seed, step, plan.sequences_per_step, cfg.caption_dropout)
+            batch = torch.from_numpy(drop_captions(batch.numpy(), layout, drop[positions - first]))
+        batch = batch.to(device)
         inputs, targets = shift_targets(batch)  # (S_rank, L-1) each
         # Token-weighted accumulation: each micro-batch's mean is scaled by its share of the *global* step's
         # targets, so summing over micro-batches and ranks gives the mean over the whole global batch.
