@@ -15,7 +15,8 @@ A sweep file (sweeps/*.yaml) has:
     exclude:                        # drop arms whose values match every key of an entry (keys of
       - {model.init: random, train.trainable: emb_out}  #   'grid' or 'arms' only)
     max_arms: 5000                  # optional; the most arms the file may expand to (default 1,000)
-    seeds: 3                        # optional; every arm (included ones too) once per train.seed 0..N-1
+    seeds: 3                        # optional; every arm (included ones too) once per train.seed 0..N-1;
+                                    #   or per scale, {demo: 3} (a scale not named: 1)
 
 Command-line overrides apply to every arm, last (they win).
 Every arm remembers the sweeps it belongs to: its file's name and the names of the files including it.
@@ -124,11 +125,27 @@ class _Parser:
         where = f"{self.path}:{line}" if line else str(self.path)
         return SweepError(f"{where}: {msg}")
 
-    def seeds_of(self) -> int:
-        """The file's `seeds` (a positive integer), else 1: each arm once, with the config's seed."""
+    def seeds_of(self, scale: str) -> int:
+        """The file's `seeds` at `scale` (a positive integer, or a mapping of scale names to one, a scale
+        it leaves out taking 1), else 1: each arm once, with the config's seed."""
         value = self.data.get("seeds", 1) if isinstance(self.data, dict) else 1
+        if isinstance(value, dict):
+            unknown = [k for k in value if k not in SCALES]
+            if unknown:
+                raise self.error(
+                    f"seeds: unknown scale {_show(unknown[0])}; allowed: {', '.join(SCALES)}", "seeds"
+                )
+            for name, n in value.items():
+                self._check_seeds(n, "seeds", str(name))
+            return int(value.get(scale, 1))
+        return self._check_seeds(value, "seeds")
+
+    def _check_seeds(self, value: Any, *keypath: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SEEDS:
-            raise self.error(f"'seeds' is an integer from 1 to {MAX_SEEDS}, got {_show(value)}", "seeds")
+            raise self.error(
+                f"'seeds' is an integer from 1 to {MAX_SEEDS} (or a mapping of scales to one), got {_show(value)}",
+                *keypath,
+            )
         return value
 
     def max_arms_of(self) -> int:
@@ -451,7 +468,7 @@ def load_sweep(
     for a in arms:
         overrides = outer + base + [f"{k}={v}" for k, v in a.assignments.items()] + cli
         out.append(Arm(a.label or label_of(a.assignments), a.assignments, overrides, (name,)))
-    seeds = parser.seeds_of()
+    seeds = parser.seeds_of(scale)
     if seeds > 1:
         out = _with_seeds(out, seeds, parser)
     if len(out) > _limits[1]:

@@ -120,6 +120,13 @@ FREEZE = [
     "init=random trainable=all",
 ]
 CONTRASTIVE = ["init=pretrained", "init=random", "init=pretrained image_init=contrastive"]
+
+
+def seeded(labels: list[str]) -> list[str]:
+    """The labels of a file with `seeds: 3`."""
+    return [f"{label} seed={s}" for label in labels for s in range(3)]
+
+
 # What each file's header comment promises, at demo scale (the default) and at scale=paper.
 EXPECTED = {
     "demo.yaml": [
@@ -128,11 +135,11 @@ EXPECTED = {
         "task=t2i init=pretrained image_init=contrastive",
         "task=uncond init=pretrained trainable=emb_out",
     ],
-    "t2i_init.yaml": ["init=pretrained", "init=random"],
-    "freeze.yaml": FREEZE,
+    "t2i_init.yaml": seeded(["init=pretrained", "init=random"]),
+    "freeze.yaml": seeded(FREEZE),
     "lr.yaml": [f"init={i} lr={lr}" for i in INITS for lr in ("0.000167", "0.000333", "0.000667", "0.001")],
     "batch.yaml": [f"init={i} batch_tokens={b}" for i in INITS for b in (1152, 2304, 4608)],
-    "contrastive.yaml": CONTRASTIVE,
+    "contrastive.yaml": seeded(CONTRASTIVE),
 }
 EXPECTED["paper.yaml"] = [
     label for f in ("t2i_init", "freeze", "lr", "batch", "contrastive") for label in EXPECTED[f + ".yaml"]
@@ -180,28 +187,37 @@ def test_scale_grid_gives_the_papers_values_at_paper_scale(name):
 @pytest.mark.parametrize("cli", [None, PAPER_SCALE], ids=["demo", "paper"])
 def test_shared_arms_are_the_same_run_across_sweep_files(cli):
     t2i = keys("t2i_init.yaml", cli)
+    # Seed 0 is the config's own seed (3 seeds at demo scale, one run per arm at paper scale).
+    first = {v for k, v in t2i.items() if "seed=" not in k or k.endswith(" seed=0")}
     # The default LR and batch of each scale are points of the LR and batch grids: the t2i_init arms.
-    assert set(t2i.values()) < set(keys("lr.yaml", cli).values())
-    assert set(t2i.values()) < set(keys("batch.yaml", cli).values())
-    assert set(t2i.values()) < set(keys("contrastive.yaml", cli).values())
+    assert len(first) == 2 and first < set(keys("lr.yaml", cli).values())
+    assert first < set(keys("batch.yaml", cli).values())
+    assert set(t2i.values()) < set(keys("contrastive.yaml", cli).values())  # every seed
     if cli is None:
-        assert set(t2i.values()) < set(keys("demo.yaml").values())
+        assert first < set(keys("demo.yaml").values())
         assert (
             keys("demo.yaml")["task=uncond init=pretrained trainable=emb_out"]
-            == keys("freeze.yaml")["init=pretrained trainable=emb_out"]
+            == keys("freeze.yaml")["init=pretrained trainable=emb_out seed=0"]
         )
 
 
 def test_paper_sweep_collapses_shared_arms_and_remembers_every_sweep():
     arms = resolve_arms(load_sweep(SWEEPS / "paper.yaml"))
-    assert len(arms) == 19  # 2 + 6 + (8 - 2) + (6 - 2) + (3 - 2), as its header says
+    # 2 x 3 seeds + 6 x 3 + (8 - 2) + (6 - 2) + (3 - 2) x 3, as its header says: seed 0 of an arm is the
+    # arm of the one-seed files (lr, batch), the same run.
+    assert len(arms) == 37
     files = ("t2i_init", "freeze", "lr", "batch", "contrastive")
     union = set().union(*(keys(f + ".yaml").values() for f in files))
     assert {a.key for a in arms} == union
     by_key = {a.key: a for a in arms}
-    pretrained = by_key[keys("t2i_init.yaml")["init=pretrained"]]
+    pretrained = by_key[keys("t2i_init.yaml")["init=pretrained seed=0"]]
     assert set(pretrained.sweeps) == {"t2i_init", "lr", "batch", "contrastive", "paper"}
-    frozen = by_key[keys("freeze.yaml")["init=pretrained trainable=emb_out"]]
+    assert set(by_key[keys("t2i_init.yaml")["init=pretrained seed=1"]].sweeps) == {
+        "t2i_init",
+        "contrastive",
+        "paper",
+    }
+    frozen = by_key[keys("freeze.yaml")["init=pretrained trainable=emb_out seed=2"]]
     assert set(frozen.sweeps) == {"freeze", "paper"}
 
 
@@ -261,6 +277,12 @@ def test_seeds_repeat_every_arm_with_its_seed_included_ones_too(tmp_path):
     assert len({a.key for a in resolved}) == 9  # every seed is a run of its own
 
 
+def test_seeds_per_scale_apply_at_their_scale_only(tmp_path):
+    p = write(tmp_path, "name: x\nseeds: {demo: 2}\ngrid:\n  model.init: [random]\n")
+    assert [a.label for a in load_sweep(p).arms] == ["init=random seed=0", "init=random seed=1"]
+    assert [a.label for a in load_sweep(p, ["scale=paper"]).arms] == ["init=random"]
+
+
 @pytest.mark.parametrize(
     "text, needle",
     [
@@ -268,6 +290,11 @@ def test_seeds_repeat_every_arm_with_its_seed_included_ones_too(tmp_path):
         ("name: x\nseeds: true\ngrid:\n  model.init: [random]\n", "'seeds' is an integer from 1"),
         ("name: x\nseeds: 2\ngrid:\n  train.seed: [1, 2]\n", "sets train.seed itself"),
         ("name: x\nseeds: 100\ngrid:\n  optim.lr: range(1,20)\n", "1,900 arms|19 arms x 100 seeds"),
+        (
+            "name: x\nseeds: {demos: 3}\ngrid:\n  model.init: [random]\n",
+            "unknown scale 'demos'; allowed: demo",
+        ),
+        ("name: x\nseeds: {paper: 0}\ngrid:\n  model.init: [random]\n", "s.yaml:2: 'seeds' is an integer"),
     ],
 )
 def test_bad_seeds_are_clear_errors(tmp_path, text, needle):

@@ -155,8 +155,8 @@ def test_include_error_never_quotes_the_file(tmp_path):
 
 
 def test_include_of_a_project_sweep_from_another_folder_and_a_self_symlink(tmp_path):
-    p = write(tmp_path, f"name: s\ninclude: [{SWEEPS / 't2i_init.yaml'}]\n")
-    assert [a.label for a in load_sweep(p).arms] == ["init=pretrained", "init=random"]
+    p = write(tmp_path, f"name: s\ninclude: [{SWEEPS / 'lr.yaml'}]\n")
+    assert len(load_sweep(p).arms) == 8
     (tmp_path / "loop.yaml").symlink_to(tmp_path / "loop.yaml")
     q = write(tmp_path, "name: s\ninclude: [loop.yaml]\n", "q.yaml")
     with pytest.raises(SweepError, match="cannot be resolved"):
