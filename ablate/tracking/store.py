@@ -134,14 +134,14 @@ def _is_permanent(exc: BaseException) -> bool:
 
 def _retry_race(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """call(*args, **kwargs), sent again (after a short random pause) while it loses a write race to another process."""
-    for attempt in range(_RACE_ATTEMPTS):
+    for attempt in range(1, _RACE_ATTEMPTS):
         try:
             return call(*args, **kwargs)
         except Exception as exc:
-            if attempt == _RACE_ATTEMPTS - 1 or not lost_write_race(exc):
+            if not lost_write_race(exc):
                 raise
-            time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
-    raise AssertionError("unreachable")
+        time.sleep(random.uniform(0.05, 0.3) * attempt)
+    return call(*args, **kwargs)  # the last attempt: whatever it raises is the caller's
 
 
 def set_experiment_tag(client: Any, experiment_id: str, key: str, value: str) -> None:
