@@ -51,3 +51,8 @@ class StorageError(AblateError, OSError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class StopRequested(Exception):
+    """A stage stopped early on request (SIGINT/SIGTERM, preemption), after its checkpoint: not a failure
+    to report but a job to requeue or resume."""

@@ -30,7 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ablate.data.sequence import VocabLayout  # noqa: E402
-from ablate.model.transformer import ModelArgs, Transformer, count_parameters, flops_per_token  # noqa: E402
+from ablate.model.args import flops_per_token  # noqa: E402
+from ablate.model.transformer import ModelArgs, Transformer, count_parameters  # noqa: E402
 from ablate.train.loss import shift_targets, split_loss  # noqa: E402
 
 # Dense bf16 tensor-core peaks, without sparsity, FLOP/s per device (vendor data sheets; SXM parts).

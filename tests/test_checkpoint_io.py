@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ablate.errors import AssetMissingError, CheckpointError
-from ablate.model import ModelArgs, Transformer, load_into, load_open_lm_state_dict
+from ablate.model.checkpoint_io import load_into, load_open_lm_state_dict
+from ablate.model.transformer import ModelArgs, Transformer
 
 
 def make(seed: int, **kw) -> Transformer:

@@ -23,7 +23,7 @@ from ablate.config.compose import compose_config, to_run_config
 from ablate.config.validate import validate
 from ablate.data.sequence import VocabLayout, layout_t2i
 from ablate.data.shards import ShardDataset, ShardWriter
-from ablate.errors import ConfigError
+from ablate.errors import ConfigError, StopRequested
 from ablate.model.transformer import ModelArgs, Transformer
 from ablate.rundir import MetricsLog, RunDir
 from ablate.stages import registry
@@ -32,7 +32,7 @@ from ablate.stages.stage import Stage
 from ablate.tracking import NullTracker
 from ablate.train import distributed as dist
 from ablate.train.distributed import DistEnv
-from ablate.train.loop import LoopConfig, StopRequested, train_loop
+from ablate.train.loop import LoopConfig, train_loop
 from ablate.train.schedule import plan_batch
 
 LAYOUT = VocabLayout(text_vocab_size=32, codebook_size=16)

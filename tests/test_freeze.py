@@ -9,14 +9,8 @@ import torch
 
 from ablate.config.schema import TRAINABLE_PRESETS as PRESETS
 from ablate.errors import ConfigError
-from ablate.model import (
-    ModelArgs,
-    Transformer,
-    apply_trainable,
-    count_parameters,
-    positional_parameter_names,
-    trainable_parameter_names,
-)
+from ablate.model.freeze import apply_trainable, positional_parameter_names, trainable_parameter_names
+from ablate.model.transformer import ModelArgs, Transformer, count_parameters
 
 NORM = re.compile(r"(^post_embed_norm\.|^norm\.|\.attention_norm\.|\.ffn_norm\.|\.q_norm\.|\.k_norm\.)")
 

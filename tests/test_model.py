@@ -10,15 +10,8 @@ import torch
 
 from ablate.config.schema import NORMS
 from ablate.errors import AssetMissingError, ConfigError
-from ablate.model import (
-    ModelArgs,
-    Transformer,
-    count_parameters,
-    ffn_hidden_dim,
-    flops_per_token,
-    non_embedding_parameters,
-)
-from ablate.model.transformer import Rotary, make_norm
+from ablate.model.args import ffn_hidden_dim, flops_per_token, non_embedding_parameters
+from ablate.model.transformer import ModelArgs, Rotary, Transformer, count_parameters, make_norm
 
 OPEN_LM_1B = {  # open_lm/model_configs/open_lm_1b.json plus keys of the "_old" variant and an unknown one
     "hidden_dim": 2048,

@@ -9,10 +9,10 @@ import torch
 from test_train_loop import LAYOUT, SEQ, dataset, loop_config, model, rows  # noqa: F401  (dataset: a fixture)
 
 from ablate.config.compose import compose_config, to_run_config
-from ablate.errors import ConfigError
+from ablate.errors import ConfigError, StopRequested
 from ablate.stages.plan import plan_stages
 from ablate.tracking import NullTracker
-from ablate.train.loop import StopRequested, precision_context, train_loop
+from ablate.train.loop import precision_context, train_loop
 
 # bf16 keeps 8 mantissa bits; over 12 steps of this model the loss stays within this of float32's.
 BF16_REL_TOL = 0.03

@@ -10,9 +10,10 @@ import torch
 
 from ablate.data.sequence import VocabLayout, layout_t2i
 from ablate.data.shards import ShardDataset, ShardWriter
+from ablate.errors import StopRequested
 from ablate.model.transformer import ModelArgs, Transformer
 from ablate.tracking import NullTracker
-from ablate.train.loop import LoopConfig, StopRequested, train_loop
+from ablate.train.loop import LoopConfig, train_loop
 
 LAYOUT = VocabLayout(text_vocab_size=32, codebook_size=16)
 SEQ = 40

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ablate.errors import CheckpointError
-from ablate.model import load_open_lm_state_dict
+from ablate.model.checkpoint_io import load_open_lm_state_dict
 from ablate.train.checkpoint import load_checkpoint, save_checkpoint
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ablate.errors import ConfigError
-from ablate.model import ModelArgs, Transformer, expand_rows, expand_vocab
+from ablate.model.transformer import ModelArgs, Transformer
+from ablate.model.vocab import expand_rows, expand_vocab
 
 
 def tiny(**kw) -> Transformer:

@@ -53,7 +53,7 @@ def validate_config_json(m: S.ModelConfig, arm: str | None = None) -> None:
     if m.config_json is None:
         return
     # Imported here: the model module imports torch, which validating any other config does not need.
-    from ablate.model.transformer import open_lm_arch
+    from ablate.model.args import open_lm_arch
 
     try:
         arch = open_lm_arch(m.config_json)

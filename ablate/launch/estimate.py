@@ -6,7 +6,7 @@ cluster's time. Only the `train` stage is counted: at scale=paper the language m
 hundred steps over an embedding table (negligible next to training), and evaluation, checkpoint I/O,
 queueing and requeues are not counted.
 
-FLOPs per token are ``ablate.model.transformer.flops_per_token`` for the arm's widened vocabulary
+FLOPs per token are ``ablate.model.args.flops_per_token`` for the arm's widened vocabulary
 (``model.text_vocab_size`` + 7 specials + ``tokenizer.codebook_size``): ``6 N + 12 L d seq_len`` with N the
 non-embedding parameters (the output layer counts, the input embedding lookup does not) and the attention
 term over a full context, not halved for the causal mask (so slightly high, by ~4% at paper scale).
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ablate.config.schema import RunConfig
 from ablate.data.sequence import VocabLayout
-from ablate.model.transformer import flops_per_token, non_embedding_parameters
+from ablate.model.args import flops_per_token, non_embedding_parameters
 from ablate.stages.common import model_args
 from ablate.stages.plan import plan_stages
 from ablate.train.schedule import closest_micro_batch_size, plan_batch, tokens_to_steps

@@ -16,7 +16,6 @@ from ablate.config.schema import ClusterConfig
 from ablate.errors import LaunchError, StorageError
 from ablate.launch.graph import Graph, Node
 from ablate.rundir import RunDir
-from ablate.stages.runner import run_job
 
 Event = Callable[[str, Node, str], None]  # (event, node, detail): submitted | done | failed | skipped
 
@@ -71,6 +70,8 @@ def run_graph(
     graph: Graph, cluster: ClusterConfig, folder: Path, on_event: Event, echo: Callable[[str], None] = print
 ) -> bool:
     """Run every not-done node in dependency order; returns True if all succeeded."""
+    from ablate.stages.runner import run_job  # torch (in the runner's imports): only once a job runs
+
     executor = make_executor(cluster, folder)
     pending = [n for n in graph.ordered() if not n.done]
     for n in graph.ordered():

@@ -10,8 +10,8 @@ from ablate.cache import stage_dir
 from ablate.config.compose import _container
 from ablate.rundir import RunDir
 from ablate.stages import registry
+from ablate.stages.job import Job
 from ablate.stages.plan import StageSpec, plan_stages
-from ablate.stages.runner import Job
 
 
 @dataclass

@@ -19,9 +19,9 @@ from typing import Any
 
 import submitit
 
+from ablate.errors import StopRequested
 from ablate.stages import registry
-from ablate.stages.runner import Job, run_job
-from ablate.train.loop import StopRequested
+from ablate.stages.job import Job
 
 
 class _Preemption:
@@ -65,6 +65,8 @@ class StageJob(submitit.helpers.Checkpointable):
             # RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT for torch.distributed (env://).
             # All of a node's GPUs stay visible: the trainer picks cuda:LOCAL_RANK.
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        from ablate.stages.runner import run_job  # torch: in the job's process, not the launcher's
+
         preemption = _Preemption(job.stage, env.global_rank)
         preemption.install()
         try:

@@ -22,17 +22,14 @@ import io
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from ablate.align import nearest_text_tokens, train_alignment
 from ablate.atomic import atomic_write_text
 from ablate.config.schema import RunConfig
 from ablate.data.sequence import VocabLayout, caption_ids, extract_image_codes
-from ablate.data.shards import ShardDataset
-from ablate.errors import CheckpointError, DataError
-from ablate.model.checkpoint_io import load_open_lm_state_dict
+from ablate.errors import CheckpointError, DataError, StopRequested
 from ablate.rundir import MetricsLog, RunDir
 from ablate.stages import names
 from ablate.stages.context import StageContext
@@ -40,8 +37,11 @@ from ablate.stages.stage import Stage
 from ablate.stages.text_tokenizer import open_text_tokenizer
 from ablate.stages.train import pretrained_checkpoint
 from ablate.tokenize.text import TextTokenizer
-from ablate.train.checkpoint import save_checkpoint
-from ablate.train.loop import StopRequested
+
+if TYPE_CHECKING:  # torch and the code that needs it load when the stage runs (ablate.stages.common)
+    import torch
+
+    from ablate.data.shards import ShardDataset
 
 TOP_CODES = 50  # image codes listed in nearest_tokens.csv
 NEAREST_K = 5  # text tokens listed per image code
@@ -52,6 +52,8 @@ PROGRESS_EVERY = 10  # steps between progress.json updates
 def load_text_table(path: Path, trust: bool = False) -> torch.Tensor:
     """The LM's input embeddings ``tok_embeddings.weight`` (T, D), as float32 on the CPU (``trust``:
     model.trust_checkpoint)."""
+    from ablate.model.checkpoint_io import load_open_lm_state_dict
+
     state = load_open_lm_state_dict(path, trust=trust)
     table = state.get("tok_embeddings.weight")
     if table is None:
@@ -67,6 +69,8 @@ def read_pairs(
     All sequences if there are few enough, else a seeded random subset (each pair then seen about once,
     and memory bounded by what training uses). Sequences with an empty caption are skipped.
     """
+    import torch
+
     n = len(dataset)
     if n > max_pairs:
         indices = np.sort(np.random.default_rng(seed).choice(n, size=max_pairs, replace=False))
@@ -97,6 +101,10 @@ def nearest_tokens_csv(
     image_table: torch.Tensor, text_table: torch.Tensor, codes: torch.Tensor, tok: TextTokenizer
 ) -> str:
     """CSV of the most frequent image codes: code, frequency (occurrences), token_1..token_k, token_ids."""
+    import torch
+
+    from ablate.align.contrastive import nearest_text_tokens
+
     counts = torch.bincount(codes.reshape(-1), minlength=image_table.shape[0])  # (K,)
     # Stable sort of -count: ties go to the lower code, so the listing is reproducible.
     top = np.argsort(-counts.numpy(), kind="stable")[:TOP_CODES]
@@ -131,6 +139,12 @@ def _on_step(
 
 
 def run(ctx: StageContext) -> None:
+    import torch
+
+    from ablate.align.contrastive import train_alignment
+    from ablate.data.shards import ShardDataset
+    from ablate.train.checkpoint import save_checkpoint
+
     s = asdict(ctx.cfg.align)
     dataset = ShardDataset(ctx.inputs["prepare"] / "train")
     layout = VocabLayout.from_dict(dataset.metadata["vocab"])

@@ -1,22 +1,27 @@
-"""What the training stages (`pretrain`, `train`) share: model arguments, loop settings, the final save."""
+"""What the training stages (`pretrain`, `train`) share: model arguments, loop settings, the final save.
+
+Torch loads when a stage runs, not when a launch plans one (tests/test_launch_imports.py): the stage
+modules import the model, data and training code inside the functions that run them.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ablate.atomic import atomic_write_text
 from ablate.config.schema import RunConfig
 from ablate.data.sequence import VocabLayout
-from ablate.data.shards import ShardDataset
 from ablate.errors import ConfigError
-from ablate.model.transformer import ModelArgs, Transformer, open_lm_arch
+from ablate.model.args import ModelArgs, open_lm_arch
 from ablate.stages.context import StageContext
-from ablate.train import distributed as dist
-from ablate.train.checkpoint import save_checkpoint
-from ablate.train.loop import LoopConfig, train_loop
+
+if TYPE_CHECKING:
+    from ablate.data.shards import ShardDataset
+    from ablate.model.transformer import Transformer
+    from ablate.train.loop import LoopConfig
 
 # Model fields that define the architecture (what a pretrained checkpoint must match); all but
 # text_vocab_size are ModelArgs fields of the same name. model.config_json replaces them all.
@@ -68,6 +73,8 @@ def loop_config(
     cfg: RunConfig, *, total_tokens: int, batch_tokens: int, lr: float, warmup_tokens: int, seed: int
 ) -> LoopConfig:
     """The loop's settings: the stage's budget and LR; AdamW, clipping and checkpointing from the config."""
+    from ablate.train.loop import LoopConfig
+
     return LoopConfig(
         total_tokens=total_tokens,
         batch_tokens=batch_tokens,
@@ -99,6 +106,10 @@ def train_and_save(
     Data-parallel when the runner opened a process group: every rank trains on this rank's GPU (or the CPU);
     rank 0 alone writes the model, and the others wait until it is written.
     """
+    from ablate.train import distributed as dist
+    from ablate.train.checkpoint import save_checkpoint
+    from ablate.train.loop import train_loop
+
     model.to(dist.training_device())
     final = train_loop(
         model,

@@ -26,22 +26,16 @@ import io
 import json
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ablate.atomic import atomic_write_bytes, atomic_write_text
 from ablate.config.schema import RunConfig
 from ablate.data.eval_set import eval_set_config
 from ablate.data.sequence import VocabLayout, caption_ids, prompt_t2i, prompt_uncond
-from ablate.data.shards import ShardDataset
 from ablate.data.synthetic import Scene, render
 from ablate.errors import DataError
-from ablate.evaluate.image_metrics import caption_matches, colours_present, sample_grid, scene_valid
-from ablate.evaluate.sampling import sample_from_prompts
-from ablate.model.checkpoint_io import load_into, load_open_lm_state_dict
-from ablate.model.transformer import ModelArgs, Transformer
 from ablate.rundir import RunDir
 from ablate.stages import names
 from ablate.stages.context import StageContext
@@ -52,8 +46,11 @@ from ablate.stages.stage import Stage
 from ablate.stages.synth import load_split
 from ablate.stages.text_tokenizer import open_text_tokenizer
 from ablate.stages.train import PROBE_FIELDS
-from ablate.train.distributed import training_device
-from ablate.train.loop import precision_context
+
+if TYPE_CHECKING:  # torch and the code that needs it load when the stage runs (ablate.stages.common)
+    import torch
+
+    from ablate.model.transformer import Transformer
 
 T2I_SPLITS = {"val": "seen", "heldout": "heldout"}  # shard split -> the name the metrics use
 EVAL_SPLIT = "eval"  # the name of data.eval_path's samples in metrics and samples.csv
@@ -75,6 +72,11 @@ class PromptSet:
 
 def load_trained(train_dir, device: torch.device | None = None) -> Transformer:
     """The model a `train` stage saved (model.pt + model_config.json), in eval mode on `device`."""
+    import torch
+
+    from ablate.model.checkpoint_io import load_into, load_open_lm_state_dict
+    from ablate.model.transformer import ModelArgs, Transformer
+
     model = Transformer(ModelArgs.from_json(train_dir / "model_config.json"))
     load_into(model, load_open_lm_state_dict(train_dir / "model.pt"))
     return model.to(device or torch.device("cpu")).eval()
@@ -83,6 +85,8 @@ def load_trained(train_dir, device: torch.device | None = None) -> Transformer:
 def _split_set(ctx: StageContext, split: str, layout: VocabLayout, n: int, n_codes: int) -> PromptSet:
     """The first n pairs of a prepared split (same order as synth); real data has no scenes and its
     captions are decoded from the shards."""
+    from ablate.data.shards import ShardDataset
+
     shards = ShardDataset(ctx.inputs[names.PREPARE] / split)
     seqs = shards.read(np.arange(min(n, len(shards))))  # (n, L)
     ids = [caption_ids(s, layout) for s in seqs]
@@ -139,6 +143,14 @@ def _scene(sets: list[PromptSet], k: int, i: int) -> Scene:
 def sample_slice(ctx: StageContext, index: int) -> dict[str, np.ndarray]:
     """Sample and score slice `index` of the stage's prompts: per-sample arrays (index, set, codes, match,
     colour, chance; features with FID)."""
+    import torch
+
+    from ablate.data.shards import ShardDataset
+    from ablate.evaluate.image_metrics import caption_matches, colours_present, scene_valid
+    from ablate.evaluate.sampling import sample_from_prompts
+    from ablate.train.distributed import training_device
+    from ablate.train.loop import precision_context
+
     cfg, e = ctx.cfg, ctx.cfg.evaluate
     device = training_device()
     model = load_trained(ctx.inputs[names.TRAIN], device)
@@ -237,6 +249,11 @@ def _fid(ctx: StageContext, features: np.ndarray) -> float:
 
 
 def run(ctx: StageContext) -> None:
+    import torch
+
+    from ablate.data.shards import ShardDataset
+    from ablate.evaluate.image_metrics import sample_grid
+
     e = ctx.cfg.evaluate
     image_tok = open_image_tokenizer(ctx.inputs[names.IMAGE_TOKENIZER])
     layout = VocabLayout.from_dict(ShardDataset(ctx.inputs[names.PREPARE] / "val").metadata["vocab"])

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from ablate.config.schema import RunConfig
-from ablate.data.shards import ShardWriter
 from ablate.errors import AssetMissingError, DataError
 from ablate.stages import names
 from ablate.stages.context import StageContext
@@ -89,6 +88,8 @@ def run(ctx: StageContext) -> None:
         raise DataError(
             f"{path}: fewer than data.seq_len={seq_len} tokens of text; the probe needs at least one"
         )
+    from ablate.data.shards import ShardWriter  # torch: loaded when the stage runs (ablate.stages.common)
+
     writer = ShardWriter(
         ctx.out_dir / SPLIT, seq_len=seq_len, vocab_size=cfg.model.text_vocab_size, overwrite=True
     )

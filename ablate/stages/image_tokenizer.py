@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ablate.atomic import atomic_write_json, read_json
 from ablate.config.schema import RunConfig
@@ -17,11 +17,15 @@ from ablate.stages.stage import Stage
 from ablate.stages.synth import load_split
 from ablate.tokenize.diffusers_vq import KIND as DIFFUSERS
 from ablate.tokenize.diffusers_vq import load_diffusers_tokenizer
-from ablate.tokenize.image import ImageTokenizer, load_image_tokenizer, train_vqvae
+
+if TYPE_CHECKING:  # torch and the code that needs it load when the stage runs (ablate.stages.common)
+    from ablate.tokenize.image import ImageTokenizer
 
 
 def open_image_tokenizer(tok_dir: Path) -> ImageTokenizer:
     """The image tokenizer an `image_tokenizer` output refers to."""
+    from ablate.tokenize.image import load_image_tokenizer
+
     ref = read_json(Path(tok_dir) / "refs.json", {})
     if ref.get("kind") == DIFFUSERS:
         tok = load_diffusers_tokenizer(ref["image_path"], int(ref["image_size"]))
@@ -38,6 +42,10 @@ def open_image_tokenizer(tok_dir: Path) -> ImageTokenizer:
 
 
 def run(ctx: StageContext) -> None:
+    import torch
+
+    from ablate.tokenize.image import load_image_tokenizer, train_vqvae
+
     t = ctx.cfg.tokenizer
     refs: dict[str, object] = {}
     extra: dict[str, object] = {}

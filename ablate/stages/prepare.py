@@ -13,17 +13,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ablate.atomic import atomic_write_json
 from ablate.config.schema import RunConfig
 from ablate.data.preprocess import SkipCounter
-from ablate.data.pretokenize import Settings, pretokenize
 from ablate.data.sequence import VocabLayout, layout_t2i, layout_uncond
-from ablate.data.shards import ShardDataset, ShardWriter, combine
 from ablate.data.sources import (
     RawSample,
     expand_pattern,
@@ -40,13 +37,20 @@ from ablate.stages.image_tokenizer import open_image_tokenizer
 from ablate.stages.stage import Stage
 from ablate.stages.synth import SPLITS, load_split
 from ablate.stages.text_tokenizer import open_text_tokenizer
-from ablate.tokenize.image import ImageTokenizer
 from ablate.tokenize.text import TextTokenizer
+
+if TYPE_CHECKING:  # torch and the code that needs it load when the stage runs (ablate.stages.common)
+    from ablate.data.pretokenize import Settings
+    from ablate.tokenize.image import ImageTokenizer
 
 ENCODE_BATCH = 256
 
 
 def _run_synthetic(ctx: StageContext) -> None:
+    import torch
+
+    from ablate.data.shards import ShardWriter
+
     d = ctx.cfg.data
     image_tok = open_image_tokenizer(ctx.inputs["image_tokenizer"])
     text_tok = open_text_tokenizer(ctx.inputs["text_tokenizer"])
@@ -134,6 +138,8 @@ def units(cfg: RunConfig) -> tuple[str, ...]:
 
 
 def _settings(cfg: RunConfig) -> Settings:
+    from ablate.data.pretokenize import Settings
+
     d = cfg.data
     return Settings(
         task=d.task,
@@ -157,6 +163,8 @@ def _samples(cfg: RunConfig, files: list[Path]) -> Iterator[RawSample]:
 
 def run_unit(ctx: StageContext) -> None:
     """Pretokenize one unit of real data into ctx.out_dir (units/<unit>/)."""
+    from ablate.data.pretokenize import pretokenize
+
     cfg, unit = ctx.cfg, str(ctx.unit)
     files = _input_units(cfg).get(unit)
     if files is None:
@@ -216,6 +224,8 @@ def _shard_meta(
 
 def _combine_units(ctx: StageContext) -> None:
     """The stage's own job on real data: one dataset per split across every unit, the manifest, metrics."""
+    from ablate.data.shards import ShardDataset, combine
+
     cfg = ctx.cfg
     names_ = units(cfg)
     out = RunDir(ctx.out_dir)

@@ -10,18 +10,14 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import numpy as np
-import torch
 
 from ablate.config.schema import RunConfig
 from ablate.data.sequence import VocabLayout
-from ablate.data.shards import ShardDataset, ShardWriter
-from ablate.model.transformer import Transformer, count_parameters
 from ablate.stages import names
 from ablate.stages.common import arch_config, loop_config, model_args, train_and_save
 from ablate.stages.context import StageContext
 from ablate.stages.stage import Stage
 from ablate.stages.text_tokenizer import load_corpus, open_text_tokenizer
-from ablate.train import distributed as dist
 
 
 def pack_documents(docs: list[str], tokenizer, seq_len: int, separator: str = "\n\n") -> np.ndarray:
@@ -37,6 +33,8 @@ def pack_documents(docs: list[str], tokenizer, seq_len: int, separator: str = "\
 
 def write_text_shards(ctx: StageContext, seq_len: int) -> dict[str, int]:
     """Tokenize the corpus splits into shards under out_dir/data/{train,heldout}; returns token counts."""
+    from ablate.data.shards import ShardWriter
+
     tok = open_text_tokenizer(ctx.inputs["text_tokenizer"])
     counts = {}
     for split in ("train", "heldout"):
@@ -54,6 +52,13 @@ def write_text_shards(ctx: StageContext, seq_len: int) -> dict[str, int]:
 
 
 def run(ctx: StageContext) -> None:
+    # torch and the code that needs it load when the stage runs (ablate.stages.common)
+    import torch
+
+    from ablate.data.shards import ShardDataset
+    from ablate.model.transformer import Transformer, count_parameters
+    from ablate.train import distributed as dist
+
     cfg, p = ctx.cfg, ctx.cfg.pretrain
     seq_len = cfg.data.seq_len
     # Rank 0 tokenizes the corpus (data-parallel ranks share the directory); the others wait for it.

@@ -8,44 +8,20 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ablate.config.compose import config_from_dict
-from ablate.errors import AblateError
+from ablate.errors import AblateError, StopRequested
 from ablate.filelock import FileLock
 from ablate.rundir import RunDir
 from ablate.stages import registry
 from ablate.stages.context import StageContext
+from ablate.stages.job import Job
 from ablate.train import distributed as dist
 from ablate.train.distributed import DistEnv, init_distributed
-from ablate.train.loop import StopRequested
-
-
-@dataclass
-class Job:
-    """Everything a stage job needs; picklable, so submitit can ship it to another process or node."""
-
-    stage: str
-    key: str
-    out_dir: str
-    inputs: dict[str, str]
-    config: dict[str, Any]
-    labels: list[str] = field(default_factory=list)
-    tracking: dict[str, Any] | None = None
-    """Where the job logs (ablate.tracking.JobTracking.to_dict()): its runs are found or created when it
-    starts. None: nothing is tracked (a unit of work, or a test)."""
-    sweep: str | None = None
-    threads: int = 1
-    unit: str | None = None
-    """One unit of work of a stage split into units: out_dir is then the unit's directory."""
-
-    @property
-    def name(self) -> str:
-        return f"{self.stage}/{self.key}" + (f"/{self.unit}" if self.unit else "")
 
 
 def _null_tracker():

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ablate.config.schema import EXECUTION_SECTIONS, UNKEYED_FIELDS, RunConfig
 from ablate.data.sequence import VocabLayout
-from ablate.data.shards import ShardDataset
 from ablate.errors import CheckpointError
-from ablate.evaluate.text_ability import TextProbe
-from ablate.model.checkpoint_io import load_into, load_open_lm_state_dict
-from ablate.model.freeze import apply_trainable, positional_parameter_names
-from ablate.model.transformer import Transformer
-from ablate.model.vocab import expand_vocab
 from ablate.rundir import RunDir
 from ablate.stages import names
 from ablate.stages.common import arch_config, loop_config, model_args, train_and_save
@@ -23,8 +16,12 @@ from ablate.stages.context import StageContext
 from ablate.stages.heldout_text import SPLIT as HELDOUT_SPLIT
 from ablate.stages.stage import Stage
 from ablate.stages.text_tokenizer import open_text_tokenizer
-from ablate.train import distributed as dist
 from ablate.train.final import FINAL_METRICS, final_values
+
+if TYPE_CHECKING:  # torch and the code that needs it load when the stage runs (ablate.stages.common)
+    import torch
+
+    from ablate.model.transformer import Transformer
 
 # evaluate.* fields that change what `train` computes (the text probe runs inside training); the others
 # (sampling) are read by `evaluate` only, so changing them re-evaluates without retraining.
@@ -40,6 +37,12 @@ def pretrained_checkpoint(ctx: StageContext) -> Path:
 
 def build_model(ctx: StageContext, layout: VocabLayout) -> Transformer:
     """The arm's initial model: LM weights widened for specials and image codes, or all random."""
+    import torch
+
+    from ablate.model.checkpoint_io import load_into, load_open_lm_state_dict
+    from ablate.model.transformer import Transformer
+    from ablate.model.vocab import expand_vocab
+
     cfg = ctx.cfg
     torch.manual_seed(cfg.train.seed)
     if cfg.model.init == "random":
@@ -68,6 +71,8 @@ def aligned_image_rows(ctx: StageContext, layout: VocabLayout, dim: int) -> torc
     the frozen text rows), so they are valid input embeddings as they are. Only the input side is set;
     the output rows of image codes follow model.new_rows_init, as in the paper's description.
     """
+    import torch
+
     state = torch.load(ctx.inputs["align"] / "image_embeddings.pt", map_location="cpu", weights_only=True)
     table = state["image_embeddings"].float()  # (K, D)
     if tuple(table.shape) != (layout.codebook_size, dim):
@@ -90,6 +95,10 @@ def heldout_shards(ctx: StageContext) -> Path | None:
 
 def text_probe(ctx: StageContext, model: Transformer, layout: VocabLayout):
     """Table 1's text-ability probe as a train_loop callback, or None (with the reason logged)."""
+    from ablate.data.shards import ShardDataset
+    from ablate.evaluate.text_ability import TextProbe
+    from ablate.train import distributed as dist
+
     cfg, e = ctx.cfg, ctx.cfg.evaluate
     if cfg.data.task != "t2i" or cfg.model.init != "pretrained" or not e.probe_every_tokens:
         return None  # text ability is lost only where there was some: a pretrained LM trained on t2i
@@ -122,6 +131,10 @@ def text_probe(ctx: StageContext, model: Transformer, layout: VocabLayout):
 
 
 def run(ctx: StageContext) -> None:
+    from ablate.data.shards import ShardDataset
+    from ablate.model.freeze import apply_trainable, positional_parameter_names
+    from ablate.train import distributed as dist
+
     cfg = ctx.cfg
     dataset = ShardDataset(ctx.inputs["prepare"] / "train")
     layout = VocabLayout.from_dict(dataset.metadata["vocab"])

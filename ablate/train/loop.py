@@ -30,7 +30,7 @@ from torch import nn
 from ablate.config.schema import OptimConfig
 from ablate.data.sequence import VocabLayout, caption_dropout_mask, drop_captions
 from ablate.data.shards import ShardDataset, ShardSampler, read_batch
-from ablate.errors import ConfigError
+from ablate.errors import ConfigError, StopRequested
 from ablate.rundir import RunDir
 from ablate.tracking import Tracker
 from ablate.train import distributed as dist
@@ -98,10 +98,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-
-
-class StopRequested(Exception):
-    """Raised inside the loop after a checkpoint when `should_stop()` said so (preemption)."""
 
 
 def train_loop(
