@@ -16,6 +16,7 @@ from ablate.config.schema import ClusterConfig
 from ablate.errors import LaunchError, StorageError
 from ablate.launch.graph import Graph, Node
 from ablate.rundir import RunDir
+from ablate.stages import registry
 
 Event = Callable[[str, Node, str], None]  # (event, node, detail): submitted | done | failed | skipped
 
@@ -66,6 +67,22 @@ def progress_line(node: Node) -> str:
     return f"  {who} " + "  ".join(parts)
 
 
+def by_priority(ready: list[Node], pending: list[Node]) -> list[Node]:
+    """The order in which ready jobs take free slots: first a job that several pending jobs wait for (a
+    shared stage such as pretrain or align: it unblocks the most work), then the job furthest along its
+    arm (an evaluate before another arm's train, so arms finish and show their results one by one, not
+    all at the end of a sweep), then graph order."""
+    waiting: dict[str, int] = {}
+    for n in pending:
+        for d in n.deps:
+            waiting[d] = waiting.get(d, 0) + 1
+    rank = {id(n): i for i, n in enumerate(ready)}
+    return sorted(
+        ready,
+        key=lambda n: (waiting.get(n.job.name, 0) < 2, -registry.order(n.job.stage), rank[id(n)]),
+    )
+
+
 def run_graph(
     graph: Graph, cluster: ClusterConfig, folder: Path, on_event: Event, echo: Callable[[str], None] = print
 ) -> bool:
@@ -88,16 +105,16 @@ def run_graph(
                     pending.remove(n)
                     failed.add(n.job.name)
                     on_event("failed", n, "a stage it needs failed")
-            for n in list(pending):
+            ready = [n for n in pending if all(graph.nodes[d].done for d in n.deps)]
+            for n in by_priority(ready, pending):
                 if len(running) >= cluster.max_concurrent:
                     break
-                if all(graph.nodes[d].done for d in n.deps):
-                    pending.remove(n)
-                    job = executor.submit(run_job, n.job)
-                    running[n.job.name] = (n, job)
-                    on_event("submitted", n, str(job.job_id))
-                    if cluster.kind == "debug":
-                        break  # DebugExecutor runs a job when it is polled below, one at a time
+                pending.remove(n)
+                job = executor.submit(run_job, n.job)
+                running[n.job.name] = (n, job)
+                on_event("submitted", n, str(job.job_id))
+                if cluster.kind == "debug":
+                    break  # DebugExecutor runs a job when it is polled below, one at a time
             for name, (n, job) in list(running.items()):
                 if cluster.kind != "debug" and not job.done():
                     continue
