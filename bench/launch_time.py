@@ -82,7 +82,9 @@ def main() -> None:
         f"ablate launch sweeps/paper.yaml --dry-run: {paper:.2f} s (target < 2 s; median of {args.repeats})"
     )
     print(f"ablate launch <1,000-arm grid> --dry-run:  {big:.2f} s (target < 10 s)")
-    print(f"python -c 'import ablate.launch.launcher' (no torch: tests/test_launch_imports.py): {imports:.2f} s")
+    print(
+        f"python -c 'import ablate.launch.launcher' (no torch: tests/test_launch_imports.py): {imports:.2f} s"
+    )
     print(
         f"paper.yaml's {n} arms composed + validated: {fast:.3f} s; every arm by Hydra from scratch: {hydra:.2f} s"
     )
