@@ -12,7 +12,7 @@ from ablate.config.compose import compose_config, to_run_config
 from ablate.errors import ConfigError, StopRequested
 from ablate.stages.plan import plan_stages
 from ablate.tracking import NullTracker
-from ablate.train.loop import precision_context, train_loop
+from ablate.train.loop import native_bf16, precision_context, train_loop
 
 # bf16 keeps 8 mantissa bits; over 12 steps of this model the loss stays within this of float32's.
 BF16_REL_TOL = 0.03
@@ -33,10 +33,16 @@ def test_bf16_autocast_trains_and_tracks_float32(dataset, tmp_path):  # noqa: F8
     assert not np.array_equal(bf16, f32)  # autocast really ran: bf16 matmuls round differently
 
 
-def test_auto_is_float32_on_cpu_and_bad_values_are_config_errors():
+def test_auto_is_bf16_only_where_bf16_is_native_and_bad_values_are_config_errors():
     cpu = torch.device("cpu")
-    assert isinstance(precision_context("auto", cpu), type(precision_context("float32", cpu)))
+    caps = torch.cpu.get_capabilities()
+    assert native_bf16(torch.device("cuda"))
+    assert not native_bf16(cpu, {**caps, "amx_bf16": False, "avx512_bf16": False})  # AVX2 only
+    assert native_bf16(cpu, {**caps, "amx_bf16": True}) and native_bf16(cpu, {**caps, "avx512_bf16": True})
+    auto_is_bf16 = isinstance(precision_context("auto", cpu), torch.autocast)
+    assert auto_is_bf16 == bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))  # this machine's CPU
     assert isinstance(precision_context("bf16", cpu), torch.autocast)
+    assert not isinstance(precision_context("float32", cpu), torch.autocast)
     with pytest.raises(ConfigError, match="train.precision"):
         precision_context("fp8", cpu)
 

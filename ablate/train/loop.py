@@ -69,11 +69,26 @@ class LoopConfig:
     progress_every_s: float = 2.0
 
 
+def native_bf16(device: torch.device, capabilities: dict[str, Any] | None = None) -> bool:
+    """Whether bf16 matmuls run natively on `device`: CUDA, or a CPU with AMX or AVX512-BF16.
+
+    Elsewhere (an AVX2-only CPU) CPU autocast emulates bf16 and a demo step was 9x slower than float32
+    (bench/demo_step_profile.py), where with AMX it was 1.4x faster. `capabilities`: torch.cpu's, for tests.
+    """
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    caps = torch.cpu.get_capabilities() if capabilities is None else capabilities
+    return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
+
+
 def precision_context(precision: str, device: torch.device) -> Any:
-    """The autocast context of a precision setting: bf16 for bf16 (and auto on CUDA), else a no-op."""
+    """The autocast context of a precision setting: bf16 for bf16 (and for auto where bf16 is native,
+    native_bf16), else a no-op."""
     if precision not in ("auto", "bf16", "float32"):
         raise ConfigError("train.precision", precision, "auto, bf16 or float32")
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    bf16 = precision == "bf16" or (precision == "auto" and native_bf16(device))
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
