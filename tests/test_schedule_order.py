@@ -43,6 +43,13 @@ def test_a_stage_other_jobs_wait_for_goes_before_a_job_only_one_waits_for(tmp_pa
     assert [n.job.stage for n in by_priority(ready, pending)] == [names.PRETRAIN, names.IMAGE_TOKENIZER]
 
 
+def test_align_goes_before_another_arms_train_as_its_own_train_waits_for_it(tmp_path):
+    graph = graph_of("demo.yaml", tmp_path)
+    pending = [n for n in graph.ordered() if n.job.stage in (names.ALIGN, names.TRAIN, names.EVALUATE)]
+    ready = [n for n in pending if n.job.stage in (names.ALIGN, names.TRAIN)]
+    assert by_priority(ready, pending)[0].job.stage == names.ALIGN
+
+
 def test_an_arms_evaluate_starts_before_the_next_arms_train(tmp_path):
     graph = graph_of("demo.yaml", tmp_path)
     pending = [n for n in graph.ordered() if n.job.stage in (names.TRAIN, names.EVALUATE)]
@@ -61,6 +68,8 @@ def test_the_paper_grid_finishes_arms_along_the_way_not_all_at_the_end(tmp_path)
     # Graph order alone would start every train (37 of them) before the first evaluate.
     assert evaluate_starts[0] <= train_starts[2]
     assert evaluate_starts[len(evaluate_starts) // 2] < train_starts[-1]
+    # no arm's chain is left for the end: after the last train only its own evaluate remains
+    assert evaluate_starts[-1] == train_starts[-1] + 1 and evaluate_starts[-2] <= train_starts[-1]
     # and the shared pretrain stage starts as soon as it can (its text tokenizer done)
     text_tok = next(t for t, n in starts if n.job.stage == names.TEXT_TOKENIZER)
     assert next(t for t, n in starts if n.job.stage == names.PRETRAIN) == text_tok + 1

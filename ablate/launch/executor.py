@@ -68,18 +68,20 @@ def progress_line(node: Node) -> str:
 
 
 def by_priority(ready: list[Node], pending: list[Node]) -> list[Node]:
-    """The order in which ready jobs take free slots: first a job that several pending jobs wait for (a
-    shared stage such as pretrain or align: it unblocks the most work), then the job furthest along its
-    arm (an evaluate before another arm's train, so arms finish and show their results one by one, not
-    all at the end of a sweep), then graph order."""
-    waiting: dict[str, int] = {}
-    for n in pending:
+    """The order in which ready jobs take free slots: first a job that unblocks a chain of at least two
+    jobs (a shared stage such as pretrain, align before its arm's train: keeps the long jobs flowing and
+    no arm's chain left for the end), then the job furthest along its arm (an evaluate before another
+    arm's train, so arms finish and show their results one by one, not all at the end of a sweep), then
+    graph order. `pending` is in graph order (dependencies first)."""
+    below: dict[str, int] = {}  # the longest chain of pending jobs waiting on a job, itself excluded
+    for n in reversed(pending):
+        below.setdefault(n.job.name, 0)
         for d in n.deps:
-            waiting[d] = waiting.get(d, 0) + 1
+            below[d] = max(below.get(d, 0), below[n.job.name] + 1)
     rank = {id(n): i for i, n in enumerate(ready)}
     return sorted(
         ready,
-        key=lambda n: (waiting.get(n.job.name, 0) < 2, -registry.order(n.job.stage), rank[id(n)]),
+        key=lambda n: (below.get(n.job.name, 0) < 2, -registry.order(n.job.stage), rank[id(n)]),
     )
 
 
