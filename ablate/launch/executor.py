@@ -78,11 +78,8 @@ def by_priority(ready: list[Node], pending: list[Node]) -> list[Node]:
         below.setdefault(n.job.name, 0)
         for d in n.deps:
             below[d] = max(below.get(d, 0), below[n.job.name] + 1)
-    rank = {id(n): i for i, n in enumerate(ready)}
-    return sorted(
-        ready,
-        key=lambda n: (below.get(n.job.name, 0) < 2, -registry.order(n.job.stage), rank[id(n)]),
-    )
+    # sorted is stable: ties keep graph order
+    return sorted(ready, key=lambda n: (below.get(n.job.name, 0) < 2, -registry.order(n.job.stage)))
 
 
 def run_graph(
