@@ -285,9 +285,9 @@ class TrainConfig:
     train. 0: every caption kept (the paper's setting; then not in the key, so older runs stay valid).
     Unconditional arms have no caption and ignore it."""
     precision: Precision = "auto"
-    """auto: bf16 where its matmuls are native (CUDA; a CPU with AMX or AVX512-BF16), else float32; bf16:
-    forward and loss under bf16 autocast, with float32 weights, gradients and optimizer state (on an
-    AVX2-only CPU about 9x slower than float32); float32: no autocast. Also the pretrain stage's, and sampling's in
+    """auto: bf16 where it is faster than float32 (CUDA; a CPU with AMX), else float32; bf16:
+    forward and loss under bf16 autocast, with float32 weights, gradients and optimizer state (on a CPU
+    without AMX 1.5-9x slower than float32); float32: no autocast. Also the pretrain stage's, and sampling's in
     evaluate. Not in any key
     (UNKEYED_FIELDS): the checkpoint holds float32 state either way, so a run resumes under another one."""
     compile: bool = False

@@ -70,17 +70,18 @@ class LoopConfig:
 
 
 def native_bf16(device: torch.device, capabilities: dict[str, Any] | None = None) -> bool:
-    """Whether bf16 matmuls run natively on `device`: CUDA, or a CPU with AMX or AVX512-BF16.
+    """Whether bf16 autocast is faster than float32 on `device`: CUDA, or a CPU with AMX-BF16.
 
-    Elsewhere (an AVX2-only CPU) CPU autocast emulates bf16 and a demo step was 9x slower than float32
-    (bench/demo_step_profile.py), where with AMX it was 1.4x faster. `capabilities`: torch.cpu's, for tests.
+    A demo step (bench/demo_step_profile.py, one thread) under bf16 was 1.4x faster than float32 with AMX,
+    but 1.5x slower on a Xeon with AVX512-BF16 and no AMX (the casts cost more than its bf16 dot products
+    save) and 9x slower on an AVX2-only CPU (emulated). `capabilities`: torch.cpu's, for tests.
     """
     if device.type == "cuda":
         return True
     if device.type != "cpu":
         return False
     caps = torch.cpu.get_capabilities() if capabilities is None else capabilities
-    return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
+    return bool(caps.get("amx_bf16"))
 
 
 def precision_context(precision: str, device: torch.device) -> Any:
