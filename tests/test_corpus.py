@@ -65,3 +65,25 @@ def test_split_disjoint_and_seeded(docs: list[str]) -> None:
 def test_fingerprint_counts_boundaries() -> None:
     assert corpus_fingerprint(["ab", "c"]) != corpus_fingerprint(["a", "bc"])
     assert len(corpus_fingerprint([])) == 64
+
+
+def test_prose_filter_keeps_sentences_and_drops_code_tables_and_grammar() -> None:
+    assert corpus.is_prose("Return a new dictionary initialized from an optional positional argument.")
+    assert not corpus.is_prose(">>> d = dict(a=1)\n>>> d['a'] is the value one.")  # doctest
+    assert not corpus.is_prose("Example:\n    for key in sorted(mapping): print(key, value).")  # code block
+    assert not corpus.is_prose("+----------+\n| ID (4 bytes) | size of the header |\n+----------+.")  # table
+    assert not corpus.is_prose("subscription ::= primary '[' expression_list ']' with trailing text.")
+    assert not corpus.is_prose("Too short.")
+    doc = "First we say what it does, in a sentence of words.\n\n    code = 1\n\nThen a second one follows here, too."
+    assert corpus.prose_only(doc) == (
+        "First we say what it does, in a sentence of words.\n\nThen a second one follows here, too."
+    )
+
+
+def test_prose_corpus_is_about_half_of_the_text_and_all_prose(docs: list[str]) -> None:
+    prose = english_documents(prose=True)
+    chars, all_chars = sum(map(len, prose)), sum(map(len, docs))
+    assert 0.3 * all_chars < chars < 0.8 * all_chars
+    paragraphs = [p for d in prose for p in d.split("\n\n")]
+    assert all(corpus.is_prose(p) for p in paragraphs)
+    assert corpus_fingerprint(prose) == corpus_fingerprint(english_documents(prose=True))

@@ -220,6 +220,9 @@ class PretrainConfig:
 
     corpus_max_chars: int = 2_500_000
     """Characters of the corpus used (tokenizer and LM)."""
+    corpus_prose_only: bool = True
+    """Keep only the documentation's prose paragraphs (no code, tables, grammar rules or doctests; about
+    half of its 2.2M characters), so the demo LM continues prompts in sentences."""
     heldout_fraction: float = 0.05
     """Documents kept out of pretraining, to measure forgetting."""
     heldout_text_path: str | None = None
@@ -229,7 +232,7 @@ class PretrainConfig:
     heldout_max_tokens: int = 2_000_000
     """Tokens of heldout_text_path kept (the probe reads evaluate.probe_sequences sequences of them)."""
     total_tokens: int = 600_000
-    """Pretraining tokens (about 1.1 passes over the demo corpus)."""
+    """Pretraining tokens (about 1.6 passes over the demo corpus's prose)."""
     batch_tokens: int = 4608
     """Tokens per optimizer step."""
     lr: float = 1e-3

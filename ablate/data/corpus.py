@@ -11,6 +11,7 @@ import ast
 import functools
 import hashlib
 import os
+import re
 import sysconfig
 from pathlib import Path
 
@@ -77,11 +78,39 @@ def _all_documents() -> tuple[str, ...]:
     return tuple(out)
 
 
-def english_documents(max_chars: int | None = None) -> list[str]:
-    """The corpus as documents, in a fixed order; truncated to at most max_chars characters in total."""
+# A prose paragraph is at least this many words, this share of it letters and spaces.
+_PROSE_MIN_WORDS = 6
+_PROSE_MIN_LETTERS = 0.9
+
+
+def is_prose(paragraph: str) -> bool:
+    """Whether a paragraph reads as English sentences: no code, table, grammar rule or doctest line."""
+    text = paragraph.strip()
+    if len(text.split()) < _PROSE_MIN_WORDS or text[-1] not in ".:":
+        return False
+    # Indented lines are code blocks, literal tables or continued grammar rules in these docs.
+    if any(line.startswith((" ", "\t", ">>>", "...")) for line in text.splitlines()):
+        return False
+    return sum(c.isalpha() or c == " " for c in text) / len(text) >= _PROSE_MIN_LETTERS
+
+
+def prose_only(document: str) -> str:
+    """The document's prose paragraphs (is_prose), blank-line separated, in order."""
+    paragraphs = (p.strip() for p in re.split(r"\n[ \t]*\n", document))
+    return "\n\n".join(p for p in paragraphs if p and is_prose(p))
+
+
+def english_documents(max_chars: int | None = None, prose: bool = False) -> list[str]:
+    """The corpus as documents, in a fixed order; truncated to at most max_chars characters in total.
+
+    `prose`: keep only each document's prose paragraphs (about half of the text), which a small model
+    learns to continue in far fewer tokens than the code, tables and grammar rules around them.
+    """
     if max_chars is not None and max_chars <= 0:
         raise ConfigError("pretrain.corpus_max_chars", max_chars, "a positive integer or null")
     docs = list(_all_documents())
+    if prose:
+        docs = [d for d in map(prose_only, docs) if d]
     if not docs:
         raise DataError(f"no documentation text found under {sysconfig.get_paths()['stdlib']}")
     if max_chars is None:

@@ -29,7 +29,7 @@ def load_corpus(tok_dir: Path, split: str) -> list[str]:
 
 def run(ctx: StageContext) -> None:
     t, p = ctx.cfg.tokenizer, ctx.cfg.pretrain
-    docs = english_documents(max_chars=p.corpus_max_chars)
+    docs = english_documents(max_chars=p.corpus_max_chars, prose=p.corpus_prose_only)
     train_docs, heldout_docs = split_documents(docs, p.heldout_fraction, seed=0)
     atomic_write_text(ctx.out_dir / "corpus_train.json", json.dumps(train_docs))
     atomic_write_text(ctx.out_dir / "corpus_heldout.json", json.dumps(heldout_docs))
@@ -74,6 +74,7 @@ def config(cfg: RunConfig) -> dict:
         "text_vocab_size": t.text_vocab_size,
         "caption_words": _caption_words(cfg),
         "corpus_max_chars": p.corpus_max_chars,
+        "corpus_prose_only": p.corpus_prose_only,
         "heldout_fraction": p.heldout_fraction,
     }
 
