@@ -8,17 +8,24 @@ BIN := $(VENV)/bin
 FID_VENV ?= .venv-fid
 FID_BIN := $(FID_VENV)/bin
 
-.PHONY: setup setup-fid demo test test-fid test-fast lint typecheck check clean-results
+.PHONY: setup setup-demo setup-fid demo test test-fid test-fast lint typecheck check clean-results
 
 $(BIN)/ablate: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch (a CUDA user installs their own build first; see README).
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e .
 	touch $(BIN)/ablate
 
-setup: $(BIN)/ablate
+# The tests' and checks' tools (pytest, ruff, mypy) on top; the demo does without them (12 s less set-up).
+$(BIN)/pytest: $(BIN)/ablate
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(BIN)/pytest
+
+setup: $(BIN)/pytest
+
+setup-demo: $(BIN)/ablate
 
 $(FID_BIN)/ablate: pyproject.toml
 	$(PY) -m venv $(FID_VENV)
@@ -29,7 +36,7 @@ $(FID_BIN)/ablate: pyproject.toml
 
 setup-fid: $(FID_BIN)/ablate
 
-demo: setup
+demo: setup-demo
 	$(BIN)/ablate launch sweeps/demo.yaml
 	$(BIN)/ablate report --sweep demo
 

@@ -9,7 +9,7 @@ if [ -n "${KEEP:-}" ]; then echo "kept in $work"; else trap 'rm -rf "$work"' EXI
 git clone -q "$src" "$work/ablate"
 cd "$work/ablate"
 t0=$(date +%s)
-make setup > "$work/setup.log" 2>&1
+make setup-demo > "$work/setup.log" 2>&1
 t1=$(date +%s)
 .venv/bin/ablate launch sweeps/demo.yaml > "$work/launch.log" 2>&1
 t2=$(date +%s)
