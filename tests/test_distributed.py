@@ -311,10 +311,10 @@ def test_fewer_sequences_than_ranks_is_a_config_error():
     with pytest.raises(ConfigError, match="one sequence per rank"):
         plan_batch(3 * 128, 128, 1, world_size=4)
     cfg = to_run_config(compose_config(["cluster=slurm", "cluster.nodes=2", "cluster.tasks_per_node=8"]))
-    with pytest.raises(ConfigError) as e:  # the demo batch: 2,304 tokens = 8 sequences of 288, 16 ranks
+    with pytest.raises(ConfigError) as e:  # the demo batch: 1,152 tokens = 4 sequences of 288, 16 ranks
         validate(cfg, arm="t2i")
     msg = str(e.value)
-    assert "train.batch_tokens" in msg and "2304" in msg and ">= 4608" in msg
+    assert "train.batch_tokens" in msg and "1152" in msg and ">= 4608" in msg
     assert "cluster.nodes=2 x cluster.tasks_per_node=8" in msg and "fewer ranks" in msg
 
 

@@ -135,8 +135,8 @@ def test_cpu_clusters_give_steps_and_no_gpu_hours():
         e = estimate_arm(config(f"cluster={cluster}"))
         assert (e.gpus, e.world_size) == (0, 1)
         assert e.gpu_hours is None and e.wall_hours is None
-        assert (e.tokens_per_step, e.micro_batch_size, e.accum_steps) == (2304, 8, 1)
-        assert e.steps == math.ceil(1_000_000 / 2304) == 435  # conf/train/demo.yaml
+        assert (e.tokens_per_step, e.micro_batch_size, e.accum_steps) == (1152, 4, 1)
+        assert e.steps == math.ceil(1_000_000 / 1152) == 869  # conf/train/demo.yaml
         assert e.flops_per_token > 0
 
 

@@ -138,7 +138,7 @@ EXPECTED = {
     "t2i_init.yaml": seeded(["init=pretrained", "init=random"]),
     "freeze.yaml": seeded(FREEZE),
     "lr.yaml": [f"init={i} lr={lr}" for i in INITS for lr in ("0.000167", "0.000333", "0.000667", "0.001")],
-    "batch.yaml": [f"init={i} batch_tokens={b}" for i in INITS for b in (1152, 2304, 4608)],
+    "batch.yaml": [f"init={i} batch_tokens={b}" for i in INITS for b in (576, 1152, 2304)],
     "contrastive.yaml": seeded(CONTRASTIVE),
 }
 EXPECTED["paper.yaml"] = [
