@@ -66,12 +66,14 @@ def test_site_settings_by_override():
 
 
 def test_demo_batch_on_64_ranks():
-    """8 sequences per step cannot feed 64 ranks: the error names the key, the ranks and the fix."""
+    """4 sequences per step cannot feed 64 ranks: the error names the key, the ranks and the fix."""
     with pytest.raises(ConfigError, match=r"train\.batch_tokens.*>= 18432.*64 ranks.*tasks_per_node=8"):
         validate(config("cluster=slurm_a100"), arm="demo")
     with pytest.raises(ConfigError, match=r"pretrain\.batch_tokens"):
         validate(config("cluster=slurm_a100", "train.batch_tokens=18432"))
-    validate(config("cluster=slurm", "cluster.tasks_per_node=8"))  # 8 sequences, 8 ranks: one each
+    validate(config("cluster=slurm", "cluster.tasks_per_node=4"))  # 4 sequences, 4 ranks: one each
+    with pytest.raises(ConfigError, match=r"train\.batch_tokens.*>= 1440.*5 ranks"):
+        validate(config("cluster=slurm", "cluster.tasks_per_node=5"))
 
 
 def test_cluster_settings_are_not_part_of_the_run_key():

@@ -25,6 +25,7 @@ TINY = [
     "model.hidden_dim=32",
     "model.n_layers=2",
     "evaluate.n_samples=8",
+    "train.batch_tokens=2304",
     "train.total_tokens=46080",  # 20 steps
     "train.checkpoint_every_tokens=23040",
 ]

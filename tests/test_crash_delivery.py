@@ -70,7 +70,11 @@ def test_sigkill_between_local_write_and_delivery_then_relaunch_leaves_store_equ
     sweep.write_text(SWEEP)
     # 300 steps, a checkpoint every 20; the tracker sends once a second, so at any moment the last second
     # of steps is on disk only.
-    train = [f"train.total_tokens={300 * STEP_TOKENS}", f"train.checkpoint_every_tokens={20 * STEP_TOKENS}"]
+    train = [
+        f"train.batch_tokens={STEP_TOKENS}",
+        f"train.total_tokens={300 * STEP_TOKENS}",
+        f"train.checkpoint_every_tokens={20 * STEP_TOKENS}",
+    ]
     first = subprocess.Popen(
         ablate_cmd(results, "launch", str(sweep), *TINY, *train, "tracking.flush_interval_s=1"),
         cwd=ROOT,

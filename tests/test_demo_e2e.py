@@ -139,9 +139,9 @@ def test_forgetting_is_measured_from_step_0_on_pretrained_text_to_image_runs(dem
     ppl = _history(results, pretrained, "heldout_text_ppl")
     tokens = dict(_history(results, pretrained, "tokens"))
     steps = [s for s, _ in ppl]
-    # Before the first update, every 4,608 tokens (2 steps of 2,304) and after the last step (7).
-    assert steps == [0, 2, 4, 6, 7]
-    assert tokens[0] == 0 and tokens[2] == 4608
+    # Before the first update, every 4,608 tokens (4 steps of the demo's 1,152) and after the last (13).
+    assert steps == [0, 4, 8, 12, 13]
+    assert tokens[0] == 0 and tokens[4] == 4608
     assert all(v > 1 for _, v in ppl)
     probe_file = next((results / "cache" / "train").glob("*/completions.jsonl"))
     completions = [json.loads(line) for line in probe_file.read_text().splitlines()]

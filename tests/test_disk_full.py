@@ -30,6 +30,7 @@ TINY = [
     "model.hidden_dim=32",
     "model.n_layers=2",
     "evaluate.n_samples=8",
+    f"train.batch_tokens={STEP_TOKENS}",
     f"train.total_tokens={300 * STEP_TOKENS}",
     f"train.checkpoint_every_tokens={20 * STEP_TOKENS}",
     "tracking.close_timeout_s=5",  # the job's tracker gives up on the full store quickly

@@ -37,6 +37,7 @@ TINY = [
     "tokenizer.vq_steps=40",
     "tokenizer.vq_hidden=32",
     "tokenizer.text_vocab_size=512",
+    "train.batch_tokens=2304",  # 8 sequences a step: what the step counts below assume
     "train.total_tokens=14000",
     "train.checkpoint_every_tokens=4608",
     "optim.warmup_tokens=2304",
