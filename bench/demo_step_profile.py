@@ -1,6 +1,6 @@
 """Where a demo training step's time goes: the blocks, the output layer with the loss, the optimizer.
 
-The demo's model (open_lm architecture, width 128, 4 layers, 4 heads, sequence 288, vocabulary 1,792
+The demo's model (open_lm architecture, width 128, 4 layers, 4 heads, sequence 288, vocabulary 1,024
 text + 7 specials + 256 codes) and batch (8 sequences), one thread, float32 and bf16 autocast. Each part
 is timed alone, forward and backward together, on the same random ids:
 
@@ -9,7 +9,7 @@ is timed alone, forward and backward together, on the same random ids:
 - optimizer: AdamW over every parameter;
 - whole step: as the training loop runs it.
 
-    python bench/demo_step_profile.py [--steps 10] [--threads 1] [--text-vocab 1792]  (8192: the old demo)
+    python bench/demo_step_profile.py [--steps 10] [--threads 1] [--text-vocab 1024]  (1792, 8192: older demos)
 
 The FLOPs column counts matmuls only (2 x multiply-adds, x3 for forward + backward). Timings are this
 machine's, never test assertions.
@@ -104,7 +104,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--text-vocab", type=int, default=1792)
+    ap.add_argument("--text-vocab", type=int, default=1024)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     for precision in ("float32", "bf16"):

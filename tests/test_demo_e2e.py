@@ -276,7 +276,7 @@ def test_plot_draws_every_figure_and_table(demo, tmp_path):
     batch = pd.read_csv(out / "sensitivity_batch.csv")
     assert sorted(batch["x"]) == [1152, 2304] and set(batch["init"]) == {"random"}
     table1 = (out / "table1_completions.md").read_text()
-    assert "The list data type has some more methods." in table1  # a demo prompt, before and after
+    assert "Once upon a time, there was a" in table1  # a demo prompt, before and after
     summary = pd.read_csv(out / "summary.csv")
     assert len(summary) == 6  # the demo's 4 arms + one new LR arm + one new batch arm
     assert summary["final_image_loss"].notna().all()

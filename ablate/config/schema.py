@@ -40,6 +40,7 @@ _Trainable = Literal["all", "emb_out", "emb_out_norm", "emb_out_norm_half", "emb
 _ClusterKind = Literal["debug", "local", "slurm"]
 _Precision = Literal["auto", "bf16", "float32"]
 _GradReduceDtype = Literal["float32", "bf16"]
+_Corpus = Literal["stories", "docs"]
 
 SCALES: tuple[str, ...] = get_args(_Scale)
 INITS: tuple[str, ...] = get_args(_Init)
@@ -56,6 +57,7 @@ TRAINABLE_PRESETS: tuple[str, ...] = get_args(_Trainable)
 CLUSTER_KINDS: tuple[str, ...] = get_args(_ClusterKind)
 PRECISIONS: tuple[str, ...] = get_args(_Precision)
 GRAD_REDUCE_DTYPES: tuple[str, ...] = get_args(_GradReduceDtype)
+CORPORA: tuple[str, ...] = get_args(_Corpus)
 
 if TYPE_CHECKING:
     Scale: TypeAlias = _Scale
@@ -73,9 +75,10 @@ if TYPE_CHECKING:
     ClusterKind: TypeAlias = _ClusterKind
     Precision: TypeAlias = _Precision
     GradReduceDtype: TypeAlias = _GradReduceDtype
+    Corpus: TypeAlias = _Corpus
 else:
     Scale = Init = NewRowInit = ImageInit = Task = DataSource = Norm = FfnType = Positional = str
-    ImageTokenizer = TextTokenizer = Trainable = ClusterKind = Precision = GradReduceDtype = str
+    ImageTokenizer = TextTokenizer = Trainable = ClusterKind = Precision = GradReduceDtype = Corpus = str
 
 
 @dataclass
@@ -204,25 +207,29 @@ class TokenizerConfig:
     text_path: str | None = None
     """A tokenizer.json (e.g. GPT-NeoX's), for text=path."""
     text_vocab_size: int = 8192
-    """BPE vocabulary size, for text=bpe. The demo scale sets 1,792 (scale/demo.yaml): with the caption words
-    held whole (bpe_caption_words) captions are ~8.3 tokens, image:text ~31:1, and the output layer is a
-    sixth of a demo step instead of half."""
+    """BPE vocabulary size, for text=bpe. The demo scale sets 1,024 (scale/demo.yaml): with the caption words
+    held whole (bpe_caption_words) captions are ~8.3 tokens, image:text ~31:1, and the output layer is
+    under a tenth of a demo step instead of half."""
     bpe_caption_words: bool = True
     """text=bpe with data.source=synthetic: train the BPE on the caption grammar's words as well, so each is
     one token (" magenta"), as in a tokenizer trained on web text. Demo captions are then 8.3 tokens
-    (image:text 31:1, the paper's ~30:1); without it a 1,792-token BPE of the documentation splits them
-    into 19 (13:1)."""
+    (image:text 31:1, the paper's ~30:1); without it a 1,792-token BPE of the documentation (corpus=docs)
+    splits them into 19 (13:1)."""
 
 
 @dataclass
 class PretrainConfig:
-    """The demo's "pretrained" language model, trained on offline English text (Python's documentation)."""
+    """The demo's "pretrained" language model, trained on offline English text."""
 
+    corpus: Corpus = "stories"
+    """stories: synthetic children's stories (ablate/data/stories.py), a small English the tiny demo
+    model learns to write fluently; docs: Python's own documentation (ablate/data/corpus.py), real prose
+    that it only learns to a held-out perplexity of ~100, its completions looping."""
     corpus_max_chars: int = 2_500_000
     """Characters of the corpus used (tokenizer and LM)."""
     corpus_prose_only: bool = True
-    """Keep only the documentation's prose paragraphs (no code, tables, grammar rules or doctests; about
-    half of its 2.2M characters), so the demo LM continues prompts in sentences."""
+    """With corpus=docs: keep only the documentation's prose paragraphs (no code, tables, grammar rules or
+    doctests; about half of its 2.2M characters), so the demo LM continues prompts in sentences."""
     heldout_fraction: float = 0.05
     """Documents kept out of pretraining, to measure forgetting."""
     heldout_text_path: str | None = None

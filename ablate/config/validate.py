@@ -164,6 +164,7 @@ def validate(cfg: RunConfig, arm: str | None = None) -> None:
     choice("tokenizer.text", tok.text, S.TEXT_TOKENIZERS)
     choice("train.trainable", tr.trainable, S.TRAINABLE_PRESETS)
     choice("train.precision", tr.precision, S.PRECISIONS)
+    choice("pretrain.corpus", cfg.pretrain.corpus, S.CORPORA)
     choice("train.grad_reduce_dtype", tr.grad_reduce_dtype, S.GRAD_REDUCE_DTYPES)
     validate_cluster(cfg.cluster, arm=arm)
     validate_tracking(cfg.tracking, arm=arm)

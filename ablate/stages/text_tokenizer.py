@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 from ablate.atomic import atomic_write_json, atomic_write_text, read_json
-from ablate.config.schema import RunConfig
+from ablate.config.schema import PretrainConfig, RunConfig
 from ablate.data.corpus import corpus_fingerprint, english_documents, split_documents
+from ablate.data.stories import stories
 from ablate.data.synthetic import grammar_words
 from ablate.stages import names
 from ablate.stages.context import StageContext
@@ -27,9 +28,16 @@ def load_corpus(tok_dir: Path, split: str) -> list[str]:
     return json.loads((Path(tok_dir) / f"corpus_{split}.json").read_text())
 
 
+def pretraining_documents(p: PretrainConfig) -> list[str]:
+    """The documents of the configured pretraining corpus (pretrain.corpus), in a fixed order."""
+    if p.corpus == "stories":
+        return stories(p.corpus_max_chars)
+    return english_documents(max_chars=p.corpus_max_chars, prose=p.corpus_prose_only)
+
+
 def run(ctx: StageContext) -> None:
     t, p = ctx.cfg.tokenizer, ctx.cfg.pretrain
-    docs = english_documents(max_chars=p.corpus_max_chars, prose=p.corpus_prose_only)
+    docs = pretraining_documents(p)
     train_docs, heldout_docs = split_documents(docs, p.heldout_fraction, seed=0)
     atomic_write_text(ctx.out_dir / "corpus_train.json", json.dumps(train_docs))
     atomic_write_text(ctx.out_dir / "corpus_heldout.json", json.dumps(heldout_docs))
@@ -73,8 +81,9 @@ def config(cfg: RunConfig) -> dict:
         "text_path": t.text_path,
         "text_vocab_size": t.text_vocab_size,
         "caption_words": _caption_words(cfg),
+        "corpus": p.corpus,
         "corpus_max_chars": p.corpus_max_chars,
-        "corpus_prose_only": p.corpus_prose_only,
+        "corpus_prose_only": p.corpus_prose_only if p.corpus == "docs" else None,
         "heldout_fraction": p.heldout_fraction,
     }
 
