@@ -28,7 +28,7 @@ def test_stories_keep_their_characters_and_object() -> None:
     for _ in range(300):
         text = st.story(rng)
         sentences = re.findall(r"\.(?: |$)", text)  # a quoted line ends at its "said ..."
-        assert 6 <= len(sentences) <= 9 and text.endswith(".")
+        assert 7 <= len(sentences) <= 10 and text.endswith(".")
         found = re.search(r"One day, (\w+) found an? (\w+) (\w+)", text)
         assert found, text
         hero, obj = found.group(1), found.group(3)
@@ -60,5 +60,5 @@ def test_articles_and_shared_caption_words() -> None:
     text = " ".join(st.stories(200_000))
     assert " a orange" not in text and " a owl" not in text and "an orange" in text
     words = set(re.findall(r"[a-z]+", text))
-    # The stories use the captions' colour and size words, so the demo LM knows them before it sees an image.
-    assert {"red", "blue", "green", "small"} <= words & set(grammar_words())
+    # Every caption word is a story word, so the demo LM knows them before it sees an image.
+    assert set(grammar_words()) <= words

@@ -44,7 +44,14 @@ _LIKES = (
     "watch the boats",
 )
 _OBJECTS = ("ball", "box", "kite", "hat", "book", "cup", "key", "shell", "stone", "drum", "boat", "bell")
-_LOOKS = ("red", "blue", "green", "yellow", "purple", "orange", "white", "pink", "big", "small", "shiny")
+# The captions' colours, sizes, shapes and places are among the stories' words (tests/test_stories.py), as
+# a web-text LM knows a caption's words before it sees an image.
+_LOOKS = (
+    "red", "blue", "green", "yellow", "magenta", "cyan", "white", "purple", "orange", "pink",
+    "big", "small", "large", "shiny",
+)  # fmt: skip
+_COLOURS = ("red", "blue", "green", "yellow", "magenta", "cyan", "white")
+_SHAPES = ("circle", "square", "triangle", "star", "heart")
 _FOUND_AT = (
     "under a tree",
     "in the grass",
@@ -54,6 +61,12 @@ _FOUND_AT = (
     "at the park",
     "by the door",
     "in the garden",
+    "at the bottom of the garden",
+    "in the center of the park",
+    "on the left side of the road",
+    "on the right side of the road",
+    "below the window",
+    "above the door",
 )
 _FEELINGS = ("happy", "excited", "surprised", "glad", "proud")
 # (what went wrong, how the friends put it right): a story that raises one resolves the same one.
@@ -88,7 +101,7 @@ def _character(rng: random.Random, avoid: str = "") -> tuple[str, str, str, str]
 
 
 def story(rng: random.Random) -> str:
-    """One story of 6 to 9 sentences: a character, a found object, a friend, maybe a problem, an end."""
+    """One story of 7 to 10 sentences: a character, a found object, a friend, maybe a problem, an end."""
     name, kind, he, his = _character(rng)
     friend, friend_kind, _, _ = _character(rng, avoid=name)
     obj = rng.choice(_OBJECTS)
@@ -103,6 +116,8 @@ def story(rng: random.Random) -> str:
         ),
         f"{he.capitalize()} liked to {rng.choice(_LIKES)}.",
         f"One day, {name} found {_a(look)} {obj} {rng.choice(_FOUND_AT)}.",
+        f"On the {obj} there was {_a(rng.choice(('small', 'large')))} {rng.choice(_COLOURS)} "
+        f"{rng.choice(_SHAPES)}.",
         rng.choice(
             (
                 f"{he.capitalize()} was very {rng.choice(_FEELINGS)}.",
