@@ -61,7 +61,7 @@ def plotted_points(
 
     A run with no task param counts as text-to-image; points with no `x` value are left out. The smoothing
     is a bias-corrected EMA over `x` (analysis.smoothing.ema_span) with one span for the whole figure: the
-    paper's EMA 0.95 (20 steps) where runs are long, at most 2% of the longest run where they are short;
+    paper's EMA 0.95 (20 steps) where runs are long, at most 1% of the longest run where they are short;
     it is in ``points.attrs["span"]`` for the caption. It is taken over every step, then each line is
     thinned to about `max_points` evenly spaced steps (first and last kept). With `log_space` the
     smoothing is over log(value) (for perplexity: an EMA of the loss), so the first, huge values do not

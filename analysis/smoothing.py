@@ -49,9 +49,10 @@ def ema_span(
     return out
 
 
-def smoothing_span(x: pd.Series, run: pd.Series, fraction: float = 0.02) -> float:
+def smoothing_span(x: pd.Series, run: pd.Series, fraction: float = 0.01) -> float:
     """The span a figure smooths with: the paper's 20 steps (in x units, at the runs' median spacing), but
-    at most `fraction` of the longest run, so a short run's smoothed line does not lag behind it."""
+    at most `fraction` of the longest run, so a short run's smoothed line does not lag behind it (in the
+    demo's steep first 100K tokens, at 2% the thick line was still several times the raw one at 30K)."""
     order = pd.DataFrame({"x": x.to_numpy(dtype=np.float64), "run": run.to_numpy()}).dropna()
     if order.empty:
         return 1.0

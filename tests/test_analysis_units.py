@@ -127,13 +127,13 @@ def test_ema_span_follows_a_drop_the_paper_ema_lags_behind():
     assert got == pytest.approx(1.0 / (1.0 + np.exp(-1.0)))
 
 
-def test_smoothing_span_is_the_papers_20_steps_but_at_most_2_percent_of_the_run():
+def test_smoothing_span_is_the_papers_20_steps_but_at_most_1_percent_of_the_run():
     import pandas as pd
 
     from analysis.smoothing import smoothing_span
 
     demo = pd.Series(np.arange(218) * 2304.0)
-    assert smoothing_span(demo, pd.Series(["a"] * 218)) == pytest.approx(0.02 * 217 * 2304)
+    assert smoothing_span(demo, pd.Series(["a"] * 218)) == pytest.approx(0.01 * 217 * 2304)
     paper = pd.Series(np.arange(100_007) * 999_936.0)
     assert smoothing_span(paper, pd.Series(["a"] * len(paper))) == pytest.approx(20 * 999_936)
 
