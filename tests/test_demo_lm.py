@@ -1,7 +1,7 @@
 """The demo's "pretrained" LM learns to write its corpus: a CPU run of the real pretraining path (issue 13).
 
 The demo's own settings (scale=demo: the story corpus, its BPE, the tiny model, pretrain's LR and batch),
-shortened to 200K tokens of a fifth of the corpus; the demo trains 500K tokens and reaches ~2.0.
+shortened to 200K tokens of a fifth of the corpus; the demo trains 500K tokens and reaches ~1.9.
 """
 
 from __future__ import annotations
