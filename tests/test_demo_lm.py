@@ -1,7 +1,8 @@
 """The demo's "pretrained" LM learns to write its corpus: a CPU run of the real pretraining path (issue 13).
 
-The demo's own settings (scale=demo: the story corpus, its BPE, the tiny model, pretrain's LR and batch),
-shortened to 200K tokens of a fifth of the corpus; the demo trains 500K tokens and reaches ~1.9.
+The demo's own settings (scale=demo: the story corpus, its BPE, the tiny model, pretrain's 500K tokens,
+LR and batch; ~45 s on one core). Shorter runs are not yet fluent enough to test: at 200K tokens the
+opening prompt was continued with " time, there was a curious boy named Finn."
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 def test_demo_lm_completes_prompts_in_the_corpus_register(tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    _, cfg = compose_arm(["pretrain.total_tokens=200000", "pretrain.corpus_max_chars=500000"])
+    _, cfg = compose_arm([])
     assert cfg.pretrain.corpus == "stories"
     docs = pretraining_documents(cfg.pretrain)
     train_docs, heldout_docs = split_documents(docs, cfg.pretrain.heldout_fraction, seed=0)

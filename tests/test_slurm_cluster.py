@@ -345,7 +345,9 @@ def test_a_killed_job_is_reported_and_relaunch_restarts_it(results, tiny, tmp_pa
 
 
 def test_two_tasks_train_data_parallel_and_match_one_task(results, tiny, tmp_path):
-    path = sweep_file(tmp_path, "slurmddp", [1e-3], extra=", train.seed: 8")
+    # float32: under bf16 autocast (train.precision=auto on a CPU with AMX) the two reduction orders
+    # round differently, by more than the tolerance below.
+    path = sweep_file(tmp_path, "slurmddp", [1e-3], extra=", train.seed: 8, train.precision: float32")
     launch(results, path, "cluster.tasks_per_node=2")
     states = wait_for(results, "slurmddp")
     assert all(s.state == "COMPLETED" for s in states.values()), states
