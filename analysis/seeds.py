@@ -19,6 +19,7 @@ import pandas as pd
 from ablate.atomic import atomic_write_text
 from analysis.curves import FREEZE_SETTINGS
 from analysis.runs import arm_of
+from analysis.tables import as_written, to_csv
 
 # What makes two runs the same arm but for the seed (summary.csv columns).
 ARM_FIELDS = ("init", "image_init", "task", "trainable", "lr", "batch_tokens", "scale")
@@ -158,7 +159,9 @@ def comparisons(summary: pd.DataFrame) -> pd.DataFrame:
             }
             if side[c.a].empty or side[c.b].empty:
                 continue
-            label = " ".join(f"{f}={v}" for f, v in zip(context_fields, context, strict=True) if pd.notna(v))
+            label = " ".join(
+                f"{f}={as_written(v)}" for f, v in zip(context_fields, context, strict=True) if pd.notna(v)
+            )
             for m in c.metrics:
                 if m not in group:
                     continue
@@ -184,10 +187,11 @@ def comparisons(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_seed_tables(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """summary_arms.csv (arm_summary) and comparisons.csv (comparisons), 4 significant digits."""
+    """summary_arms.csv (arm_summary) and comparisons.csv (comparisons): config values as the sweep
+    writes them, measured numbers to 4 significant digits (analysis.tables.to_csv)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "summary_arms.csv", out_dir / "comparisons.csv"]
     for path, frame in zip(paths, (arm_summary(summary), comparisons(summary)), strict=True):
-        atomic_write_text(path, frame.to_csv(index=False, float_format="%.4g"))
+        atomic_write_text(path, to_csv(frame))
     return paths

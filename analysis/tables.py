@@ -5,6 +5,7 @@ training run with its final numbers). Pure functions over tidy frames; plot.py f
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,35 @@ def human(tokens: float) -> str:
         if abs(tokens) >= size:
             return f"{tokens / size:.3g}{unit}"
     return f"{tokens:.0f}"
+
+
+def as_written(value: object) -> object:
+    """A config number as a sweep file writes it: 1152 not 1152.0, 3e-4 not 0.00030000000000000003;
+    strings pass through, a missing value is empty."""
+    if isinstance(value, (str, bool)) or value is None:
+        return value
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return value
+    if not math.isfinite(number):
+        return "" if math.isnan(number) else str(number)
+    if number.is_integer() and abs(number) < 1e15:
+        return str(int(number))
+    short = float(f"{number:.6g}")  # sheds binary noise (0.1 * 3e-3); no config value needs 7 digits
+    if abs(short) < 1e-3:  # a learning rate: 3e-4, 1.67e-4, as sweeps write them
+        mantissa, exponent = f"{short:.5e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return repr(short)
+
+
+AS_WRITTEN = ("lr", "batch_tokens", "seed", "seeds", "steps", "tokens")  # CSV columns of config and counts
+
+
+def to_csv(frame: pd.DataFrame) -> str:
+    """A frame as CSV text: AS_WRITTEN columns as_written, other numbers to 4 significant digits."""
+    exact = {c: frame[c].map(as_written) for c in AS_WRITTEN if c in frame.columns}
+    return frame.assign(**exact).to_csv(index=False, float_format="%.4g")
 
 
 def table1_rows(completions: pd.DataFrame) -> pd.DataFrame:
@@ -188,10 +218,10 @@ def summary_frame(train: pd.DataFrame, finals: pd.DataFrame, evaluations: pd.Ser
 
 
 def write_summary(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """summary.csv into out_dir (SUMMARY_COLUMNS, numbers to 4 significant digits; final_* are means over
-    the last TAIL_FRACTION of steps)."""
+    """summary.csv into out_dir (SUMMARY_COLUMNS; config values as written, measured numbers to 4
+    significant digits (to_csv); final_* are means over the last TAIL_FRACTION of steps)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "summary.csv"
-    atomic_write_text(path, summary.to_csv(index=False, float_format="%.4g"))  # 4 significant digits
+    atomic_write_text(path, to_csv(summary))
     return [path]

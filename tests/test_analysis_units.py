@@ -192,6 +192,31 @@ def test_comparisons_pair_seeds_and_say_whether_the_interval_excludes_zero():
     assert lo < 0 < hi
 
 
+def test_csvs_write_config_values_as_the_sweep_does(tmp_path: Path):
+    from analysis.seeds import write_seed_tables
+    from analysis.tables import as_written, write_summary
+
+    assert [as_written(v) for v in (1152.0, 0.1 * 0.003, 1.67e-4, 5e-5, 1e-3, 0.5, 2_000_000.0)] == [
+        "1152", "3e-4", "1.67e-4", "5e-5", "0.001", "0.5", "2000000"
+    ]  # fmt: skip
+    assert as_written(float("nan")) == "" and as_written("demo") == "demo"
+    # As the run table reads them from MLflow params: floats, the lr with binary noise.
+    summary = _seeded_summary().assign(
+        lr=0.1 * 0.003, batch_tokens=1152.0, tokens=2_000_000.0, seed=lambda f: f["seed"] * 1.0
+    )
+    write_seed_tables(summary, tmp_path)
+    write_summary(summary, tmp_path)
+    comparisons = pd.read_csv(tmp_path / "comparisons.csv")
+    context = comparisons.set_index("comparison")["context"]
+    assert context["pretrained - random (text-to-image)"].iloc[0] == "lr=3e-4 batch_tokens=1152 scale=demo"
+    arms = (tmp_path / "summary_arms.csv").read_text().splitlines()
+    assert arms[1].startswith("init=pretrained,pretrained,random,t2i,all,3e-4,1152,demo,3,")
+    rows = (tmp_path / "summary.csv").read_text()
+    assert ",3e-4,1152," in rows and ",2000000\n" in rows and "1152.0" not in rows and "e+06" not in rows
+    # Measured numbers keep 4 significant digits.
+    assert pd.read_csv(tmp_path / "summary_arms.csv")["final_image_loss_mean"].iloc[0] == 2.01
+
+
 def test_seed_bands_take_mean_min_and_max_across_the_seeds_of_an_arm():
     from analysis.figures import seed_bands
 
