@@ -14,6 +14,7 @@ from ablate.data.synthetic import (
     POSITIONS,
     RELATIONS,
     Scene,
+    Shape,
     caption,
     generate,
     matches_caption,
@@ -144,3 +145,78 @@ def test_errors() -> None:
         parse_caption("a purple hexagon")
     with pytest.raises(DataError):
         parse_image(np.zeros((32, 16, 3), np.uint8))
+
+
+# --- the strict check: everything drawn must be accounted for by the caption ---
+
+
+def _one(kind: str, colour: str, size: str, cx: int, cy: int, position: str) -> Scene:
+    return Scene(32, [Shape(kind, colour, size, cx, cy)], position=position)
+
+
+def _paint(img: np.ndarray, colour: str, ys: slice, xs: slice) -> np.ndarray:
+    out = img.copy()
+    out[ys, xs] = PALETTE[colour]
+    return out
+
+
+def test_a_second_shape_of_the_same_colour_fails() -> None:
+    sc = _one("circle", "cyan", "large", 16, 25, "bottom")
+    img = render(sc)
+    assert matches_caption(img, sc)
+    twin = render(_one("circle", "cyan", "large", 16, 7, "top"))
+    both = np.maximum(img, twin)  # "a large cyan circle at the bottom", drawn twice
+    assert not matches_caption(both, sc)
+    assert not matches_caption(both, caption(sc))
+    assert [d.colour for d in parse_image(both)] == ["cyan", "cyan"]
+
+
+def test_a_sliver_of_the_same_colour_at_the_edge_fails() -> None:
+    sc = _one("square", "magenta", "large", 8, 16, "left")
+    img = _paint(render(sc), "magenta", slice(10, 20), slice(31, 32))  # a 1 px wide, 10 px tall sliver
+    assert not matches_caption(img, sc)
+    sliver = [d for d in parse_image(img) if d.fragment]
+    assert len(sliver) == 1 and sliver[0].area == 10
+
+
+def test_an_extra_blob_of_another_colour_fails() -> None:
+    sc = _one("triangle", "yellow", "small", 16, 8, "top")
+    img = render(sc)
+    extra = np.maximum(img, render(_one("square", "white", "small", 16, 25, "bottom")))
+    assert not matches_caption(extra, sc)
+    fragment = _paint(img, "green", slice(26, 28), slice(26, 28))  # one 2x2 patch: a drawn fragment
+    assert not matches_caption(fragment, sc)
+
+
+def test_stray_pixels_are_noise_not_fragments() -> None:
+    sc = _one("circle", "blue", "large", 24, 16, "right")
+    img = _paint(_paint(render(sc), "red", slice(2, 3), slice(2, 4)), "blue", slice(30, 31), slice(3, 4))
+    assert matches_caption(img, sc)  # two isolated specks (2 px and 1 px) are decoding noise
+    assert [d.colour for d in parse_image(img)] == ["blue"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("kind", "square"), ("size", "small"), ("position", "left"), ("colour", "red")],
+)
+def test_each_wrong_attribute_fails(field: str, value: str) -> None:
+    sc = _one("circle", "green", "large", 24, 16, "right")
+    img = render(sc)
+    assert matches_caption(img, sc)
+    other = Scene.from_dict(sc.to_dict())
+    if field == "position":
+        other.position = value
+    else:
+        setattr(other.shapes[0], field, value)
+    assert not matches_caption(img, other)
+
+
+def test_two_shape_scene_with_wrong_relation_or_extra_shape_fails() -> None:
+    a, b = Shape("circle", "red", "small", 8, 8), Shape("square", "blue", "small", 24, 24)
+    sc = Scene(32, [a, b], relation="above")
+    img = render(sc)
+    assert matches_caption(img, sc)
+    assert not matches_caption(img, Scene(32, [a, b], relation="below"))
+    assert not matches_caption(img, Scene(32, [a], position="top"))  # the blue square is unaccounted for
+    third = np.maximum(img, render(_one("triangle", "white", "small", 24, 8, "right")))
+    assert not matches_caption(third, sc)

@@ -5,8 +5,9 @@ spatial relation ("a small red circle above a large blue square"). Every scene i
 Generator, so a seed fixes the data. Some (colour, kind) pairs (HELDOUT_COMBOS) never occur in the train
 and val splits and occur in every scene of the heldout split, to probe compositional generalisation.
 
-`parse_image` reads the shapes back from pixels and `matches_caption` checks an image against a scene or
-its caption: exact on clean renders, tolerant of the mild noise of a decoded VQ image.
+`parse_image` reads every drawn blob back from pixels and `matches_caption` checks an image against a scene
+or its caption: exact on clean renders, tolerant of stray pixels of a decoded VQ image, and strict about
+anything else drawn (a second shape of a colour, an extra blob, a fragment).
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ class DetectedShape:
     area: int
     iou: float
     """Overlap with the best-matching rendered shape (1.0 on a clean render)."""
+    fragment: bool = False
+    """Smaller than any shape (a sliver or a piece): drawn, but not a shape of the grammar."""
 
 
 def extent_px(size_label: str, image_size: int) -> int:
@@ -304,30 +307,43 @@ def snap_to_palette(img: np.ndarray) -> np.ndarray:
     return d.argmin(-1)
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """Largest 4-connected component of a boolean mask (drops stray pixels from decoding noise)."""
-    h, w = mask.shape
-    seen = np.zeros_like(mask)
-    best: list[tuple[int, int]] = []
-    for y0, x0 in zip(*np.nonzero(mask), strict=True):
+def noise_max_px(image_size: int) -> int:
+    """Largest blob (pixels) that is decoding noise rather than something drawn: 2 at 32 px, scaled by area."""
+    return max(2, round(2 * (image_size / 32) ** 2))
+
+
+def min_shape_px(image_size: int) -> int:
+    """Smallest blob (pixels) that can be a shape: ~a third of a small triangle's area."""
+    small = extent_px("small", image_size)
+    return max(3, int(0.35 * small * small / 2))
+
+
+def _components(labels: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(label, mask) of every 8-connected component of equal non-zero labels, largest first.
+
+    8-connectivity, so a diagonal sliver counts as one fragment, not as many stray pixels.
+    """
+    h, w = labels.shape
+    seen = labels == 0
+    comps: list[tuple[int, np.ndarray]] = []
+    for y0, x0 in zip(*np.nonzero(~seen), strict=True):
         if seen[y0, x0]:
             continue
-        comp, queue = [], deque([(int(y0), int(x0))])
+        lab = int(labels[y0, x0])
+        mask = np.zeros(labels.shape, dtype=bool)
+        queue = deque([(int(y0), int(x0))])
         seen[y0, x0] = True
         while queue:
             y, x = queue.popleft()
-            comp.append((y, x))
-            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
-                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
-                    seen[ny, nx] = True
-                    queue.append((ny, nx))
-        if len(comp) > len(best):
-            best = comp
-    out = np.zeros_like(mask)
-    if best:
-        ys, xs = zip(*best, strict=True)
-        out[list(ys), list(xs)] = True
-    return out
+            mask[y, x] = True
+            for ny in (y - 1, y, y + 1):
+                for nx in (x - 1, x, x + 1):
+                    if 0 <= ny < h and 0 <= nx < w and not seen[ny, nx] and labels[ny, nx] == lab:
+                        seen[ny, nx] = True
+                        queue.append((ny, nx))
+        comps.append((lab, mask))
+    comps.sort(key=lambda c: -int(c[1].sum()))
+    return comps
 
 
 @functools.lru_cache(maxsize=64)
@@ -365,25 +381,24 @@ def _match_template(comp: np.ndarray) -> tuple[str, str, int, int, float]:
 
 
 def parse_image(img: np.ndarray) -> list[DetectedShape]:
-    """Shapes in an image, one per palette colour with enough pixels, in COLOURS order."""
+    """Everything drawn in an image: one DetectedShape per blob of one palette colour, largest first.
+
+    Blobs of at most `noise_max_px` pixels are decoding noise and left out; every other blob is reported,
+    a second blob of a colour and a sliver included (those below `min_shape_px` as fragments), so that a
+    caption check can require that nothing is drawn beyond what the caption says.
+    """
     img = np.asarray(img)
     if img.ndim != 3 or img.shape[2] != 3 or img.shape[0] != img.shape[1]:
         raise DataError(f"parse_image expects a square (H, W, 3) image, got shape {img.shape}")
-    labels = snap_to_palette(img)
-    small = extent_px("small", img.shape[0])
-    # Below ~a third of the smallest shape's area a colour blob is decoding noise, not a shape.
-    min_area = max(3, int(0.35 * small * small / 2))
+    n = img.shape[0]
+    noise, min_area = noise_max_px(n), min_shape_px(n)
     found = []
-    for i, colour in enumerate(COLOURS):
-        mask = labels == i + 1
-        if mask.sum() < min_area:
-            continue
-        comp = _largest_component(mask)
+    for label, comp in _components(snap_to_palette(img)):
         area = int(comp.sum())
-        if area < min_area:
+        if area <= noise:
             continue
         kind, size, cx, cy, iou = _match_template(comp)
-        found.append(DetectedShape(colour, kind, size, cx, cy, area, iou))
+        found.append(DetectedShape(COLOURS[label - 1], kind, size, cx, cy, area, iou, area < min_area))
     return found
 
 
@@ -408,16 +423,21 @@ def parse_caption(text: str) -> tuple[list[tuple[str, str, str]], str | None, st
 
 
 def matches_caption(img: np.ndarray, scene: Scene | str) -> bool:
-    """Whether an image shows exactly what a scene's caption says: colours, kinds, sizes, position/relation."""
+    """Whether an image shows exactly what a scene's caption says and nothing else.
+
+    Every blob beyond decoding noise must be one of the caption's shapes: one blob per named colour, of
+    the named kind and size (overlapping its template by at least MIN_IOU) at the named position or
+    relation; a second blob of a colour, a blob of another colour or a fragment fails the match.
+    """
     if isinstance(scene, Scene):
         attrs = [(s.colour, s.kind, s.size) for s in scene.shapes]
         position, relation = scene.position, scene.relation
     else:
         attrs, position, relation = parse_caption(scene)
-    found = {d.colour: d for d in parse_image(img)}
-    if sorted(found) != sorted(a[0] for a in attrs):
+    drawn = parse_image(img)
+    if sorted(d.colour for d in drawn) != sorted(a[0] for a in attrs):
         return False
-    # A blob that resembles no shape is not the shape the caption asks for, whatever its colour.
+    found = {d.colour: d for d in drawn}
     if any((found[c].kind, found[c].size) != (k, s) or found[c].iou < MIN_IOU for c, k, s in attrs):
         return False
     n = np.asarray(img).shape[0]

@@ -56,7 +56,7 @@ def caption_match_accuracy(images: Any, scenes: Sequence[Scene | str]) -> float:
 def colours_present(images: Any, scenes: Sequence[Scene | str]) -> np.ndarray:
     """Per image: does every colour its scene or caption names appear as a shape? ``(N,)`` bool.
 
-    A partial credit below caption_matches (which also needs no extra shapes, the right kinds, sizes and
+    A partial credit below caption_matches (which also needs nothing else drawn, the right kinds, sizes and
     position): undertrained models (the demo's) draw the right colours long before the exact scene.
     Compare it with the same measure against shuffled captions, its chance level for these images.
     """
@@ -68,7 +68,7 @@ def colours_present(images: Any, scenes: Sequence[Scene | str]) -> np.ndarray:
         want = (
             {s.colour for s in sc.shapes} if isinstance(sc, Scene) else {a[0] for a in parse_caption(sc)[0]}
         )
-        out.append(want <= {d.colour for d in parse_image(img)})
+        out.append(want <= {d.colour for d in parse_image(img) if not d.fragment})
     return np.array(out, dtype=bool)
 
 
@@ -76,13 +76,19 @@ def scene_valid(images: Any, max_shapes: int) -> np.ndarray:
     """Per image: does it read as a scene of the grammar (1..max_shapes clean shapes)? ``(N,)`` bool.
 
     The unconditional counterpart of caption matching: no caption to match, but a sample that is noise,
-    a smear or a half-drawn shape is not a scene the data could contain.
+    a smear, a half-drawn shape, a fragment or two shapes of one colour is not a scene the data could
+    contain.
     """
     arr = _as_images(images)
     out = []
     for img in arr:
         found = parse_image(img)
-        out.append(1 <= len(found) <= max_shapes and all(d.iou >= MIN_IOU for d in found))
+        colours = {d.colour for d in found}
+        out.append(
+            1 <= len(found) <= max_shapes
+            and len(colours) == len(found)
+            and all(d.iou >= MIN_IOU and not d.fragment for d in found)
+        )
     return np.array(out, dtype=bool)
 
 

@@ -341,7 +341,7 @@ def config(cfg: RunConfig) -> dict:
 
 STAGE = Stage(
     names.EVALUATE,
-    version=3,
+    version=4,  # 4: the strict caption check (nothing drawn beyond the caption)
     config=config,
     run=run,
     inputs=(

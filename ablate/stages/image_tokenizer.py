@@ -105,13 +105,17 @@ def run(ctx: StageContext) -> None:
 
     summary: dict[str, float] = {"codebook_size": tok.codebook_size, "image_tokens": tok.tokens_per_image}
     if names.SYNTH in ctx.inputs:  # reconstruction error on validation images (never trained on)
-        val_images, _, _ = load_split(ctx.inputs[names.SYNTH], "val")
+        from ablate.evaluate.image_metrics import caption_match_accuracy
+
+        val_images, val_captions, _ = load_split(ctx.inputs[names.SYNTH], "val")
         sample = np.array(val_images[:256])
         with torch.no_grad():
             recon = tok.decode(tok.encode(sample))
         summary["recon_mse"] = float(
             np.mean((recon.astype(np.float32) - sample.astype(np.float32)) ** 2) / 255**2
         )
+        # The ceiling of every arm's caption match: a sample can only match if its codes can draw it.
+        summary["recon_caption_match"] = caption_match_accuracy(recon, val_captions[: len(sample)])
     atomic_write_json(ctx.out_dir / "summary.json", {**summary, **extra})
     ctx.tracker.log_metrics({k: float(v) for k, v in summary.items()}, step=t.vq_steps)
     ctx.log("validation " + " ".join(f"{k}={v:.4g}" for k, v in summary.items()))
