@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ablate.config.compose import compose_arm, flatten, run_key
+from ablate.config.keys import UnknownKeyError
 from ablate.config.schema import EXECUTION_SECTIONS, ClusterConfig, RunConfig, TrackingConfig
 from ablate.config.validate import validate
-from ablate.errors import ConfigError
+from ablate.errors import AblateError, ConfigError
 from ablate.sweep import Sweep
+from ablate.sweep_yaml import read_yaml
 
 
 @dataclass
@@ -28,12 +32,19 @@ class ResolvedArm:
     """The arm's own keys (its grid point or `arms` entry), without the sweep's base and command line."""
 
 
-def resolve_arms(sweep: Sweep) -> list[ResolvedArm]:
-    """Compose and validate every arm; arms with the same resolved config collapse into one."""
+def resolve_arms(sweep: Sweep, command_line: Sequence[str] = ()) -> list[ResolvedArm]:
+    """Compose and validate every arm; arms with the same resolved config collapse into one.
+
+    `command_line`: the overrides given after the sweep file, so that an unknown key is blamed on them
+    rather than on the file and the first arm.
+    """
     out: dict[str, ResolvedArm] = {}
     first: tuple[str, RunConfig] | None = None
     for arm in sweep.arms:
-        cfg, config = compose_arm(arm.overrides, arm=arm.label)
+        try:
+            cfg, config = compose_arm(arm.overrides, arm=arm.label)
+        except UnknownKeyError as e:
+            raise _locate_unknown_key(e, sweep, arm.label, command_line) from None
         validate(config, arm=arm.label)
         # Before arms collapse: two arms that differ only in execution settings have one run key.
         first = first or (arm.label, config)
@@ -75,3 +86,49 @@ def _check_same_execution(first: tuple[str, RunConfig], other: tuple[str, RunCon
                 hint=f"{section} settings are the sweep's, not an arm's (they differ in {', '.join(differ)}); "
                 "set them in the sweep's base or on the command line, not in the grid or arms",
             )
+
+
+def _locate_unknown_key(
+    err: UnknownKeyError, sweep: Sweep, arm: str, command_line: Sequence[str]
+) -> UnknownKeyError:
+    """The error said of the command line (every arm has the key) or of the sweep file and line with it."""
+    if any(_key_of(text) == err.key for text in command_line):
+        return err.located("command line", None)
+    found = _find_key(sweep.path, err.key, set())
+    return err.located(f"{found[0]}:{found[1]}" if found else str(sweep.path), arm)
+
+
+def _key_of(text: str) -> str:
+    return text.partition("=")[0].strip().lstrip("+~")
+
+
+def _find_key(path: Path, key: str, seen: set[Path]) -> tuple[Path, int] | None:
+    """(file, line) of the first place a sweep file or one it includes sets `key` (base, grid, arms)."""
+    if path in seen:
+        return None
+    seen.add(path)
+    try:
+        data, lines = read_yaml(path)
+    except AblateError:  # already read once by load_sweep; a file changed since is not worth a traceback
+        return None
+    if not isinstance(data, dict):
+        return None
+    todo: list[tuple[tuple[str, ...], Any]] = [((), data)]
+    while todo:
+        at, node = todo.pop(0)
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if str(k).strip().lstrip("+~") == key and (at[:1] != ("exclude",)):
+                    return path, lines.get((*at, str(k)), lines.get(at, 1))
+                todo.append(((*at, str(k)), v))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                if at == ("base",) and isinstance(v, str) and _key_of(v) == key:
+                    return path, lines.get((*at, str(i)), lines.get(at, 1))
+                todo.append(((*at, str(i)), v))
+    includes = data.get("include") or []
+    for given in includes if isinstance(includes, list) else []:
+        found = _find_key(path.parent / str(given), key, seen) if isinstance(given, str) else None
+        if found:
+            return found
+    return None

@@ -99,3 +99,95 @@ def test_run_key_ignores_where_a_run_executes_but_not_what_it_computes():
 def test_flatten_gives_dotted_params():
     flat = flatten(compose_config([]))
     assert flat["model.init"] == "pretrained" and flat["optim.lr"] == 1e-3 and "cluster.kind" in flat
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lrr=1e-3", "unknown key 'optim.lrr'; did you mean 'optim.lr'?"),
+        ("optm.lr=1e-3", "unknown key 'optm.lr'; did you mean 'optim.lr'?"),  # the section misspelt
+        ("+optim.lrr=1e-3", "unknown key 'optim.lrr'; did you mean 'optim.lr'?"),
+        ("modle=tiny", "unknown key 'modle'; did you mean 'model'?"),
+        ("model.n_head=4", "unknown key 'model.n_head'; did you mean 'model.n_heads'?"),
+        ("train.sed=1", "unknown key 'train.sed'; did you mean 'train.seed'?"),  # not pretrain.seed
+        # A right name in a wrong section: where it exists.
+        ("train.lr=1", "unknown key 'train.lr'; did you mean 'pretrain.lr', 'align.lr' or 'optim.lr'?"),
+        ("optim.lr.x=1", "unknown key 'optim.lr.x'; did you mean 'optim.lr'? ('lr' is a value"),
+        # No close match: the section's keys, or the sections.
+        ("optim.wd=0.1", "unknown key 'optim.wd'; the keys of optim are: lr, min_lr_ratio, warmup_tokens,"),
+        ("optm.foo=1", "unknown key 'optm.foo'; the sections are: scale, model, data, tokenizer,"),
+    ],
+)
+def test_unknown_key_names_the_key_and_the_nearest_existing_one(override, message):
+    from ablate.config.keys import UnknownKeyError
+
+    with pytest.raises(UnknownKeyError) as info:
+        compose_config([override])
+    assert str(info.value).startswith(message)
+    assert "invalid value" not in str(info.value) and "\n" not in str(info.value)
+    assert isinstance(info.value, ConfigError)  # callers catching ConfigError still do
+
+
+def test_known_keys_and_free_form_fields_pass_the_key_check():
+    from ablate.config.keys import schema_keys, unknown_key_fix
+
+    assert {"optim", "optim.lr", "cluster.additional_parameters", "scale"} <= set(schema_keys())
+    for key in ("optim.lr", "optim", "scale", "cluster.additional_parameters.x", "evaluate.prompts.0"):
+        assert unknown_key_fix(key) is None, key
+    assert config("optim.lr=0.002").optim.lr == 0.002
+
+
+def test_ablate_config_says_an_unknown_key_in_one_line(capsys):
+    from ablate.cli import main
+
+    assert main(["config", "optim.lrr=1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: unknown key 'optim.lrr'; did you mean 'optim.lr'?\n"
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_launch_blames_an_unknown_command_line_key_on_the_command_line(tmp_path, capsys, dry_run):
+    from ablate.cli import main
+
+    argv = ["--results", str(tmp_path), "launch", "sweeps/demo.yaml", "optim.lrr=1e-3"]
+    assert main([*argv, "--dry-run"] if dry_run else argv) == 2
+    err = capsys.readouterr().err
+    assert err == "error: command line: unknown key 'optim.lrr'; did you mean 'optim.lr'?\n"
+    assert not (tmp_path / "sweeps").exists()  # refused before any manifest or lock is written
+
+
+@pytest.mark.parametrize(
+    ("files", "where", "arm"),
+    [
+        (
+            {"s.yaml": "name: s\nbase: [optim.lrr=1e-3]\narms:\n  - {data.task: t2i}\n"},
+            "s.yaml:2",
+            "task=t2i",
+        ),
+        (
+            {"s.yaml": "name: s\ngrid:\n  model.init: [random]\n  optim.lrr: [1e-3]\n"},
+            "s.yaml:4",
+            "init=random lrr=0.001",
+        ),
+        (
+            {
+                "s.yaml": "name: s\ninclude: [inner.yaml]\narms:\n  - {data.task: uncond}\n",
+                "inner.yaml": "name: inner\narms:\n  - {data.task: t2i}\n  - {data.task: t2i, optim.lrr: 1e-3}\n",
+            },
+            "inner.yaml:4",
+            "task=t2i lrr=0.001",
+        ),
+    ],
+)
+def test_launch_names_the_sweep_file_and_line_of_an_unknown_key(tmp_path, capsys, files, where, arm):
+    from ablate.cli import main
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    for dry in (["--dry-run"], []):
+        assert main(["--results", str(tmp_path / "results"), "launch", str(tmp_path / "s.yaml"), *dry]) == 2
+        err = capsys.readouterr().err
+        assert err == (
+            f"error: {tmp_path / where}: arm '{arm}': unknown key 'optim.lrr'; did you mean 'optim.lr'?\n"
+        )
+    assert not (tmp_path / "results").exists()

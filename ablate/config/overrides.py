@@ -14,6 +14,7 @@ from omegaconf import grammar_parser
 from omegaconf.errors import GrammarParseError
 from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser
 
+from ablate.config.keys import check_key
 from ablate.errors import ConfigError
 
 CONF_DIR = Path(__file__).parent / "conf"
@@ -103,10 +104,13 @@ def check_overrides(overrides: list[str], arm: str | None = None) -> list[Overri
             )
         if is_group(ov):
             _check_group(ov, value, arm)
-        elif any(_calls_resolver(s) for s in _strings(ov.value())):
-            raise ConfigError(
-                key, value, "a value without resolvers (${name:...})", arm=arm, hint=_RESOLVER_HINT
-            )
+        else:
+            if "/" not in key and "@" not in key:  # a group path or a package: Hydra's error says more
+                check_key(key, value, arm)
+            if any(_calls_resolver(s) for s in _strings(ov.value())):
+                raise ConfigError(
+                    key, value, "a value without resolvers (${name:...})", arm=arm, hint=_RESOLVER_HINT
+                )
         out.append(ov)
     return out
 

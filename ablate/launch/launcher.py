@@ -62,7 +62,7 @@ def launch(
     host, since), or with `wait` waits for it to end and then launches (running only what is left).
     """
     sweep = load_sweep(sweep_file, overrides)
-    arms = resolve_arms(sweep)  # raises ConfigError before anything is submitted
+    arms = resolve_arms(sweep, overrides)  # raises ConfigError before anything is submitted
     cluster, settings = execution_settings(arms)
     missing = _missing_assets(arms)
     if missing and not dry_run:
