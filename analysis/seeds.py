@@ -60,7 +60,7 @@ COMPARISONS = (
         "pretrained",
         "random",
         {"task": "t2i", "trainable": "all", "image_init": "random"},
-        ("final_image_loss", "final_text_loss", "final_loss"),
+        ("final_image_loss", "final_text_loss", "final_loss", "caption_match_seen"),
     ),
     *(
         Comparison(
@@ -79,7 +79,7 @@ COMPARISONS = (
         "contrastive",
         "random",
         {"task": "t2i", "init": "pretrained"},
-        ("final_image_loss", "final_loss"),
+        ("final_image_loss", "final_loss", "caption_match_seen"),
     ),
 )
 
