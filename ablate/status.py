@@ -105,28 +105,49 @@ def _run_id(job: dict[str, Any], arm: str | None = None) -> str:
     return str(prov.get("mlflow_run_id") or "")
 
 
+# Which stage an arm's row shows when several are not done: a problem first (it needs the user), then one
+# at work, then one waiting in the queue, then the first that has not started; ties go to the earlier stage.
+_SHOWN_FIRST = (PROBLEM_STATES, ("running", "requeued"), ("queued",))
+
+
+def current_stage(states: dict[str, str]) -> str:
+    """The stage an arm's row shows, from its stages' states in run order: the last stage once every stage
+    is done (an arm whose evaluate finished is at evaluate, not train), else the one that says most."""
+    left = [stage for stage, state in states.items() if state != "done"]
+    if not left:
+        return list(states)[-1]
+    for group in _SHOWN_FIRST:
+        for stage in left:
+            if states[stage] in group:
+                return stage
+    return left[0]
+
+
 def arm_rows(manifest: Manifest, slurm_states: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """One row per arm: the first stage that is not done (or train), its state, progress and job."""
+    """One row per arm: its current stage (current_stage), that stage's state and job, and its train job."""
     slurm_states = _slurm_states(manifest) if slurm_states is None else slurm_states
     jobs = manifest.data["jobs"]
     rows = []
     for arm in manifest.data["arms"]:
         stages = arm["stages"]
-        current, state = "train", "done"
-        # The manifest's JSON keeps keys sorted: walk the stages in the order they run.
-        for stage, name in sorted(stages.items(), key=lambda kv: STAGE_ORDER.index(kv[0])):
-            s = job_state(jobs[name], slurm_states.get(jobs[name].get("job_id") or ""))
-            if s != "done":
-                current, state = stage, s
-                break
+        # The manifest's JSON keeps keys sorted: the stages in the order they run.
+        states = {
+            stage: job_state(jobs[name], slurm_states.get(jobs[name].get("job_id") or ""))
+            for stage, name in sorted(stages.items(), key=lambda kv: STAGE_ORDER.index(kv[0]))
+        }
+        current = current_stage(states)
         job = jobs[stages[current]]
+        train = jobs[stages[TRAIN]]
         rows.append(
             {
                 "arm": arm["label"],
                 "stage": current,
-                "state": state,
+                "state": states[current],
+                "train_done": states.get(TRAIN) == "done",
+                "train_dir": train["dir"],
+                "train_run_id": _run_id(train),
                 "run_id": _run_id(job),
-                "arm_run_id": _run_id(jobs[stages["train"]], arm["label"]) or _run_id(jobs[stages["train"]]),
+                "arm_run_id": _run_id(train, arm["label"]) or _run_id(train),
                 "job_id": job.get("job_id") or "",
                 "slurm": slurm_states.get(job.get("job_id") or ""),
                 "dir": job["dir"],
@@ -136,18 +157,38 @@ def arm_rows(manifest: Manifest, slurm_states: dict[str, Any] | None = None) -> 
 
 
 def _progress(row: dict[str, Any], mlflow: dict[str, dict[str, Any]]) -> tuple[Any, Any, Any]:
-    """(tokens, total tokens, last loss) of the row's current stage: MLflow first, then progress.json."""
-    prog = RunDir(row["dir"]).read_progress()
-    run = mlflow.get(row["run_id"], {})
+    """(tokens, total tokens, last loss) of the row's current stage, or of its train once that is done:
+    MLflow first, then progress.json."""
+    done = row.get("train_done", row["stage"] == TRAIN and row["state"] == "done")
+    run_dir, run_id = row["dir"], row["run_id"]
+    if done:
+        run_dir, run_id = row.get("train_dir", run_dir), row.get("train_run_id", run_id)
+    prog = RunDir(run_dir).read_progress()
+    run = mlflow.get(run_id, {})
     metrics = run.get("metrics", {})
     tokens = metrics.get("tokens", prog.get("tokens"))
     total = run.get("total_tokens") or prog.get("total_tokens")
     loss = metrics.get("loss", prog.get("loss"))
-    if row["stage"] == TRAIN and row["state"] == "done":  # the final loss, as summary.csv and the arm run
+    if done:  # the final loss, as summary.csv and the arm run
         loss = metrics.get(
-            "final_loss", final_values(RunDir(row["dir"]).metrics_log().rows()).get("final_loss", loss)
+            "final_loss", final_values(RunDir(run_dir).metrics_log().rows()).get("final_loss", loss)
         )
     return tokens, total, loss
+
+
+def _percent(row: dict[str, Any], tokens: Any, total: Any) -> str:
+    """' 45%' for a running stage that says how far it is (tokens, else steps), else ''."""
+    if row["state"] != "running":
+        return ""
+    if row["stage"] != TRAIN or not tokens or not total:
+        # Past train the tokens shown are train's; the stage's own progress.json says how far it is.
+        prog = RunDir(row["dir"]).read_progress()
+        tokens, total = prog.get("tokens"), prog.get("total_tokens")
+        if tokens is None or total is None:
+            tokens, total = prog.get("step"), prog.get("total_steps")
+    if not isinstance(tokens, int | float) or not isinstance(total, int | float) or total <= 0:
+        return ""
+    return f" {min(tokens / total, 1.0):.0%}"
 
 
 def _tok(n: Any) -> str:
@@ -211,7 +252,7 @@ def format_status(manifest: Manifest) -> str:
     table = [header]
     for r in rows:
         tokens, total, loss = _progress(r, mlflow)
-        state = r["state"]
+        state = r["state"] + _percent(r, tokens, total)
         if r["slurm"] is not None and r["slurm"].state == "PENDING" and r["slurm"].reason not in ("", "None"):
             state += f" ({r['slurm'].reason})"
         table.append(
@@ -232,8 +273,9 @@ def format_status(manifest: Manifest) -> str:
     ]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
     lines.append(
-        f"loss: the last step's while a stage runs; once train is done, its final loss (the mean over the last "
-        f"{TAIL_FRACTION:.0%} of steps, as summary.csv and the arm's MLflow run give it)"
+        f"stage: the arm's current stage (its last once all are done). tokens, loss: the running stage's last "
+        f"step; once train is done, train's tokens and final loss (the mean over the last {TAIL_FRACTION:.0%} "
+        "of steps, as summary.csv and the arm's MLflow run give it)"
     )
     lines += unit_lines(manifest, rows, slurm_states)
     lines += [note for note in (slurm_note, mlflow_note) if note]

@@ -197,7 +197,8 @@ def test_status_and_relaunch_runs_nothing(demo):
     status = ablate(results, "status", "demo")
     assert status.returncode == 0
     lines = [line for line in status.stdout.splitlines() if line.startswith("task=")]
-    assert len(lines) == 4 and all(" train " in line and " done " in line for line in lines)
+    # Each arm at its last stage, not at train (issue 22: every arm read "train done").
+    assert len(lines) == 4 and all(" evaluate " in line and " done " in line for line in lines), status.stdout
     again = ablate(results, "launch", "sweeps/demo.yaml", *TINY)
     assert again.returncode == 0
     assert "submitted" not in again.stdout and again.stdout.count("skipped") == 15

@@ -186,9 +186,9 @@ def test_status_shows_each_arm_done_with_its_job_and_run(results, tiny):
     status = ablate(results, "status", "slurmtiny")
     assert status.returncode == 0, status.stderr
     rows = [line for line in status.stdout.splitlines() if line.startswith("task=t2i init=random")]
-    assert len(rows) == 2 and all(" done " in r for r in rows), status.stdout
-    train_ids = {jid for n, jid in job_ids(results, "slurmtiny").items() if n.startswith("train/")}
-    assert all(any(j in r for j in train_ids) for r in rows)
+    assert len(rows) == 2 and all(" evaluate " in r and " done " in r for r in rows), status.stdout
+    eval_ids = {jid for n, jid in job_ids(results, "slurmtiny").items() if n.startswith("evaluate/")}
+    assert all(any(j in r for j in eval_ids) for r in rows)  # the job of the stage the row shows
 
 
 def test_relaunching_a_finished_sweep_submits_nothing(results, tiny):
