@@ -59,7 +59,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     results = _results(args)
     uri = args.tracking_uri or default_tracking_uri(results)
-    print(write_report(uri, results, sweep=args.sweep))
+    print(write_report(uri, results, sweep=args.sweep, ui_url=args.ui_url))
     return 0
 
 
@@ -154,9 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "report",
-        help="one HTML page: the figures, the runs and the paper's findings checked (results/report.html)",
+        help="one HTML page: the figures, the runs and the paper's findings checked "
+        "(results/report-<sweep>.html with --sweep, e.g. make demo's results/report-demo.html; "
+        "else results/report.html)",
     )
     s.add_argument("--sweep", help="only runs of this sweep (the page: results/report-<sweep>.html)")
+    s.add_argument(
+        "--ui-url",
+        help="address of the MLflow UI the page links to, e.g. http://127.0.0.1:5001 for `ablate ui --port "
+        "5001` (default: ablate ui's default address; the page has a field to change it)",
+    )
     s.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the results store)"
     )

@@ -141,23 +141,30 @@ def _cell(text: object) -> str:
 def table1_completions(completions: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Table 1: for each initialisation (one run each), the greedy completion of each probe prompt before
     training (step 0) and after the last probe, with the tokens trained by then, beside the paper's own
-    completions of its prompts. Writes table1_completions.md (markdown) and .csv (TABLE1_COLUMNS); the
-    paths."""
+    completions of its prompts (columns left out of the markdown when no prompt is the paper's). Writes
+    table1_completions.md (markdown) and .csv (TABLE1_COLUMNS); the paths."""
     if completions.empty:
         raise AblateError(f"table 1: no {COMPLETIONS_ARTIFACT} record of a text-to-image training run")
     table = table1_rows(completions)
+    # The paper's columns only where a prompt is the paper's (scale=paper's): else they would be empty.
+    ours = not table[PAPER_BEFORE].notna().any() and not table[PAPER_AFTER].notna().any()
     lines = [
         "# Table 1: greedy completions before and after text-to-image training",
         "",
         "*Before*: the probe at the first step logged (step 0: before the first update). *After*: the "
         "run's last probe, after the tokens shown. Completions are greedy, text vocabulary only; "
-        "⏎ marks a line break. *Paper*: the completions the paper printed for its own prompts (its "
-        f"pretrained model, before and after {human(paper.TABLE1_AFTER_TOKENS)} tokens of text-to-image "
-        "training); empty for other prompts.",
+        "⏎ marks a line break."
+        + (
+            ""
+            if ours
+            else " *Paper*: the completions the paper printed for its own prompts (its pretrained model, "
+            f"before and after {human(paper.TABLE1_AFTER_TOKENS)} tokens of text-to-image training); "
+            "empty for other prompts."
+        ),
         "",
-        "| initialisation | prompt | before training | after training | after (tokens, step) "
-        f"| {PAPER_BEFORE} | {PAPER_AFTER} |",
-        "|---|---|---|---|---|---|---|",
+        "| initialisation | prompt | before training | after training | after (tokens, step) |"
+        + ("" if ours else f" {PAPER_BEFORE} | {PAPER_AFTER} |"),
+        "|---|---|---|---|---|" + ("" if ours else "---|---|"),
     ]
     for _, row in table.iterrows():
         when = "no later probe yet"
@@ -169,8 +176,8 @@ def table1_completions(completions: pd.DataFrame, out_dir: Path) -> list[Path]:
         # Not the paper's prompt: an empty cell (nothing to compare), not "—" (a missing completion).
         theirs = [_cell(row[c]) if isinstance(row[c], str) else "" for c in (PAPER_BEFORE, PAPER_AFTER)]
         lines.append(
-            f"| {row['init']} | {_cell(row['prompt'])} | {before} | {_cell(row['after'])} | {when} "
-            f"| {theirs[0]} | {theirs[1]} |"
+            f"| {row['init']} | {_cell(row['prompt'])} | {before} | {_cell(row['after'])} | {when} |"
+            + ("" if ours else f" {theirs[0]} | {theirs[1]} |")
         )
     runs = table.drop_duplicates("run_id")
     lines += ["", "Runs: " + "; ".join(f"{r.init}: {r.arm} (`{r.run_id}`)" for r in runs.itertuples())]

@@ -180,4 +180,8 @@ def test_report_writes_one_page_with_findings_and_run_links(store: SimpleNamespa
     assert all(f.claim in page for f in FINDINGS) and page.count("data:image/png;base64,") >= 3
     train = store.runs[("demo", "t2i-pretrained", "train")]
     assert f"/runs/{train}" in page  # the arm's train run in the MLflow UI
+    # Links under the address `ablate ui --port 5123` serves, given once.
+    page = write_report(store.uri, tmp_path, sweep="demo", ui_url="http://127.0.0.1:5123/").read_text()
+    assert "href='http://127.0.0.1:5123/#/experiments/" in page and f"/runs/{train}'" in page
+    assert "127.0.0.1:5000" not in page
     assert (tmp_path / "figures" / "summary.csv").is_file()  # drawn as `ablate plot` draws them

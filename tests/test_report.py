@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -9,7 +12,8 @@ import pytest
 import yaml
 from matplotlib.figure import Figure
 
-from analysis import report
+from ablate import paper
+from analysis import report, tables
 from analysis.report import NOT_REPRODUCED, NOT_RUN, ONE_SEED, REPRODUCED
 
 
@@ -182,9 +186,100 @@ def test_the_page_embeds_its_figures_and_lists_every_finding(tmp_path):
     arms = {"demo": "http://127.0.0.1:5000/#/experiments/2/runs?viewStateShareKey=arms"}
     page = report.render(tmp_path, "t", {"abc": "http://127.0.0.1:5000/#/experiments/1/runs/abc"}, {}, arms)
     assert (
-        "href='http://127.0.0.1:5000/#/experiments/2/runs?viewStateShareKey=arms'>the arms of demo<" in page
+        "href='http://127.0.0.1:5000/#/experiments/2/runs?viewStateShareKey=arms' "
+        "data-ui-path='/#/experiments/2/runs?viewStateShareKey=arms'>the arms of demo<" in page
     )
     assert page.count("data:image/png;base64,") == 1 and "<img src='http" not in page  # works offline
     assert all(f.claim in page for f in report.FINDINGS)
     assert "http://127.0.0.1:5000/#/experiments/1/runs/abc" in page
     assert "Figure 3: perplexity" in page
+
+
+def completions_of(prompts: list[str]) -> pd.DataFrame:
+    rows = [("pretrained", "a", "r1", step, step * 1e5, p, f"{p[:4]} at {step} " + "word " * 40)
+            for step in (0, 9) for p in prompts]  # fmt: skip
+    return pd.DataFrame(rows, columns=tables.COMPLETION_COLUMNS)
+
+
+def test_table1_is_an_html_table_with_the_papers_columns_only_for_its_prompts(tmp_path):
+    tables.table1_completions(completions_of(["Once upon a time", "The cat <b>"]), tmp_path / "demo")
+    page = report.render(tmp_path / "demo", "t", {}, {})
+    assert "<table class='completions'>" in page and "<pre>" not in page
+    assert "<td>The cat &lt;b&gt;</td>" in page and "Once at 9 word" in page
+    assert (
+        "paper, before" not in page
+        and "paper, before" not in (tmp_path / "demo" / "table1_completions.md").read_text()
+    )
+    assert "900k tokens, step 9" in page
+    prompt = paper.TABLE1_PROMPTS[1]
+    tables.table1_completions(completions_of(["Once upon a time", prompt]), tmp_path / "paper")
+    page = report.render(tmp_path / "paper", "t", {}, {})
+    assert (
+        "<th>paper, before</th>" in page and f"<td>{paper.TABLE1_COMPLETIONS[prompt]['after']}</td>" in page
+    )
+    assert "| paper, before |" in (tmp_path / "paper" / "table1_completions.md").read_text()
+
+
+def test_numbers_keep_their_significant_digits():
+    assert [report.num(v) for v in (1.9, 0.51234, 523.4, 12345.6, 100.0)] == [
+        "1.9",
+        "0.512",
+        "523",
+        "12,346",
+        "100",
+    ]
+
+
+def test_mlflow_links_follow_the_ui_address_and_the_page_can_change_it(tmp_path):
+    from ablate.tracking import ui_command
+
+    argv = ui_command("sqlite:///x.db")
+    host, port = argv[argv.index("--host") + 1], argv[argv.index("--port") + 1]
+    assert report.default_ui_url() == f"http://{host}:{port}"  # ablate ui's own default, not a copy
+    summary = pd.DataFrame({"arm": ["init=pretrained"], "heldout_text_ppl": [1.9], "train_run_id": ["abc"]})
+    write(tmp_path, "summary", summary)
+    base = "http://127.0.0.1:5123"
+    page = report.render(tmp_path, "t", {"abc": f"{base}/#/experiments/1/runs/abc"}, {}, ui_url=base)
+    assert f"href='{base}/#/experiments/1/runs/abc' data-ui-path='/#/experiments/1/runs/abc'>run<" in page
+    assert f"id='ui-url' size='30' value='{base}'" in page and "<td>1.9</td>" in page
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed: the page's script is not run")
+    # The page's script against a stand-in DOM: a new address rewrites every MLflow link and is remembered.
+    script = page[page.index("<script>") + len("<script>") : page.index("</script>")]
+    harness = """
+    const links = [{path: '/#/experiments/1/runs/abc', href: ''}, {path: '/#/experiments/2/runs', href: ''}];
+    const field = {value: ''}; let submit = null; const store = {};
+    globalThis.document = {
+      getElementById: (id) => id === 'ui-url' ? field : {addEventListener: (e, f) => { submit = f; }},
+      querySelectorAll: () => links.map((l) => ({getAttribute: () => l.path, set href(v) { l.href = v; }})),
+    };
+    globalThis.location = {search: ''};
+    globalThis.localStorage = {getItem: (k) => store[k] ?? null, setItem: (k, v) => { store[k] = v; }};
+    SCRIPT
+    field.value = ' http://localhost:5001/ ';
+    submit({preventDefault() {}});
+    field.value = 'javascript:alert(1)';
+    submit({preventDefault() {}});
+    console.log(JSON.stringify([links.map((l) => l.href), store]));
+    """.replace("SCRIPT", script)
+    out = subprocess.run(
+        ["node", "-e", harness], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    hrefs, store = json.loads(out)
+    assert hrefs == [
+        "http://localhost:5001/#/experiments/1/runs/abc",
+        "http://localhost:5001/#/experiments/2/runs",
+    ]
+    assert store == {report.UI_KEY: "http://localhost:5001"}  # the javascript: address was refused
+
+
+def test_report_help_names_the_page_it_writes():
+    import argparse
+
+    from ablate.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    text = next(a.help for a in sub._choices_actions if a.dest == "report")
+    assert "results/report-<sweep>.html with --sweep" in text and "report-demo.html" in text
+    assert parser.parse_args(["report", "--sweep", "demo", "--ui-url", "http://h:1"]).ui_url == "http://h:1"
