@@ -4,42 +4,54 @@ training: curves over the tidy frame of analysis.frames (curves_from_histories),
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter, FuncFormatter
+from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, NullFormatter
 
 from ablate import tracking
 from ablate.errors import AblateError
 from analysis.figures import PLOT_COLUMNS, _colors, _draw, joined, plotted_points, save, smoothing_label
 from analysis.runs import label_rank
 
-# Figure 6's settings (train.trainable presets, ablate/model/freeze.py) in the paper's order.
+# Figure 6's settings (train.trainable presets, ablate/model/freeze.py) in the paper's order, named by what
+# they train here: the paper's second adds "layer norms + positional embedding", but open_lm's rotary
+# embedding has no parameters, so it adds the norms alone (POSITIONAL_SUFFIX where a model has some).
 FREEZE_SETTINGS = {
     "emb_out": "embedding + output",
-    "emb_out_norm": "+ norms + positional",
+    "emb_out_norm": "+ norms",
     "emb_out_norm_half": "+ norms + first half of the layers",
     "emb_out_norm_ffn": "+ norms + feed-forward layers",
     "all": "all parameters",
 }
+POSITIONAL_SUFFIX = " + positional embedding"  # after emb_out_norm's name, for a model with learned positions
 FREEZE_SWEEP = "sweeps/freeze.yaml"  # the sweep file that runs every setting of FREEZE_SETTINGS
 NO_POSITIONAL = "none"  # tracking.TAG_POSITIONAL starts so when the model has no positional parameters
 ROTARY_NOTE = (
     f"open_lm's rotary position embedding has no parameters (tag {tracking.TAG_POSITIONAL} = {{value!r}}), "
-    "so the '+ positional' setting adds only the norms."
+    "so '+ norms' (emb_out_norm) adds only the norms to embedding + output."
 )
 FREEZE_COLUMNS = ["series", "setting", "trainable", *PLOT_COLUMNS[1:], "positional_params"]
 TEXT_COLUMNS = ["series", "metric", "run_id", "arm", "init", "step", "tokens", "value"]
 
 
-def _setting(init: str, trainable: object) -> str:
+def _setting(init: str, trainable: object, positional: bool = False) -> str:
+    """A legend entry: '<init>: <what trains> (<preset>)'; `positional`: the model has learned positions."""
     preset = trainable if isinstance(trainable, str) and trainable else "all"
-    return (
-        f"{init}: {FREEZE_SETTINGS[preset]} ({preset})" if preset in FREEZE_SETTINGS else f"{init}: {preset}"
-    )
+    if preset not in FREEZE_SETTINGS:
+        return f"{init}: {preset}"
+    name = FREEZE_SETTINGS[preset] + (POSITIONAL_SUFFIX if positional and preset == "emb_out_norm" else "")
+    return f"{init}: {name} ({preset})"
+
+
+def has_positional(values: pd.Series) -> bool:
+    """Whether the runs' ablate.positional_params tags name learned positional parameters."""
+    return any(not str(v).startswith(NO_POSITIONAL) for v in values.dropna())
 
 
 def _setting_rank(init: str, trainable: str) -> tuple:
@@ -48,13 +60,17 @@ def _setting_rank(init: str, trainable: str) -> tuple:
 
 
 def positional_note(values: pd.Series) -> str:
-    """The figure's note on what '+ positional' added, from the runs' ablate.positional_params tags."""
+    """The figure's note on what emb_out_norm trains besides the norms, from the runs' positional tags."""
     given = sorted({str(v) for v in values.dropna()})
     if not given:
         return f"Positional parameters not recorded (runs lack the tag {tracking.TAG_POSITIONAL})."
     if all(v.startswith(NO_POSITIONAL) for v in given):
         return ROTARY_NOTE.format(value=given[0])
-    return "Positional parameters trained with '+ positional': " + "; ".join(given) + "."
+    return (
+        f"Positional parameters trained from emb_out_norm ('+ norms{POSITIONAL_SUFFIX}') on: "
+        + "; ".join(given)
+        + "."
+    )
 
 
 def figure6_freeze(frame: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -69,18 +85,21 @@ def figure6_freeze(frame: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> li
         mapped = points["run_id"].map(runs.set_index("run_id")["trainable"]).astype(object)
         points["trainable"] = mapped.where(mapped.notna(), points["trainable"])
     points["trainable"] = points["trainable"].fillna("all").astype(str)
-    points["setting"] = [_setting(i, t) for i, t in zip(points["init"], points["trainable"], strict=True)]
-    points["series"] = points["setting"] + "/" + points["arm"] + "/" + points["kind"]
     positional = runs.set_index("run_id")["positional_params"] if not runs.empty else pd.Series(dtype=object)
     points["positional_params"] = points["run_id"].map(positional)
+    learned = has_positional(points["positional_params"])
+    points["setting"] = [
+        _setting(i, t, learned) for i, t in zip(points["init"], points["trainable"], strict=True)
+    ]
+    points["series"] = points["setting"] + "/" + points["arm"] + "/" + points["kind"]
     pairs = sorted(
         set(zip(points["init"], points["trainable"], strict=True)), key=lambda p: _setting_rank(*p)
     )
     shades = colormaps["viridis"](np.linspace(0.0, 0.85, max(1, len(pairs))))
-    colors = {_setting(i, t): shades[k] for k, (i, t) in enumerate(pairs)}
+    colors = {_setting(i, t, learned): shades[k] for k, (i, t) in enumerate(pairs)}
     for init, trainable in pairs:  # other inits (random) in their figure-3 colour when fully trained
         if init != "pretrained" and trainable == "all":
-            colors[_setting(init, trainable)] = _colors([init])[init]
+            colors[_setting(init, trainable, learned)] = _colors([init])[init]
     note = positional_note(points.drop_duplicates("run_id")["positional_params"])
     ran = {t for i, t in pairs if i == "pretrained"}
     if len(ran) < len(FREEZE_SETTINGS):
@@ -133,6 +152,19 @@ def figure7_contrastive(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     return save(fig, points, out_dir, "figure7_contrastive")
 
 
+def plain_log_axis(ax: Axes, values: pd.Series) -> None:
+    """Label a log y axis with plain numbers (2, 5, 10, 20, ... rather than 10^1): labelled ticks at 1, 2
+    and 5 per decade over a few decades, every integer within one, powers of ten over many; the other
+    minor ticks unlabelled, so no two labels meet (a minor 90 under a major 100)."""
+    decades = math.log10(float(values.max()) / float(values.min())) if values.min() > 0 else 0.0
+    subs = (
+        (1.0,) if decades > 4 else (1.0, 2.0, 5.0) if decades > 1 else tuple(float(k) for k in range(1, 10))
+    )
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:.2g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def text_ability(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Held-out text perplexity (the text-ability probe) against training tokens, text-to-image runs,
     one line per run coloured by initialisation, log y; the probe points as markers (no smoothing)."""
@@ -151,11 +183,7 @@ def text_ability(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.plot(xs, ys, marker="o", ms=3.5, lw=1.6, color=color, label=init)
     if (points["value"] > 0).all():
         ax.set_yscale("log")
-        # Plain numbers (600, 1,000, 2,000) rather than 6 x 10^2: a perplexity is read as a count.
-        plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:.2g}")
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
-        ax.tick_params(axis="y", which="minor", labelsize=7)
+        plain_log_axis(ax, points["value"])
     handles, labels = ax.get_legend_handles_labels()
     order = [labels.index(i) for i in colors if i in labels]
     ax.legend([handles[i] for i in order], [labels[i] for i in order], title="initialisation")

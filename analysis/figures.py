@@ -171,19 +171,19 @@ def _draw(
             if lines.empty:
                 continue
             xs, ys = joined(lines, x)
-            # Legend order is drawing priority: the first groups (pretrained, random) on top, and each
-            # with its own dash pattern, so a line under another (pretrained + contrastive) still shows.
-            ls, z = LINESTYLES[rank % len(LINESTYLES)], 3 + len(colors) - rank
-            if kind == "raw":
-                ax.plot(xs, ys, lw=0.7, alpha=0.45, color=color, rasterized=True, zorder=z)
+            # Where lines coincide (late in training they often do) each must still show: the first group
+            # is the widest solid line at the bottom, each later one narrower and dashed on top of it.
+            ls, lw, z = LINESTYLES[rank % len(LINESTYLES)], max(1.4, 2.8 - 0.5 * rank), 3 + rank
+            if kind == "raw":  # under every smoothed line
+                ax.plot(xs, ys, lw=0.7, alpha=0.45, color=color, rasterized=True, zorder=2)
                 continue
             single, bands = seed_bands(lines, x)
             for bx, mean, lo, hi in bands:  # an arm run with several seeds: their mean, min-max shaded
-                ax.fill_between(bx, lo, hi, color=color, alpha=0.2, lw=0, zorder=z - 0.5)
-                ax.plot(bx, mean, lw=2.0, color=color, ls=ls, zorder=z)
+                ax.fill_between(bx, lo, hi, color=color, alpha=0.2, lw=0, zorder=2.5)
+                ax.plot(bx, mean, lw=lw, color=color, ls=ls, zorder=z)
             if not single.empty:
-                ax.plot(*joined(single, x), lw=2.0, color=color, ls=ls, zorder=z)
-            ax.plot([], [], lw=2.0, color=color, ls=ls, label=group)  # one legend entry per group
+                ax.plot(*joined(single, x), lw=lw, color=color, ls=ls, zorder=z)
+            ax.plot([], [], lw=lw, color=color, ls=ls, label=group)  # one legend entry per group
     if x == "tokens":
         ax.set_xlabel("training tokens")
         ax.xaxis.set_major_formatter(EngFormatter())  # 250 k, 1 G: token counts span orders of magnitude
@@ -217,20 +217,57 @@ def _require(points: pd.DataFrame, figure: str, metrics: Sequence[str]) -> None:
         )
 
 
+# Figure 3's right panel: the tokens after the first ZOOM_FROM of the longest run, its y-range from the
+# values after RANGE_FROM (the fall before that leaves through the top: it is the left panel's).
+ZOOM_FROM, RANGE_FROM = 0.1, 0.5
+
+
+def late_range(points: pd.DataFrame) -> tuple[float, float]:
+    """A y-range for the late part of curves: the smoothed lines' extent and the raw values' 2nd to 98th
+    percentile (a raw spike does not flatten the lines), padded by 10% below and 40% above."""
+    ema, raw = points[points["kind"] == "ema"]["value"], points[points["kind"] == "raw"]["value"]
+    lo = min(ema.min(), raw.quantile(0.02)) if len(raw) else ema.min()
+    hi = max(ema.max(), raw.quantile(0.98)) if len(raw) else ema.max()
+    span = hi - lo if hi > lo else 0.05 * abs(hi) or 0.05
+    return float(lo - 0.1 * span), float(hi + 0.4 * span)
+
+
 def figure3_perplexity(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Figure 3: perplexity against training tokens, pretrained vs random init (raw thin, EMA thick)."""
+    """Figure 3: perplexity against training tokens, pretrained vs random init (raw thin, EMA thick); left
+    the whole run on a log axis, right the last 90% of tokens on a linear axis with its own range, where
+    the early fall would otherwise flatten the lines onto each other."""
     points = plotted_points(frame, ["perplexity"], log_space=True)
     _require(points, "figure 3", ["perplexity"])
-    fig = Figure(figsize=(6.4, 4.4))
-    ax = fig.subplots()
-    _draw(ax, points, _colors(points["init"].unique()))
+    return save(draw_figure3(points), points, out_dir, "figure3_perplexity")
+
+
+def draw_figure3(points: pd.DataFrame) -> Figure:
+    """Figure 3 drawn from its points (plotted_points of perplexity): the whole run, and the late part."""
+    colors = _colors(points["init"].unique())
+    fig = Figure(figsize=(11.0, 4.4), layout="constrained")
+    whole, late = np.atleast_1d(fig.subplots(1, 2))
+    _draw(whole, points, colors)
     if (points["value"] > 0).all():  # perplexity spans orders of magnitude early on
-        ax.set_yscale("log")
-    ax.set_ylabel("perplexity")
-    ax.set_title(
-        f"Perplexity through training (text-to-image)\n{smoothing_label(points)} (of the loss)", fontsize=9
+        whole.set_yscale("log")
+    end = float(points["tokens"].max())
+    start = ZOOM_FROM * end
+    tail = points[points["tokens"] >= start]
+    whole.axvspan(start, end, color="0.5", alpha=0.08, lw=0, zorder=0)
+    whole.set_title("whole run (log scale; shaded: the right panel)", fontsize=9)
+    _draw(late, tail, colors, legend=False)
+    late.set_xlim(start, end)
+    late.set_ylim(*late_range(points[points["tokens"] >= RANGE_FROM * end]))
+    late.set_title(
+        f"after the first {ZOOM_FROM:.0%} of tokens (linear scale, y from the last {1 - RANGE_FROM:.0%})",
+        fontsize=9,
     )
-    return save(fig, points, out_dir, "figure3_perplexity")
+    for ax in (whole, late):
+        ax.set_ylabel("perplexity")
+    fig.suptitle(
+        f"Perplexity through training (text-to-image; smoothed as the loss, then exp)\n{smoothing_label(points)}",
+        fontsize=10,
+    )
+    return fig
 
 
 def figure4_loss_split(frame: pd.DataFrame, out_dir: Path) -> list[Path]:

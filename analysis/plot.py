@@ -96,7 +96,8 @@ FIGURES: tuple[Figure, ...] = (
         "text-to-image train runs",
         lambda f: f.t2i,
         lambda runs, d: figures.figure3_perplexity(d.curves_of(runs), d.out_dir),
-        caption="Figure 3: perplexity of the text-to-image runs against training tokens, per initialisation.",
+        caption="Figure 3: perplexity of the text-to-image runs against training tokens, per initialisation: "
+        "the whole run (log scale) and, on a scale of their own, the tokens after the first 10%.",
     ),
     Figure(
         "figure4_loss_split",

@@ -108,6 +108,90 @@ def test_positional_note() -> None:
     learned = curves.positional_note(pd.Series(["pos_embed.weight", None]))
     assert "pos_embed.weight" in learned and "only the norms" not in learned
     assert "not recorded" in curves.positional_note(pd.Series([None]))
+    # The legend names what trains: no '+ positional' setting where the model has no positional parameters.
+    assert "+ positional" not in rotary and "'+ norms' (emb_out_norm)" in rotary
+    assert curves._setting("pretrained", "emb_out_norm") == "pretrained: + norms (emb_out_norm)"
+    assert curves._setting("pretrained", "emb_out_norm", positional=True).endswith(
+        "+ positional embedding (emb_out_norm)"
+    )
+    assert not curves.has_positional(pd.Series(["none (rotary has no parameters)", None]))
+    assert curves.has_positional(pd.Series(["pos_embed.weight"]))
+
+
+def perplexity_points(
+    inits: tuple[str, ...] = ("pretrained", "random", "pretrained + contrastive"),
+) -> pd.DataFrame:
+    """Figure 3's points for runs that fall from 300 to the same 3.3 by a tenth of training: late, the
+    lines lie on top of each other."""
+    from analysis.figures import plotted_points
+
+    rows = []
+    for k, label in enumerate(inits):
+        init, _, image = label.partition(" + ")
+        for step in range(1, 201):
+            value = 3.3 + 300 * np.exp(-step / 4) + 0.01 * np.sin(step + k)
+            rows.append((f"r{k}", "demo", f"init={label}", init, image or "random", "t2i", "all", step,
+                         step * 1000.0, "perplexity", value))  # fmt: skip
+    columns = [
+        "run_id",
+        "sweep",
+        "arm",
+        "init",
+        "image_init",
+        "task",
+        "trainable",
+        "step",
+        "tokens",
+        "metric",
+        "value",
+    ]
+    return plotted_points(pd.DataFrame(rows, columns=columns), ["perplexity"], log_space=True)
+
+
+def test_figure3_zooms_on_the_late_tokens_and_shows_every_init():
+    from analysis.figures import RANGE_FROM, ZOOM_FROM, draw_figure3
+
+    points = perplexity_points()
+    whole, late = draw_figure3(points).axes
+    end = points["tokens"].max()
+    assert whole.get_yscale() == "log" and late.get_yscale() == "linear"
+    assert late.get_xlim() == pytest.approx((ZOOM_FROM * end, end))
+    # The zoomed panel's y-range is the late values', not the early fall's (which leaves through the top).
+    final = points[points["tokens"] >= RANGE_FROM * end]["value"]
+    low, high = late.get_ylim()
+    assert low < final.min() and final.max() < high < final.max() + (final.max() - final.min()) * 2
+    assert high < points[points["tokens"] >= ZOOM_FROM * end]["value"].max()
+    # Every init has its own smoothed line in both panels; coinciding, each later one narrower and on top.
+    for ax in (whole, late):
+        thick = [line for line in ax.get_lines() if line.get_linewidth() >= 1.4 and len(line.get_xdata())]
+        styles = [(line.get_color(), str(line.get_linestyle()), line.get_zorder(), line.get_linewidth())
+                  for line in thick]  # fmt: skip
+        assert len(styles) == 3 and len({(c, s) for c, s, _, _ in styles}) == 3
+        by_z = sorted(styles, key=lambda t: t[2])
+        assert all(a[3] > b[3] for a, b in zip(by_z[:-1], by_z[1:], strict=True))  # wider underneath
+
+
+def test_log_axis_tick_labels_are_plain_and_do_not_overlap():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    for low, high, expect in ((1.9, 523.0, {"2", "10", "100", "500"}), (60.0, 90.0, {"60", "90"}),
+                              (1.5, 3e6, {"10", "1,000", "1,000,000"})):  # fmt: skip
+        fig = Figure(figsize=(6.4, 4.4))
+        ax = fig.subplots()
+        values = pd.Series([low, high])
+        ax.plot([0, 1], values)
+        ax.set_yscale("log")
+        curves.plain_log_axis(ax, values)
+        FigureCanvasAgg(fig).draw()
+        labels = [t for t in ax.get_yticklabels(minor=False) + ax.get_yticklabels(minor=True) if t.get_text()]
+        lo, hi = ax.get_ylim()
+        shown = [t for t in labels if lo <= t.get_position()[1] <= hi]
+        assert expect <= {t.get_text() for t in shown} and not any("10^" in t.get_text() for t in shown)
+        boxes = sorted((t.get_window_extent().y0, t.get_window_extent().y1) for t in shown)
+        assert all(b[0] >= a[1] for a, b in zip(boxes[:-1], boxes[1:], strict=True)), [
+            t.get_text() for t in shown
+        ]
 
 
 def test_ema_span_follows_a_drop_the_paper_ema_lags_behind():

@@ -188,7 +188,7 @@ def test_figure6_one_line_per_freeze_setting(everything: SimpleNamespace, store:
     data = everything.csv("figure6_freeze")
     assert set(data["setting"]) == {
         "pretrained: embedding + output (emb_out)",
-        "pretrained: + norms + positional (emb_out_norm)",
+        "pretrained: + norms (emb_out_norm)",  # rotary: no positional parameters to add
         "pretrained: all parameters (all)",
         "random: all parameters (all)",
     }
