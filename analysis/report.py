@@ -401,7 +401,11 @@ def table1_html(out_dir: Path) -> str:
         return esc(value) if isinstance(value, str) and value else "<i>(empty)</i>"
 
     head = ["initialisation", "prompt", "before training", "after training", "after (tokens, step)", *theirs]
-    rows = ["<table class='completions'><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"]
+    # Fixed layout needs the widths (%): completions get the room, the short columns little.
+    widths = [10, 20, 25, 25, 10] if not theirs else [9, 16, 18, 18, 9, 15, 15]
+    cols = "".join(f"<col style='width:{w}%'>" for w in widths)
+    rows = [f"<table class='completions'><colgroup>{cols}</colgroup><tr>"]
+    rows[0] += "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"
     for r in table.to_dict("records"):
         when = "no later probe yet"
         if pd.notna(r["after_step"]):
