@@ -283,3 +283,27 @@ def test_report_help_names_the_page_it_writes():
     text = next(a.help for a in sub._choices_actions if a.dest == "report")
     assert "results/report-<sweep>.html with --sweep" in text and "report-demo.html" in text
     assert parser.parse_args(["report", "--sweep", "demo", "--ui-url", "http://h:1"]).ui_url == "http://h:1"
+
+
+def test_contrastive_needs_the_plateau_and_seeds(tmp_path):
+    def align(values: list[float]) -> pd.DataFrame:
+        return pd.DataFrame(
+            {"metric": "loss", "kind": "raw", "run_id": "a", "step": range(len(values)), "value": values}
+        )
+
+    write(tmp_path, "comparisons", comparisons([row(CR, "final_image_loss", 0.50, 0.50, 3, -0.01, 0.01)]))
+    write(
+        tmp_path, "figure7_contrastive", align([5.0 / (1 + s) for s in range(100)])
+    )  # still falling: refuted
+    verdict = report.contrastive_no_gain(tmp_path)
+    assert verdict.status == NOT_REPRODUCED and "still falling" in verdict.numbers
+    write(tmp_path, "figure7_contrastive", align([1.0 + 0.001 * (s % 3) for s in range(100)]))
+    assert report.contrastive_no_gain(tmp_path).status == REPRODUCED
+    # A plateau beside one seed of the comparison: the no-gain half is not established.
+    write(tmp_path, "comparisons", comparisons([row(CR, "final_image_loss", 0.50, 0.50)]))
+    verdict = report.contrastive_no_gain(tmp_path)
+    assert (
+        verdict.status == ONE_SEED
+        and "(plateau)" in verdict.numbers
+        and "sweeps/contrastive.yaml" in verdict.numbers
+    )
