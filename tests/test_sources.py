@@ -427,3 +427,19 @@ def test_malformed_captions_jsonl_names_the_line(tmp_path: Path) -> None:
         f.write('{"caption": "no file key"}\n')
     with pytest.raises(DataError, match=r"captions.jsonl:6"):
         list(iter_folder(tmp_path))
+
+
+def test_sample_keys_lists_from_the_headers_the_keys_a_pass_reads_with_image_and_caption(
+    tmp_path: Path,
+) -> None:
+    import realdata
+
+    from ablate.data.sources import sample_keys
+
+    (shard,) = realdata.write_webdataset(tmp_path, shards=1, per_shard=6, planted=True)
+    read = [s for s in iter_webdataset(shard) if s.image is not None and s.caption is not None]
+    assert sample_keys(shard) == [s.key for s in read]  # the corrupt JPEG is there: its bytes are not read
+    assert "nocapt0001" not in sample_keys(shard) and "corrupt001" in sample_keys(shard)
+    (tmp_path / "not.tar").write_bytes(b"not a tar archive" * 64)
+    with pytest.raises(DataError, match="cannot be listed"):
+        sample_keys(tmp_path / "not.tar")

@@ -65,14 +65,17 @@ def launch(
     arms = resolve_arms(sweep, overrides)  # raises ConfigError before anything is submitted
     cluster, settings = execution_settings(arms)
     missing = _missing_assets(arms)
-    if missing and not dry_run:
-        raise missing[0]
+    small = _small_splits(arms)
+    if (missing or small) and not dry_run:
+        raise (missing or small)[0]
     graph = build_graph(arms, results, threads=cluster.threads)
     echo(f"sweep {sweep.name!r} from {sweep.path}")
     echo(dry_run_table(arms, graph))
     if dry_run:
         for problem in dict.fromkeys(str(p) for p in missing):  # arms sharing an asset: said once
             echo(f"missing (a launch stops here): {problem}")
+        for problem in dict.fromkeys(str(p) for p in small):
+            echo(f"too small (a launch stops here): {problem}")
         echo("")
         echo(estimate_table([(a.label, a.config) for a in arms]))
         for line in pretokenize_lines([(a.label, a.config) for a in arms]):
@@ -194,6 +197,20 @@ def _missing_assets(arms: list[ResolvedArm]) -> list[AblateError]:
     for arm in arms:
         try:
             check_assets(arm.config, arm=arm.label)
+        except AblateError as e:
+            problems.append(e)
+    return problems
+
+
+def _small_splits(arms: list[ResolvedArm]) -> list[AblateError]:
+    """Per arm, a real-data split too small for a stage that reads it (prepare.check_splits), so that a
+    set of a few hundred images is refused here rather than failing every evaluate after training."""
+    from ablate.stages import prepare
+
+    problems = []
+    for arm in arms:
+        try:
+            prepare.check_splits(arm.config)
         except AblateError as e:
             problems.append(e)
     return problems

@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # torch and the code that needs it load when the stage runs (
     from ablate.model.transformer import Transformer
 
 T2I_SPLITS = {"val": "seen", "heldout": "heldout"}  # shard split -> the name the metrics use
+TRAIN_SPLIT = "train"  # sampled instead when val and heldout are both empty (prompt_sets)
 EVAL_SPLIT = "eval"  # the name of data.eval_path's samples in metrics and samples.csv
 UNCOND = "uncond"
 SLICE_FILE = "slice.npz"
@@ -93,10 +94,12 @@ def _split_set(ctx: StageContext, split: str, layout: VocabLayout, n: int, n_cod
     prompts = [prompt_t2i(c, layout, ctx.cfg.data.seq_len, n_codes) for c in ids]
     if names.SYNTH not in ctx.inputs:
         tok = open_text_tokenizer(ctx.inputs[names.TEXT_TOKENIZER])
-        return PromptSet(T2I_SPLITS[split], prompts, [tok.decode([int(i) for i in c]) for c in ids], None)
+        return PromptSet(
+            T2I_SPLITS.get(split, split), prompts, [tok.decode([int(i) for i in c]) for c in ids], None
+        )
     _, captions, scenes = load_split(ctx.inputs[names.SYNTH], split)
     return PromptSet(
-        T2I_SPLITS[split],
+        T2I_SPLITS.get(split, split),
         prompts,
         list(captions[: len(ids)]),
         [Scene.from_dict(s) for s in scenes[: len(ids)]],
@@ -114,7 +117,19 @@ def prompt_sets(ctx: StageContext, layout: VocabLayout, n_codes: int) -> list[Pr
         ids = [tok.encode(c)[: cfg.data.caption_tokens] for c in captions]
         prompts = [prompt_t2i(i, layout, cfg.data.seq_len, n_codes) for i in ids]
         return [PromptSet(EVAL_SPLIT, prompts, captions, None)]
-    return [_split_set(ctx, split, layout, n, n_codes) for split in T2I_SPLITS]
+    sets = [_split_set(ctx, split, layout, n, n_codes) for split in T2I_SPLITS]
+    if not any(s.prompts for s in sets):
+        # Real data whose val and heldout splits prepare left empty (few samples, some bad: the launch
+        # refuses only splits empty by key). Sampling training captions beats failing after training.
+        d = cfg.data
+        ctx.log(
+            f"warning: the val and heldout splits of {ctx.inputs[names.PREPARE]} hold no sample "
+            f"(data.val_fraction={d.val_fraction}, data.heldout_fraction={d.heldout_fraction}); sampling the "
+            f"captions of the first {n} training pairs instead. For captions the model has not trained on, "
+            "raise data.val_fraction or give data.eval_path"
+        )
+        return [_split_set(ctx, TRAIN_SPLIT, layout, n, n_codes)]
+    return sets
 
 
 def n_prompts(cfg: RunConfig) -> int:

@@ -10,6 +10,7 @@ lists every output shard with its sample counts, and the bad samples are summed 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,10 +27,13 @@ from ablate.data.sources import (
     expand_pattern,
     expand_shards,
     folder_units,
+    hash_unit,
     iter_folder,
     iter_webdataset,
+    sample_keys,
+    split_of,
 )
-from ablate.errors import DataError
+from ablate.errors import AblateError, ConfigError, DataError
 from ablate.rundir import RunDir
 from ablate.stages import names
 from ablate.stages.context import StageContext
@@ -137,6 +141,78 @@ def units(cfg: RunConfig) -> tuple[str, ...]:
     return tuple(_input_units(cfg))
 
 
+# Validation fractions a too-small split's error suggests, the first that gives SUGGEST_SAMPLES samples.
+SUGGESTED_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2)
+SUGGEST_SAMPLES = 10
+
+
+def _unit_keys(cfg: RunConfig, files: list[Path]) -> list[str]:
+    """The sample keys of one unit's inputs, as pretokenize splits them (tar headers, or file names)."""
+    if cfg.data.source == "webdataset":
+        return [k for shard in files for k in _shard_keys(str(shard), *_stamp(shard))]
+    root = Path(str(cfg.data.path))
+    return [f.relative_to(root).as_posix().rsplit(".", 1)[0] for f in files]
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=4096)
+def _shard_keys(shard: str, size: int, mtime_ns: int) -> tuple[str, ...]:
+    """sample_keys, once per shard version: a sweep's arms share their data, and the check runs per arm."""
+    return tuple(sample_keys(shard))
+
+
+def check_splits(cfg: RunConfig) -> None:
+    """ConfigError if real data's splits are too small for the stages that read them: train needs a
+    sample, and t2i's evaluate without data.eval_path samples the val and heldout captions, so needs one
+    there. Counted from the sample keys (the split is a hash of the key), before any job runs; the count is
+    an upper bound (a sample may still be bad), so only an empty split is refused here and `evaluate`
+    copes with one emptied by bad samples. Stops reading as soon as every split needed has a sample;
+    inputs it cannot list (missing, not a tar) are left to check_assets and prepare to report.
+    """
+    d = cfg.data
+    if d.source == "synthetic":
+        return
+    needs_eval = d.task == "t2i" and not d.eval_path
+    counts = dict.fromkeys(("train", "val", "heldout"), 0)
+    hashes: list[float] = []
+    try:
+        for files in _input_units(cfg).values():
+            for key in _unit_keys(cfg, files):
+                counts[split_of(key, d.val_fraction, d.heldout_fraction)] += 1
+                hashes.append(hash_unit(key))
+            if counts["train"] and (counts["val"] + counts["heldout"] or not needs_eval):
+                return
+    except (AblateError, OSError):
+        return
+    n = len(hashes)
+    where = f"data.path={d.path} holds {n} sample(s) (by key, before decoding)"
+    if not counts["train"]:
+        raise ConfigError(
+            "data.path",
+            d.path,
+            "a data set with at least one sample in the train split",
+            hint=f"{where}; at data.val_fraction={d.val_fraction} and data.heldout_fraction="
+            f"{d.heldout_fraction} none is left to train on: give more data or lower those fractions",
+        )
+    target = min(SUGGEST_SAMPLES, cfg.evaluate.n_samples, n)
+    fits = [f for f in SUGGESTED_FRACTIONS if f + d.heldout_fraction < 1]
+    suggest = next((f for f in fits if sum(u < f for u in hashes) >= target), fits[-1] if fits else 0.0)
+    raise ConfigError(
+        "data.val_fraction",
+        d.val_fraction,
+        "a fraction that leaves at least one sample in the val or heldout split (evaluate samples their "
+        "captions)",
+        hint=f"{where}; at data.val_fraction={d.val_fraction} and data.heldout_fraction={d.heldout_fraction} "
+        f"the val split gets 0 of them and heldout 0, so every evaluate would fail after training: set "
+        f"data.val_fraction={suggest} ({sum(u < suggest for u in hashes)} of the {n} in val) or give "
+        "data.eval_path (a reference set to take captions from)",
+    )
+
+
 def _settings(cfg: RunConfig) -> Settings:
     from ablate.data.pretokenize import Settings
 
@@ -150,6 +226,7 @@ def _settings(cfg: RunConfig) -> Settings:
         val_fraction=d.val_fraction,
         heldout_fraction=d.heldout_fraction,
         max_bad_fraction=d.max_bad_fraction,
+        caption_leading_space=d.caption_leading_space,
     )
 
 
@@ -296,6 +373,8 @@ def config(cfg: RunConfig) -> dict:
         "caption_tokens": d.caption_tokens,
         "text_vocab_size": cfg.model.text_vocab_size,
     }
+    if d.caption_leading_space:  # only when set, so the keys of existing results stay valid
+        out["caption_leading_space"] = True
     if d.source != "synthetic":  # real data: the inputs themselves, and how they are read and split
         files: dict[str, Any]
         try:

@@ -21,7 +21,7 @@ from ablate.data.sources.folder import CAPTIONS_FILE, folder_units, iter_folder,
 from ablate.data.sources.paths import expand_pattern, expand_shards
 from ablate.data.sources.sample import IMAGE_EXTS, RawSample
 from ablate.data.sources.split import Split, hash_unit, split_of
-from ablate.data.sources.webdataset import iter_webdataset, split_member_name
+from ablate.data.sources.webdataset import iter_webdataset, sample_keys, split_member_name
 
 __all__ = [
     "CAPTIONS_FILE",
@@ -35,6 +35,7 @@ __all__ = [
     "iter_folder",
     "iter_webdataset",
     "list_images",
+    "sample_keys",
     "split_member_name",
     "split_of",
 ]

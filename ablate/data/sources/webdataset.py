@@ -217,3 +217,23 @@ def _iter_members(tf: tarfile.TarFile, shard: str, log: _HeaderLog) -> Iterator[
         yield from _emit_damaged(group, end, shard)
     elif group is not None:
         yield from _emit(group, shard)
+
+
+def sample_keys(shard: str | Path) -> list[str]:
+    """The keys of a shard's samples that have an image and a caption member, in archive order, read from
+    the tar headers alone (seeking past every member's data, so a shard costs milliseconds, not a decode).
+
+    What a launch counts the splits by before any job runs: an upper bound of what `prepare` keeps, as a
+    member may still be undecodable or too small. DataError if the shard cannot be read as a tar archive.
+    """
+    path = Path(shard)
+    exts: dict[str, set[str]] = {}
+    try:
+        with tarfile.open(path, mode="r:*") as tf:
+            for member in tf:
+                if member.isfile():
+                    key, ext = split_member_name(member.name)
+                    exts.setdefault(key, set()).add(ext)
+    except _READ_ERRORS as e:
+        raise DataError(f"shard {path} cannot be listed as a tar archive ({e})") from e
+    return [k for k, found in exts.items() if "txt" in found and not found.isdisjoint(IMAGE_EXTS)]
