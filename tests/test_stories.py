@@ -8,7 +8,7 @@ import re
 import pytest
 
 from ablate.data import stories as st
-from ablate.data.synthetic import grammar_words
+from ablate.data.synthetic import grammar_words, parse_caption
 from ablate.errors import ConfigError
 
 
@@ -28,7 +28,7 @@ def test_stories_keep_their_characters_and_object() -> None:
     for _ in range(300):
         text = st.story(rng)
         sentences = re.findall(r"\.(?: |$)", text)  # a quoted line ends at its "said ..."
-        assert 7 <= len(sentences) <= 10 and text.endswith(".")
+        assert 7 <= len(sentences) <= 12 and text.endswith(".")
         found = re.search(r"One day, (\w+) found an? (\w+) (\w+)", text)
         assert found, text
         hero, obj = found.group(1), found.group(3)
@@ -62,3 +62,18 @@ def test_articles_and_shared_caption_words() -> None:
     words = set(re.findall(r"[a-z]+", text))
     # Every caption word is a story word, so the demo LM knows them before it sees an image.
     assert set(grammar_words()) <= words
+
+
+def test_pictures_are_described_in_caption_syntax() -> None:
+    rng = random.Random(2)
+    texts = [st.story(rng) for _ in range(400)]
+    heads = sorted((t.split("{c}")[0] for t in st._PICTURES), key=len, reverse=True)  # longest first
+    pattern = "|".join(re.escape(h).replace(re.escape("{N}"), r"\w+") for h in heads)
+    described = [re.findall(rf"(?:{pattern})(a [a-z ]+)\.", t) for t in texts]
+    with_picture = sum(1 for d in described if d)
+    assert 0.7 < with_picture / len(texts) < 0.9  # about 80% of stories
+    captions = [c for d in described for c in d]
+    for c in captions:
+        parse_caption(c)  # a caption of the grammar, verbatim (DataError otherwise)
+    shapes = [len(parse_caption(c)[0]) for c in captions]
+    assert 0.35 < shapes.count(2) / len(shapes) < 0.65  # one- and two-shape captions alike

@@ -86,6 +86,10 @@ def test_caption_words_become_single_tokens(tmp_path: Path) -> None:
         text = caption(s)
         assert len(tok.encode(text)) == len(text.split())
         assert tok.decode(tok.encode(text)) == text
+        # With data.caption_leading_space every word, the first included, is the mid-sentence token.
+        spaced = tok.encode_caption(text, leading_space=True)
+        assert spaced == [tok.encode(" " + w)[0] for w in text.split()]
+        assert spaced[1:] == tok.encode_caption(text)[1:] and spaced[0] != tok.encode_caption(text)[0]
     assert sum(len(plain.encode(caption(s))) for s in scenes) > sum(len(caption(s).split()) for s in scenes)
 
 

@@ -175,6 +175,11 @@ class DataConfig:
     """Tokens per training sequence (padded with <pad>)."""
     caption_tokens: int = 26
     """Text tokens reserved for a caption; longer captions are truncated."""
+    caption_leading_space: bool = False
+    """Encode each caption as it reads in running text, after a space (" a small red circle"), so its
+    first word is the same token as anywhere else in the LM's corpus (a byte-level BPE gives "a" and " a"
+    different ids). The demo sets it (scale/demo.yaml): its story corpus describes pictures in the
+    captions' words mid-sentence, and the pretrained LM then predicts a caption from its first word on."""
 
 
 @dataclass

@@ -42,6 +42,7 @@ class Settings:
     val_fraction: float
     heldout_fraction: float
     max_bad_fraction: float
+    caption_leading_space: bool = False
 
 
 @dataclass
@@ -98,7 +99,7 @@ def pretokenize(
             result.skips.keep()
             name = split_of(raw.key, s.val_fraction, s.heldout_fraction)
             split = splits[name]
-            ids = text_tok.encode(caption) if s.task == "t2i" else []
+            ids = text_tok.encode_caption(caption, s.caption_leading_space) if s.task == "t2i" else []
             result.caption_tokens += len(ids)
             result.captions_truncated += len(ids) > s.caption_tokens
             split.images.append(image)

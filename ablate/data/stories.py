@@ -5,7 +5,10 @@ Real prose (Python's documentation, ablate/data/corpus.py) is too rich for a 1M-
 few hundred words in the register of simple children's stories, and keep their characters, pronouns and
 objects consistent from sentence to sentence (a problem met in one sentence is solved in a later one), so
 a model that has learnt them completes a prompt with grammatical sentences that follow it, and forgetting
-shows as those sentences turning into caption words. Seeded and generated on the fly, so nothing is read
+shows as those sentences turning into caption words. Most stories also describe a picture in the captions'
+own words and syntax ("Tim drew a small red circle above a large blue square."), as web text holds
+captions' language: a language model pretrained on them predicts a caption far better than an untrained
+one, as the paper's pretrained LM does (its Fig. 4). Seeded and generated on the fly, so nothing is read
 from disk or the network, and each seed gives the same stories on every machine.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import random
 
+from ablate.data.synthetic import COLOURS, KINDS, POSITIONS, RELATIONS, SIZES, Scene, Shape, caption
 from ablate.errors import ConfigError
 
 _GIRLS = ("Lily", "Mia", "Sara", "Anna", "Emma", "Lucy", "Zoe", "Ella", "Amy", "Rose", "Nina", "Kate")
@@ -100,8 +104,30 @@ def _character(rng: random.Random, avoid: str = "") -> tuple[str, str, str, str]
     return name, kind, "she" if girl else "he", "her" if girl else "his"
 
 
+# Sentences that hold a caption of the scene grammar verbatim ({c}), among the story's own.
+_PICTURES = (
+    "{N} drew {c}.",
+    "{N} drew a picture of {c}.",
+    "In the picture there was {c}.",
+    "{N} painted {c}.",
+    "On the wall there was {c}.",
+    "The picture showed {c}.",
+)
+
+
+def scene_caption(rng: random.Random) -> str:
+    """A caption of the synthetic scene grammar (any colour and kind: web text has every pairing)."""
+    if rng.random() < 0.5:
+        shape = Shape(rng.choice(KINDS), rng.choice(COLOURS), rng.choice(SIZES), 0, 0)
+        return caption(Scene(0, [shape], position=rng.choice(POSITIONS)))
+    a, b = rng.sample(COLOURS, 2)  # colours differ within a scene, as in the data
+    shapes = [Shape(rng.choice(KINDS), c, rng.choice(SIZES), 0, 0) for c in (a, b)]
+    return caption(Scene(0, shapes, relation=rng.choice(RELATIONS)))
+
+
 def story(rng: random.Random) -> str:
-    """One story of 7 to 10 sentences: a character, a found object, a friend, maybe a problem, an end."""
+    """One story of 7 to 12 sentences: a character, maybe pictures, a found object, a friend, maybe a
+    problem, an end."""
     name, kind, he, his = _character(rng)
     friend, friend_kind, _, _ = _character(rng, avoid=name)
     obj = rng.choice(_OBJECTS)
@@ -115,6 +141,13 @@ def story(rng: random.Random) -> str:
             )
         ),
         f"{he.capitalize()} liked to {rng.choice(_LIKES)}.",
+    ]
+    if rng.random() < 0.8:
+        s += [
+            rng.choice(_PICTURES).format(N=name, F=friend, c=scene_caption(rng))
+            for _ in range(rng.choice((1, 2)))
+        ]
+    s += [
         f"One day, {name} found {_a(look)} {obj} {rng.choice(_FOUND_AT)}.",
         f"On the {obj} there was {_a(rng.choice(('small', 'large')))} {rng.choice(_COLOURS)} "
         f"{rng.choice(_SHAPES)}.",

@@ -114,7 +114,9 @@ def prompt_sets(ctx: StageContext, layout: VocabLayout, n_codes: int) -> list[Pr
     if names.EVAL_SET in ctx.inputs:
         tok = open_text_tokenizer(ctx.inputs[names.TEXT_TOKENIZER])
         captions = read_captions(ctx.inputs[names.EVAL_SET])[:n]
-        ids = [tok.encode(c)[: cfg.data.caption_tokens] for c in captions]
+        ids = [
+            tok.encode_caption(c, cfg.data.caption_leading_space)[: cfg.data.caption_tokens] for c in captions
+        ]
         prompts = [prompt_t2i(i, layout, cfg.data.seq_len, n_codes) for i in ids]
         return [PromptSet(EVAL_SPLIT, prompts, captions, None)]
     sets = [_split_set(ctx, split, layout, n, n_codes) for split in T2I_SPLITS]
@@ -351,6 +353,8 @@ def config(cfg: RunConfig) -> dict:
     if has_eval_set(cfg):  # the captions, tokenized here as the training data's are
         out["eval_set"] = eval_set_config(cfg.data, cfg.evaluate.n_samples)
         out["caption_tokens"] = cfg.data.caption_tokens
+        if cfg.data.caption_leading_space:
+            out["caption_leading_space"] = True
     return out
 
 

@@ -81,7 +81,7 @@ def _run_synthetic(ctx: StageContext) -> None:
                 if d.task == "uncond":
                     seqs.append(layout_uncond(c, layout, d.seq_len))
                     continue
-                ids = text_tok.encode(cap)
+                ids = text_tok.encode_caption(cap, d.caption_leading_space)
                 n_caption_tokens.append(len(ids))
                 truncated += len(ids) > d.caption_tokens
                 seqs.append(layout_t2i(ids[: d.caption_tokens], c, layout, d.seq_len))

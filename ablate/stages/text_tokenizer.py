@@ -88,4 +88,4 @@ def config(cfg: RunConfig) -> dict:
     }
 
 
-STAGE = Stage(names.TEXT_TOKENIZER, version=2, config=config, run=run, params=("tokenizer", "pretrain"))
+STAGE = Stage(names.TEXT_TOKENIZER, version=3, config=config, run=run, params=("tokenizer", "pretrain"))

@@ -48,6 +48,10 @@ class TextTokenizer:
         """Ids of a text, without any special tokens the tokenizer's post-processor would add."""
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def encode_caption(self, caption: str, leading_space: bool = False) -> list[int]:
+        """Ids of a caption, after a space if `leading_space` (data.caption_leading_space)."""
+        return self.encode(" " + caption.lstrip() if leading_space else caption)
+
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """encode over many texts (parallel in the Rust library)."""
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
