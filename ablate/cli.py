@@ -64,26 +64,35 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    import subprocess
+    import signal
 
     from ablate.config.schema import TrackingConfig
-    from ablate.tracking import default_tracking_uri, sweep_links, ui_command, wait_until_up
+    from ablate.tracking import default_tracking_uri, redact_uri, start_ui, sweep_links, wait_until_up
 
     uri = args.tracking_uri or default_tracking_uri(_results(args))
     base = f"http://{args.host}:{args.port}"
-    print(f"starting the MLflow UI over {uri} ({args.workers or 'default'} worker(s)) ...", flush=True)
-    proc = subprocess.Popen(ui_command(uri, host=args.host, port=args.port, workers=args.workers))
+    print(
+        f"starting the MLflow UI over {redact_uri(uri)} ({args.workers or 'default'} worker(s)) ...",
+        flush=True,
+    )
+    proc = start_ui(uri, host=args.host, port=args.port, workers=args.workers)
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # so that `finally` stops the server: SIGTERM would end us and orphan it
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
     try:
         wait_until_up(base, proc, echo=lambda line: print(line, flush=True))
-        links = sweep_links(uri, base, TrackingConfig().experiment_prefix)
+        links = sweep_links(base, TrackingConfig().experiment_prefix)
         print(f"MLflow UI on {base} (Ctrl-C stops it)", flush=True)
         for name, url in links:
             print(f"  sweep {name}: {url}", flush=True)
         if not links:
             print("  no sweep tracked yet: `ablate launch sweeps/demo.yaml` first", flush=True)
         print(
-            "  one row per arm; each sweep's stage runs are in the experiment <sweep>/stages. To plot against "
-            "tokens: a chart's settings, X-axis: Metric, tokens",
+            "  one row per arm (its full label in the column ablate.arm); its Chart view draws the curves against "
+            "tokens and each result as a bar per arm. Each sweep's stage runs are in the experiment <sweep>/stages",
             flush=True,
         )
         return proc.wait()

@@ -64,6 +64,13 @@ def test_ui_command_and_redaction() -> None:
         "-m", "mlflow", "ui", "--backend-store-uri", "sqlite:////x/mlflow.db", "--host", "127.0.0.1", "--port", "5123",
         "--workers", "1",
     ]  # fmt: skip
+    # The UI's environment turns MLflow's job runner off (a process per job kind; ablate has no jobs for
+    # it), unless one asks for it.
+    assert tracking.ui_env({"A": "1"}) == {"A": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    assert (
+        tracking.ui_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true"})["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]
+        == "true"
+    )
     assert tracking.redact_uri("postgresql://me:secret@db:5432/ml") == "postgresql://me:***@db:5432/ml"
 
 

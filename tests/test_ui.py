@@ -38,9 +38,36 @@ def start_ui(results: Path, port: int) -> subprocess.Popen:
     )
 
 
+def descendants(pid: int) -> list[tuple[int, int, str]]:
+    """(pid, RSS in KiB, command line) of every process below `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            try:
+                cmd = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                rss = next(
+                    int(line.split()[1])
+                    for line in (Path("/proc") / str(child) / "status").read_text().splitlines()
+                    if line.startswith("VmRSS:")
+                )
+            except (OSError, StopIteration):
+                continue
+            out.append((child, rss, cmd))
+            todo.append(child)
+    return out
+
+
 def test_ui_answers_before_it_prints_its_links(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment = tracking.ensure_experiment(uri, "ablate/demo")
+    tracking.ensure_experiment(uri, "ablate/demo/stages")  # a sweep's stage runs: no link of its own
     port = free_port()
     proc = start_ui(tmp_path, port)
     try:
@@ -58,15 +85,33 @@ def test_ui_answers_before_it_prints_its_links(tmp_path):
                     assert r.status == 200
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
                     assert "mlflow" in r.read().decode(errors="replace").lower()
-            if line.strip().startswith("sweep demo:"):
+            if line.strip().startswith("one row per arm"):
                 break
         text = "\n".join(lines)
         assert re.search(rf"sweep demo: http://127\.0\.0\.1:{port}/#/experiments/{experiment}/runs", text), (
             text
         )
-        assert text.index("MLflow UI on") < text.index("sweep demo:")
+        assert text.index("MLflow UI on") < text.index("sweep demo:") and "stages:" not in text, text
+        # No MLflow job runner (mlflow.server.jobs: a huey consumer per job kind, ~250 MB each): the server
+        # launches it right after the UI process, before the port answers, so it would be there by now.
+        procs = descendants(proc.pid)
+        shown = "\n".join(f"{pid} {rss // 1024} MiB {cmd[:160]}" for pid, rss, cmd in procs)
+        assert not [cmd for _, _, cmd in procs if "huey" in cmd or "mlflow.server.jobs" in cmd], shown
+        # `mlflow ui` and its uvicorn server (with more than one worker, uvicorn's workers below it).
+        workers = tracking.default_workers()
+        assert 2 <= len(procs) <= 2 + (workers if workers > 1 else 0), shown
+        # A SIGTERM to `ablate ui` alone (a service manager, `kill`) stops the server too, not only Ctrl-C.
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        deadline = time.monotonic() + 60
+        while any(Path(f"/proc/{pid}").exists() for pid, _, _ in procs) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid, _, _ in procs if Path(f"/proc/{pid}").exists()], shown
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # whatever is left of its process group
+        except ProcessLookupError:
+            pass
         proc.wait(timeout=30)
 
 

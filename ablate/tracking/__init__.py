@@ -66,7 +66,16 @@ from ablate.tracking.tags import (
     sweep_tag,
 )
 from ablate.tracking.tracker import LocalFirst, MLflowTracker, NullTracker, Tracker
-from ablate.tracking.ui import arms_link, arms_view, default_workers, sweep_links, ui_command, wait_until_up
+from ablate.tracking.ui import (
+    arms_link,
+    arms_view,
+    default_workers,
+    start_ui,
+    sweep_links,
+    ui_command,
+    ui_env,
+    wait_until_up,
+)
 
 __all__ = [
     "HISTORY_COLUMNS",
@@ -121,7 +130,9 @@ __all__ = [
     "stage_run_name",
     "stage_run_tags",
     "sweep_tag",
+    "start_ui",
     "ui_command",
+    "ui_env",
     "arms_link",
     "arms_view",
     "default_workers",

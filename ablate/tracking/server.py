@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ablate.atomic import atomic_write_text
 from ablate.errors import AblateError
+from ablate.tracking.store import JOB_EXECUTION_ENV
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +213,7 @@ class ServerProcess:
         Path(self.artifacts_dir).mkdir(parents=True, exist_ok=True)
         # MLFLOW_BACKEND_STORE_URI = --backend-store-uri, kept out of argv so `ps` does not show the password.
         env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": self.backend_uri}
-        # The job runner (GenAI evaluation, trace rollups) starts seven more processes we never use.
-        env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+        env.setdefault(JOB_EXECUTION_ENV, "false")  # seven more processes we never use (store.py)
         log_out = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115 (child owns it)
         try:
             # A new session: the server outlives a CLI that started it, and stop() signals the whole group.

@@ -18,6 +18,11 @@ from ablate.errors import AblateError
 log = logging.getLogger(__name__)
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+# MLflow 3's server starts a job runner beside itself (mlflow.server.jobs: a huey consumer per job kind and
+# one for periodic tasks, each a process importing all of mlflow, ~250 MB) unless this is false. Its jobs
+# are GenAI features (scorers, prompt optimisation, issue detection, trace roll-ups) ablate never uses; the
+# servers ablate starts turn it off unless the environment says otherwise.
+JOB_EXECUTION_ENV = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 RUN_STATUSES = ("SCHEDULED", "RUNNING", *TERMINAL_STATUSES)
 # MLflow's limits (mlflow.utils.validation): 6000 chars per param value, 100 params or tags and 1000
