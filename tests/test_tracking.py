@@ -310,3 +310,50 @@ def test_a_sweep_experiment_is_a_model_training_experiment(store: SimpleNamespac
     assert TAG_EXPERIMENT_KIND not in client.get_experiment(old).tags
     assert tracking.ensure_experiment(store.uri, "made-before-the-tag") == old
     assert client.get_experiment(old).tags[TAG_EXPERIMENT_KIND] == EXPERIMENT_KIND_TRAINING
+
+
+def test_an_arm_run_shows_results_rounded_and_single_values_at_step_zero(
+    store: SimpleNamespace, tmp_path: Path
+) -> None:
+    """Live and back-filled alike; curves, tokens included, keep every digit; a stage run keeps everything."""
+    from ablate.rundir import RunDir
+
+    rows = {
+        0: {"heldout_text_ppl": 31.4159265, "tokens": 0.0},
+        5: {"loss": 2.718281828, "tokens": 1001087.0, "heldout_text_ppl": 12.3456789},
+        6: {"loss": 2.5, "tokens": 1001088.0},
+        7: {"final_loss": 2.609140914, "final_image_loss": math.nan},
+    }
+    spec = tracking.ArmRunSpec(
+        experiment="test-sweep-arms",
+        name="a",
+        tags=tracking.arm_run_tags(
+            sweep="test-sweep", label="init=a", arm_key=uuid.uuid4().hex, stage_keys={}
+        ),
+    )
+    live, stage = tracking.arm_run(store.uri, spec, "train", None), stage_run(store)
+    log = RunDir(tmp_path).metrics_log()
+    for run_id in (live, stage):
+        tracker = tracking.MLflowTracker(store.uri, run_id, flush_interval_s=0.05)
+        for step, values in rows.items():
+            tracker.log_metrics(values, step)
+        tracker.close("FINISHED")
+    for step, values in rows.items():
+        log.append(step, values)
+    spec.tags[tracking.TAG_ARM_KEY] = uuid.uuid4().hex  # another arm: filled from metrics.jsonl only
+    filled = tracking.arm_run(store.uri, spec, "train", None)
+    assert tracking.backfill(store.uri, filled, tmp_path) == len(rows)
+    assert tracking.backfill(store.uri, filled, tmp_path) == 0  # (key, step) compared as the arm run holds it
+    keys = ["loss", "tokens", "heldout_text_ppl", "final_loss", "final_image_loss"]
+    for run_id in (live, filled):
+        hist = tracking.fetch_histories(store.uri, [run_id], keys)
+        got = {k: list(zip(g["step"], g["value"], strict=True)) for k, g in hist.groupby("key")}
+        assert got["loss"] == [(5, 2.718281828), (6, 2.5)]
+        assert got["tokens"] == [(0, 0.0), (5, 1001087.0), (6, 1001088.0)]
+        assert got["heldout_text_ppl"] == [(0, 31.42), (5, 12.35)]
+        assert got["final_loss"] == [(0, 2.609)]
+        assert [(s, math.isnan(v)) for s, v in got["final_image_loss"]] == [(0, True)]
+    stage_hist = tracking.fetch_histories(store.uri, [stage], ["final_loss", "heldout_text_ppl"])
+    assert sorted(zip(stage_hist["key"], stage_hist["step"], stage_hist["value"], strict=True)) == [
+        ("final_loss", 7, 2.609140914), ("heldout_text_ppl", 0, 31.4159265), ("heldout_text_ppl", 5, 12.3456789),
+    ]  # fmt: skip

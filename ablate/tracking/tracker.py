@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from ablate.errors import AblateError
 from ablate.rundir import METRICS, RunDir
 from ablate.tracking.read import logged_steps
+from ablate.tracking.results import arm_rows
 from ablate.tracking.store import (
     MAX_METRICS_PER_BATCH,
     TERMINAL_STATUSES,
@@ -27,6 +28,7 @@ from ablate.tracking.store import (
     _store_missing,
     redact_uri,
 )
+from ablate.tracking.tags import KIND_ARM, TAG_KIND
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,8 @@ class MLflowTracker:
     lacks (logged before a crash, never delivered) are sent first, so a resumed job or `ablate resend`
     leaves the run equal to metrics.jsonl whenever the process died; and every artifact logged is recorded
     in the directory (RunDir.artifacts) for `ablate resend` to log again.
+    An arm's run (tag ablate.kind = arm) holds each row as tracking.results.arm_rows shows it: results
+    rounded, single values at step 0; "each (key, step)" above means as shown there.
     A failed send (store down, SQLite locked) is retried with exponential backoff; a permanent error
     (deleted run, invalid value) drops that batch with a warning. Nothing raises into the caller but the
     constructor when the run does not exist, and log_metrics given a value float() cannot convert.
@@ -128,6 +132,7 @@ class MLflowTracker:
         self._client: Any = None
         self._logged: dict[str, set[int]] = {}  # (key, step) delivered or queued; read from the store first
         self._params: dict[str, str] = {}
+        self._arm = False  # an arm's run: rows go through arm_rows; known once the run is read
         self._failing_since: float | None = None
         self._last_error: BaseException | None = None
         self._ready = threading.Event()
@@ -256,6 +261,7 @@ class MLflowTracker:
         run = client.get_run(self.run_id)  # first: a wrong run id fails here, before the reads below
         logged = logged_steps(self.uri, self.run_id)
         self._params = dict(run.data.params)
+        self._arm = run.data.tags.get(TAG_KIND) == KIND_ARM
         if self.mark_running and run.info.status != "RUNNING":
             client.update_run(self.run_id, status="RUNNING")
         self._logged = logged  # only this thread reads or changes it
@@ -272,8 +278,9 @@ class MLflowTracker:
         items = []
         for row in RunDir(self.run_dir).metrics_log().rows():
             step = int(row.pop("step"))
-            if any(step not in logged.get(k, ()) for k in row):
-                items.append(("metrics", step, {k: float(v) for k, v in row.items()}, ts))
+            values = {k: float(v) for k, v in row.items()}
+            if any(s not in logged.get(k, ()) for s, shown in self._shown(step, values) for k in shown):
+                items.append(("metrics", step, values, ts))  # as logged: _to_ops shows it
         self.backfilled_rows = len(items)
         if items:
             log.warning(
@@ -342,6 +349,10 @@ class MLflowTracker:
             )  # fmt: skip
         return False
 
+    def _shown(self, step: int, values: dict[str, float]) -> list[tuple[int, dict[str, float]]]:
+        """The (step, values) rows the run holds of one logged row: itself, or on an arm run arm_rows'."""
+        return arm_rows(step, values) if self._arm else [(step, values)]
+
     def _to_ops(self, items: list[tuple]) -> list[tuple]:
         """Queued items -> send operations: de-duplicated metric steps, batched within MLflow's limits."""
         from mlflow.entities import Metric
@@ -350,14 +361,15 @@ class MLflowTracker:
         metrics: list[Any] = []
         for item in items:
             if item[0] == "metrics":
-                _, step, values, ts = item
-                for key, value in values.items():
-                    steps = self._logged.setdefault(key, set())
-                    if step in steps:
-                        self.dropped_steps += 1
-                        continue
-                    steps.add(step)
-                    metrics.append(Metric(key, value, ts, step))
+                _, logged_step, logged_values, ts = item
+                for step, values in self._shown(logged_step, logged_values):
+                    for key, value in values.items():
+                        steps = self._logged.setdefault(key, set())
+                        if step in steps:
+                            self.dropped_steps += 1
+                            continue
+                        steps.add(step)
+                        metrics.append(Metric(key, value, ts, step))
                 continue
             if metrics:
                 ops.extend(("metrics", list(c)) for c in _chunks(metrics, MAX_METRICS_PER_BATCH))
