@@ -18,7 +18,7 @@ from ablate.stages.stage import Stage
 from ablate.tracking.store import _client
 from ablate.tracking.tags import ARMS_VIEW, TAG_SHARED_VIEW_PREFIX
 
-SWEEP, LABEL = "s", "init=random"
+SWEEP, LABEL, NAME = "s", "init=random", "random"
 
 
 def fake_stage(monkeypatch: pytest.MonkeyPatch, name: str, metrics: dict[int, dict[str, float]]) -> None:
@@ -48,7 +48,7 @@ def job(uri: str, root: Path, stage: str, fake: str, key: str) -> Job:
         arms=[
             tracking.ArmRunSpec(
                 experiment=tracking.sweep_experiment("ablate/", SWEEP),
-                name=LABEL,
+                name=NAME,
                 tags=tracking.arm_run_tags(
                     sweep=SWEEP,
                     label=LABEL,
@@ -58,6 +58,7 @@ def job(uri: str, root: Path, stage: str, fake: str, key: str) -> Job:
                 params={"model.init": "random"},
                 dirs=list(dirs.values()),
                 view=tracking.arms_view(["model.init"], ["final_loss"]),
+                label=LABEL,
             )
         ],
         flush_interval_s=0.05,
@@ -82,8 +83,9 @@ def test_train_and_evaluate_jobs_make_their_stage_runs_and_fill_their_arms_run(
     monkeypatch, new_store, tmp_path
 ):
     uri = f"sqlite:///{new_store('jobruns') / 'mlflow.db'}"
-    fake_stage(monkeypatch, "fake_train", {1: {"loss": 3.0}, 2: {"loss": 2.0}})
-    fake_stage(monkeypatch, "fake_eval", {0: {"caption_match_seen": 0.25}})
+    final = 2.123456789  # logged at the last step, as the train stage logs its final values
+    fake_stage(monkeypatch, "fake_train", {1: {"loss": 3.0}, 2: {"loss": 2.0}, 3: {"final_loss": final}})
+    fake_stage(monkeypatch, "fake_eval", {0: {"caption_match_seen": 0.2512345}})
     train = job(uri, tmp_path, "train", "fake_train", "k-train")
     assert run_job(train) == "done"
     prov = RunDir(train.out_dir).read_provenance()
@@ -98,10 +100,15 @@ def test_train_and_evaluate_jobs_make_their_stage_runs_and_fill_their_arms_run(
     )
     arms = tracking.fetch_runs(uri, sweep=SWEEP, arms=True).set_index("run_id")
     assert list(arms.index) == [arm_id] and arms.loc[arm_id, "experiment"] == "ablate/s"
-    assert arms.loc[arm_id, "run_name"] == LABEL and arms.loc[arm_id, "params.model.init"] == "random"
+    assert arms.loc[arm_id, "run_name"] == NAME and arms.loc[arm_id, "params.model.init"] == "random"
+    assert arms.loc[arm_id, f"tags.{tracking.TAG_ARM}"] == LABEL  # the full label, which status knows it by
     assert "params.stage.param" not in arms  # an arm run has the arm's params, not each stage's
     assert arms.loc[arm_id, f"tags.{tracking.TAG_STAGE_RUN_PREFIX}train"] == stage_id
     assert history(uri, arm_id, "loss") == [(1, 3.0), (2, 2.0)] == history(uri, stage_id, "loss")
+    # A single value: on the stage run as logged; on the arm's run rounded and at step 0, which MLflow's
+    # charts draw as a bar per run (at step 3 it would be a lone point on the tokens axis).
+    assert history(uri, stage_id, "final_loss") == [(3, final)]
+    assert history(uri, arm_id, "final_loss") == [(0, 2.123)]
     experiment = _client(uri).get_experiment_by_name("ablate/s")
     view = json.loads(experiment.tags[TAG_SHARED_VIEW_PREFIX + ARMS_VIEW])
     assert "metrics.`final_loss`" in view["selectedColumns"] and view["runsHiddenMode"] == "SHOW_ALL"
@@ -111,7 +118,7 @@ def test_train_and_evaluate_jobs_make_their_stage_runs_and_fill_their_arms_run(
     assert RunDir(evaluate.out_dir).read_provenance()["mlflow_arm_runs"] == {
         LABEL: arm_id
     }  # the same arm run
-    assert history(uri, arm_id, "caption_match_seen") == [(0, 0.25)]
+    assert history(uri, arm_id, "caption_match_seen") == [(0, 0.2512)]
     info = tracking.run_info(uri, arm_id)
     train_info = tracking.run_info(uri, stage_id)
     # The arm's run spans its jobs: it started with its train job and ended with its evaluate job.
@@ -136,7 +143,13 @@ def test_train_and_evaluate_jobs_make_their_stage_runs_and_fill_their_arms_run(
     new_arm = prov["mlflow_arm_runs"][LABEL]
     assert list(tracking.fetch_runs(uri, sweep=SWEEP, arms=True)["run_id"]) == [new_arm]  # the old one: trash
     assert history(uri, new_arm, "loss") == [(1, 9.0), (2, 8.0)]
-    assert history(uri, new_arm, "caption_match_seen") == [(0, 0.25)]
+    assert history(uri, new_arm, "caption_match_seen") == [(0, 0.2512)]  # back-filled as shown live
+    # Sent again from the directories (a relaunch, `ablate resend`): nothing is missing, nothing is added.
+    assert (
+        tracking.backfill(uri, new_arm, train.out_dir)
+        == 0
+        == tracking.backfill(uri, new_arm, evaluate.out_dir)
+    )
 
 
 def test_a_store_that_cannot_be_opened_does_not_stop_the_stage(monkeypatch, tmp_path, capsys):
@@ -163,3 +176,80 @@ def test_an_arm_runs_params_are_its_own_keys_and_what_differs_between_arms(tmp_p
     assert {p["model.init"] for p in params.values()} == {"pretrained", "random"} and len(params) == 4
     # The base and the command line set every arm alike: not among an arm's params (its stage runs have them).
     assert not any("optim.lr" in p or "train.total_tokens" in p for p in params.values())
+
+
+def test_arm_runs_get_short_names_from_their_swept_values(tmp_path):
+    from ablate.arms import resolve_arms
+    from ablate.launch.runs import arm_run_names, swept_params
+    from ablate.sweep import load_sweep
+
+    def names(text: str) -> dict[str, str]:
+        (tmp_path / "n.yaml").write_text(text)
+        return arm_run_names(swept_params(resolve_arms(load_sweep(tmp_path / "n.yaml"))))
+
+    demo = names((Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml").read_text())
+    assert demo == {
+        "task=t2i init=pretrained": "pretrained",
+        "task=t2i init=random": "random",
+        "task=t2i init=pretrained image_init=contrastive": "pretrained +contrastive",
+        "task=uncond init=pretrained trainable=emb_out": "uncond pretrained emb_out",
+    }
+    seeded = names("name: n\nseeds: 3\ngrid:\n  model.init: [pretrained, random]\n")
+    assert seeded["init=random seed=2"] == "random s2" and len(set(seeded.values())) == 6
+    grid = names(
+        "name: n\ngrid:\n  model.init: [random]\n  optim.lr: [3.0e-4, 0.05]\n  train.batch_tokens: [1152, 2000000]\n"
+        "base: [train.total_tokens=4000000]\n"
+    )
+    assert sorted(grid.values()) == [
+        "random lr=0.05 batch=1152", "random lr=0.05 batch=2M", "random lr=3e-4 batch=1152", "random lr=3e-4 batch=2M",
+    ]  # fmt: skip
+
+
+def test_arms_whose_short_names_would_collide_keep_their_labels():
+    from ablate.launch.runs import arm_run_names
+
+    params = {
+        "a": {"model.init": "random", "x.k": 1},
+        "b": {"model.init": "random", "y.k": 1},  # "random k=1" both
+        "c": {"model.init": "pretrained", "x.k": 1},
+        "base": {},  # nothing swept: no words
+    }
+    assert arm_run_names(params) == {"a": "a", "b": "b", "c": "pretrained", "base": "base"}
+
+
+def test_a_launch_names_the_runs_and_fills_an_arm_run_whose_stages_are_done(new_store, tmp_path):
+    """attach_tracking (jobs to run) and sync_done (stages done, e.g. by another sweep) use the short names;
+    the filled arm run holds its final value at step 0, rounded, as one a job fills."""
+    from ablate.arms import resolve_arms
+    from ablate.config.schema import TrackingConfig
+    from ablate.launch.graph import build_graph
+    from ablate.launch.runs import attach_tracking, sync_done
+    from ablate.sweep import load_sweep
+
+    uri = f"sqlite:///{new_store('launchruns') / 'mlflow.db'}"
+    (tmp_path / "n.yaml").write_text("name: n\ngrid:\n  model.init: [pretrained, random]\n")
+    arms = resolve_arms(load_sweep(tmp_path / "n.yaml"))
+    graph = build_graph(arms, tmp_path / "results")
+    attach_tracking(graph, arms, "n", uri, TrackingConfig())
+    specs = {n.job.stage: n.job.tracking for n in graph.nodes.values() if n.job.unit is None}
+    assert specs["synth"]["stage"]["name"] == "synth pretrained, random"  # shared by both arms
+    assert tracking.stage_run_name("synth", ["a", "b", "c", "d"]) == "synth: 4 arms"  # labels: in a tag
+    trains = sorted(n.job.tracking["stage"]["name"] for n in graph.nodes.values() if n.job.stage == "train")
+    assert trains == ["train pretrained", "train random"]
+    [train_arm] = specs["train"]["arms"]
+    assert train_arm["name"] in ("pretrained", "random") and train_arm["label"].startswith("init=")
+
+    for node in graph.nodes.values():
+        node.done = True
+        if node.job.stage == "train":
+            Path(node.job.out_dir).mkdir(parents=True)
+            log = RunDir(node.job.out_dir).metrics_log()
+            log.append(1, {"loss": 3.0})
+            log.append(1, {"final_loss": 3.14159})
+    said: list[str] = []
+    sync_done(graph, arms, "n", uri, TrackingConfig(), said.append)
+    runs = tracking.fetch_runs(uri, sweep="n", arms=True).set_index("run_name")
+    assert sorted(runs.index) == ["pretrained", "random"]
+    assert runs.loc["random", f"tags.{tracking.TAG_ARM}"] == "init=random"
+    assert history(uri, runs.loc["random", "run_id"], "final_loss") == [(0, 3.142)]
+    assert any(line.startswith("arm run 'random' (init=random): filled") for line in said), said

@@ -4,6 +4,7 @@ filled), which touches the store only if it exists."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -14,8 +15,11 @@ from ablate.launch.graph import Graph, Node
 from ablate.rundir import git_commit
 from ablate.stages import registry
 from ablate.stages.names import ARM_STAGES, TRAIN
+from ablate.sweep import SEED_KEY
 from ablate.tracking.job_runs import ArmRunSpec, JobTracking, RunSpec
+from ablate.tracking.results import ARM_RESULT_METRICS as ARM_RESULT_METRICS  # a demo test reads it here
 from ablate.tracking.tags import (
+    MAX_RUN_NAME_LEN,
     arm_run_tags,
     stage_run_name,
     stage_run_tags,
@@ -23,19 +27,24 @@ from ablate.tracking.tags import (
     sweep_experiment,
 )
 from ablate.tracking.ui import arms_view
-from ablate.train.final import FINAL_METRICS
 
-# The result columns of a sweep's arms table in the MLflow UI: the train stage's final values and last
-# held-out text probe, the evaluate stage's image metrics (FID on real data). A demo test checks that an
-# arm's run holds them.
-ARM_RESULT_METRICS = (
-    *(f"final_{m}" for m in FINAL_METRICS),
-    "heldout_text_ppl",
-    "caption_match_seen",
-    "colour_match_seen",
-    "scene_valid",
-    "fid",
+# An arm run's name shows the arm's swept values as words, in this order (other keys after them as
+# `<last part of the key>=<value>`, the seed last); a value that most of the sweep's arms share is left
+# out, except for these two (the paper's comparison, and which seed it is).
+NAME_ORDER = (
+    "data.task",
+    "model.init",
+    "model.image_init",
+    "train.trainable",
+    "optim.lr",
+    "train.batch_tokens",
 )
+ALWAYS_NAMED = ("model.init", SEED_KEY)
+SHORT_KEYS = {"optim.lr": "lr", "train.batch_tokens": "batch"}
+# The arms' colours in MLflow's charts, in sweep order (matplotlib's tab10, as analysis' figures use).
+RUN_COLORS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)  # fmt: skip
 
 
 def swept_params(arms: list[ResolvedArm]) -> dict[str, dict[str, Any]]:
@@ -56,8 +65,60 @@ def swept_params(arms: list[ResolvedArm]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _number(value: Any) -> str:
+    """A number as a run name shows it: 3e-4, 1.67e-4, 0.05, 1152, 500K, 2M (other values as they are)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int):
+        unit = next((u for u, size in (("M", 10**6), ("K", 10**3)) if value and value % size == 0), "")
+        return f"{value // {'M': 10**6, 'K': 10**3}[unit]}{unit}" if unit else str(value)
+    if value != 0 and not 1e-2 <= abs(value) < 1e5:
+        mantissa, exponent = f"{value:.3e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{value:.4g}"
+
+
+def _word(key: str, value: Any) -> str:
+    if key == "model.image_init":
+        return f"+{value}"  # image-code embeddings on top of the language model's
+    if key == SEED_KEY:
+        return f"s{value}"
+    if key in ("data.task", "model.init", "train.trainable"):  # their values say what they are
+        return str(value)
+    return f"{SHORT_KEYS.get(key, key.rsplit('.', 1)[-1])}={_number(value)}"
+
+
+def arm_run_names(params: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Arm label -> its run's name, from swept_params: short words for the arm's swept values
+    (`pretrained`, `pretrained +contrastive s1`, `uncond pretrained emb_out`, `random lr=3e-4`). Arms
+    whose names would be the same (or empty) are named by their labels; the label is a tag of the run."""
+    keys = set().union(*(p.keys() for p in params.values())) if params else set()
+    shared: dict[str, str] = {}  # key -> the value (repr) most arms have, where one is the most common
+    for key in keys:
+        (top, n), *others = Counter(repr(p[key]) for p in params.values() if key in p).most_common()
+        if not others or n > others[0][1]:
+            shared[key] = top
+
+    def order(key: str) -> tuple[bool, int, str]:
+        return key == SEED_KEY, NAME_ORDER.index(key) if key in NAME_ORDER else len(NAME_ORDER), key
+
+    names = {
+        label: " ".join(
+            _word(k, p[k]) for k in sorted(p, key=order) if k in ALWAYS_NAMED or repr(p[k]) != shared.get(k)
+        )[:MAX_RUN_NAME_LEN]
+        for label, p in params.items()
+    }
+    count = Counter(names.values())
+    return {label: name if name and count[name] == 1 else label for label, name in names.items()}
+
+
 def _stage_spec(
-    node: Node, sweep: str, sweeps_of: dict[str, tuple[str, ...]], prefix: str, commit: str | None
+    node: Node,
+    sweep: str,
+    sweeps_of: dict[str, tuple[str, ...]],
+    prefix: str,
+    commit: str | None,
+    names: dict[str, str],
 ) -> RunSpec:
     job = node.job
     params: dict[str, Any] = {}
@@ -75,27 +136,31 @@ def _stage_spec(
     )
     return RunSpec(
         experiment=stages_experiment(prefix, sweep),
-        name=stage_run_name(job.stage, job.labels),
+        name=stage_run_name(job.stage, [names.get(label, label) for label in job.labels]),
         tags={k: str(v) for k, v in tags.items()},
         params=params,
     )
 
 
 def arm_specs(graph: Graph, arms: list[ResolvedArm], sweep: str, prefix: str) -> dict[str, ArmRunSpec]:
-    """Arm label -> the spec of its run in the sweep's experiment."""
+    """Arm label -> the spec of its run in the sweep's experiment: named by arm_run_names, coloured in
+    sweep order."""
     params = swept_params(arms)
+    names = arm_run_names(params)
     view = arms_view(sorted(set().union(*(p.keys() for p in params.values()))), list(ARM_RESULT_METRICS))
     out = {}
-    for arm in arms:
+    for i, arm in enumerate(arms):
         stages = graph.arm_stages[arm.label]
         keys = {stage: graph.nodes[name].job.key for stage, name in stages.items()}
+        color = RUN_COLORS[i % len(RUN_COLORS)]
         out[arm.label] = ArmRunSpec(
             experiment=sweep_experiment(prefix, sweep),
-            name=arm.label,
-            tags=arm_run_tags(sweep=sweep, label=arm.label, arm_key=arm.key, stage_keys=keys),
+            name=names[arm.label],
+            tags=arm_run_tags(sweep=sweep, label=arm.label, arm_key=arm.key, stage_keys=keys, color=color),
             params=params[arm.label],
             dirs=[graph.nodes[stages[s]].job.out_dir for s in ARM_STAGES if s in stages],
             view=view,
+            label=arm.label,
         )
     return out
 
@@ -108,6 +173,7 @@ def attach_tracking(
     commit = git_commit()
     sweeps_of = {a.label: a.sweeps or (sweep,) for a in arms}
     by_label = arm_specs(graph, arms, sweep, settings.experiment_prefix)
+    run_names = {label: spec.name for label, spec in by_label.items()}
     for node in graph.nodes.values():
         job = node.job
         job.sweep = sweep
@@ -116,7 +182,7 @@ def attach_tracking(
         feeds = [by_label[label] for label in job.labels] if job.stage in ARM_STAGES else []
         job.tracking = JobTracking(
             uri=uri,
-            stage=_stage_spec(node, sweep, sweeps_of, settings.experiment_prefix, commit),
+            stage=_stage_spec(node, sweep, sweeps_of, settings.experiment_prefix, commit, run_names),
             arms=feeds,
             flush_interval_s=settings.flush_interval_s,
             close_timeout_s=settings.close_timeout_s,
@@ -143,15 +209,17 @@ def sync_done(
     sweeps_of = {a.label: a.sweeps or (sweep,) for a in arms}
     tagged = tracking.sweep_stage_keys(uri, sweep)
     prefix = settings.experiment_prefix
+    specs = arm_specs(graph, arms, sweep, prefix)
+    run_names = {label: spec.name for label, spec in specs.items()}
 
     def done_run(node: Node) -> str | None:
-        return tracking.stage_run(uri, _stage_spec(node, sweep, sweeps_of, prefix, None), create=False)
+        spec = _stage_spec(node, sweep, sweeps_of, prefix, None, run_names)
+        return tracking.stage_run(uri, spec, create=False)
 
     for node in done:
         if (node.job.stage, node.job.key) not in tagged:
             done_run(node)
     existing = tracking.sweep_arm_runs(uri, sweep_experiment(prefix, sweep), sweep)
-    specs = arm_specs(graph, arms, sweep, prefix)
     for arm in arms:
         names = [graph.arm_stages[arm.label][s] for s in ARM_STAGES if s in graph.arm_stages[arm.label]]
         if not names or not all(graph.nodes[n].done for n in names):
@@ -163,4 +231,4 @@ def sync_done(
         run_id = tracking.arm_run(uri, spec, TRAIN, done_run(graph.nodes[train]) if train else None)
         rows = sum(tracking.backfill(uri, run_id, d) for d in spec.dirs)
         tracking.set_run_status(uri, run_id, "FINISHED")
-        echo(f"arm run {arm.label!r}: filled from its finished stages ({rows} metric rows)")
+        echo(f"arm run {spec.name!r} ({arm.label}): filled from its finished stages ({rows} metric rows)")

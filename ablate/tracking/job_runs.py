@@ -35,6 +35,7 @@ from ablate.tracking.tags import (
     KIND_ARM,
     TAG_ARM_KEY,
     TAG_KIND,
+    TAG_RUN_COLOR,
     TAG_RUN_KEY,
     TAG_SHARED_VIEW_PREFIX,
     TAG_STAGE,
@@ -59,12 +60,21 @@ class RunSpec:
 
 @dataclass
 class ArmRunSpec(RunSpec):
-    """An arm's run; `dirs` are the arm's result-stage directories (train, evaluate), whose metrics.jsonl
-    rows it lacks are sent to it when a job opens it (the train stage may have run for another sweep)."""
+    """An arm's run, `name` its short display name; `dirs` are the arm's result-stage directories (train,
+    evaluate), whose metrics.jsonl rows it lacks are sent to it when a job opens it (the train stage may
+    have run for another sweep)."""
 
     dirs: list[str] = field(default_factory=list)
     view: str = ""
     """The experiment's saved view of its arms (tracking.ui.arms_view), set when an arm run is made."""
+    label: str = ""
+    """The arm's label (also its TAG_ARM tag), which the manifest and `ablate status` know it by; "" in
+    the JobTracking of a job launched before arm runs had short names (their name was the label)."""
+
+    @property
+    def arm_label(self) -> str:
+        """The arm's label, for a spec of either kind."""
+        return self.label or self.name
 
 
 @dataclass
@@ -172,8 +182,12 @@ def arm_run(uri: str, spec: ArmRunSpec, stage: str, stage_run_id: str | None) ->
             found = []
         if found:
             run = found[0]
+            if TAG_RUN_COLOR in run.data.tags:  # a colour picked in the UI stays
+                tags.pop(TAG_RUN_COLOR, None)
             _set_tags(client, run.info.run_id, {k: v for k, v in tags.items() if run.data.tags.get(k) != v})
             _log_params(client, run.info.run_id, spec.params, run.data.params)
+            if run.info.run_name != spec.name:  # made by an ablate that named arm runs by their label
+                client.update_run(run.info.run_id, name=spec.name)
             return str(run.info.run_id)
         run_id = str(client.create_run(experiment_id, tags=tags, run_name=spec.name).info.run_id)
         _log_params(client, run_id, spec.params, {})
@@ -198,7 +212,7 @@ OPEN_RETRY_DELAYS_S = (1.0, 3.0, 9.0)
 
 
 def _open_runs(spec: JobTracking, out: str, fresh: bool) -> tuple[str, dict[str, str]]:
-    """(stage run id, {arm run name: id}): found or created, each arm run filled from the arm's other
+    """(stage run id, {arm label: arm run id}): found or created, each arm run filled from the arm's other
     finished stages. Safe to repeat: a second call finds what the first made."""
     stage = spec.stage.tags[TAG_STAGE]
     stage_id = stage_run(spec.uri, spec.stage, fresh=fresh)
@@ -210,16 +224,16 @@ def _open_runs(spec: JobTracking, out: str, fresh: bool) -> tuple[str, dict[str,
         for other in arm.dirs:
             if Path(other) != Path(out) and RunDir(other).is_complete():
                 backfill(spec.uri, arm_id, other)
-        arm_ids[arm.name] = arm_id
+        arm_ids[arm.arm_label] = arm_id
     return stage_id, arm_ids
 
 
 def open_job_tracker(
     spec: JobTracking, run_dir: str | Path, fresh: bool
 ) -> tuple[Tracker, str, dict[str, str]]:
-    """(tracker, stage run id, {arm run name: id}) of a job starting in run_dir (`fresh`: from nothing): the runs
-    found or created (tried again after OPEN_RETRY_DELAYS_S unless the store refuses for good), one tracker
-    for all."""
+    """(tracker, stage run id, {arm label: arm run id}) of a job starting in run_dir (`fresh`: from
+    nothing): the runs found or created (tried again after OPEN_RETRY_DELAYS_S unless the store refuses
+    for good), one tracker for all."""
     out = str(Path(run_dir))
     for delay in (*OPEN_RETRY_DELAYS_S, None):
         try:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 TAG_SWEEP = "ablate.sweep"  # the sweep that created the run
-TAG_ARM = "ablate.arm"  # the labels of every arm that uses the run, ", "-joined
+TAG_ARM = "ablate.arm"  # the labels of the arms that use the run, ", "-joined; an arm's run: its label
 TAG_RUN_KEY = "ablate.run_key"  # the stage's key: the name of its directory results/cache/<stage>/<key>
 TAG_STAGE = "ablate.stage"
 TAG_GIT_COMMIT = "ablate.git_commit"
@@ -26,6 +26,9 @@ TAG_TRAIN_KEY = "ablate.train_key"  # on an evaluate run: the run key of the tra
 TAG_TRAINABLE = "ablate.trainable"  # on a train run: its partial-freeze preset
 TAG_POSITIONAL = "ablate.positional_params"  # on a train run: the positional-embedding parameters
 TAG_PARENT = "mlflow.parentRunId"
+# A run's colour in MLflow's charts and table (a CSS colour); without it the UI derives one from the run id,
+# which can give two arms near-identical colours. Its colour picker sets this tag too.
+TAG_RUN_COLOR = "mlflow.runColor"
 # MLflow 3's UI opens an experiment by its kind; a model-training one opens on its runs table (not the
 # GenAI traces overview it infers for an experiment without the tag).
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
@@ -37,6 +40,7 @@ ARMS_VIEW = "arms"
 TAG_SWEEPS_PREFIX = "ablate.sweeps."  # + sweep name = "true": every sweep that uses the run
 MAX_ARM_TAG_LEN = 5000  # MLflow's limit on a tag value is 8,000 characters
 MAX_RUN_NAME_LEN = 200
+MAX_NAMED_ARMS = 3  # a stage run used by more arms is named by their count (TAG_ARM lists them all)
 
 
 def sweep_experiment(prefix: str, sweep: str) -> str:
@@ -60,16 +64,20 @@ def sweep_of_experiment(prefix: str, name: str) -> str | None:
     return name[len(prefix) :]
 
 
-def arm_run_tags(*, sweep: str, label: str, arm_key: str, stage_keys: dict[str, str]) -> dict[str, str]:
-    """An arm run's tags: its sweep, label, config hash (its identity within the sweep; not a run key,
-    which names a stage's directory) and the run key of each of its stages (ablate.key.<stage>: the
-    train key the dry run shows is ablate.key.train here), the link to their stage runs."""
+def arm_run_tags(
+    *, sweep: str, label: str, arm_key: str, stage_keys: dict[str, str], color: str | None = None
+) -> dict[str, str]:
+    """An arm run's tags: its sweep, full label (the run's name is a short one), config hash (its identity
+    within the sweep; not a run key, which names a stage's directory), the run key of each of its stages
+    (ablate.key.<stage>: the train key the dry run shows is ablate.key.train here), the link to their
+    stage runs, and its colour in the UI when given."""
     return {
         TAG_SWEEP: sweep,
         TAG_KIND: KIND_ARM,
         TAG_ARM: label[:MAX_ARM_TAG_LEN],
         TAG_ARM_KEY: arm_key,
         **{TAG_STAGE_KEY_PREFIX + stage: key for stage, key in stage_keys.items()},
+        **({TAG_RUN_COLOR: color} if color else {}),
     }
 
 
@@ -105,6 +113,10 @@ def stage_run_tags(
     return tags
 
 
-def stage_run_name(stage: str, labels: Iterable[str]) -> str:
-    """The run's display name: the stage and the arms that use it."""
-    return f"{stage} {', '.join(labels)}"[:MAX_RUN_NAME_LEN]
+def stage_run_name(stage: str, names: Iterable[str]) -> str:
+    """The run's display name: the stage and the names (or labels) of the arms that use it, or how many
+    arms when they are more than MAX_NAMED_ARMS (`prepare: 4 arms`: their labels are in TAG_ARM)."""
+    names = list(names)
+    if len(names) > MAX_NAMED_ARMS:
+        return f"{stage}: {len(names)} arms"
+    return f"{stage} {', '.join(names)}"[:MAX_RUN_NAME_LEN]
