@@ -172,7 +172,8 @@ def test_plot_all_with_no_runs_explains_how_to_get_some(store: SimpleNamespace, 
 
 
 def test_report_writes_one_page_with_findings_and_run_links(store: SimpleNamespace, tmp_path: Path) -> None:
-    from analysis.report import FINDINGS, write_report
+    from analysis.findings import FINDINGS
+    from analysis.report import write_report
 
     path = write_report(store.uri, tmp_path, sweep="demo")
     assert path == tmp_path / "report-demo.html"

@@ -114,7 +114,8 @@ def test_the_ui_opens_a_sweep_on_its_arms_with_their_results(chromium, tmp_path)
 def test_the_report_shows_its_findings_in_a_browser(chromium, tmp_path):
     from matplotlib.figure import Figure
 
-    from analysis.report import FINDINGS, render
+    from analysis.findings import FINDINGS
+    from analysis.report import render
 
     fig = Figure(figsize=(2, 2))
     fig.subplots().plot([0, 1], [1, 0])
