@@ -2,7 +2,8 @@
 
 Each finding (FINDINGS) reads what plot wrote (summary.csv, comparisons.csv, the figures' points), so a
 verdict says exactly what the figures show: reproduced, not reproduced, one seed: not established, or not
-run (the sweep lacks the arms). `ablate report` (analysis.report) puts them on its page.
+run (the sweep lacks the arms). `ablate report` (analysis.report) puts them on its page. A verdict's
+numbers are plain text, a command in them in backticks as Markdown writes it (the page shows it as code).
 
 What a verdict rests on. A finding that compares two arms (pretrained vs random, contrastive vs random,
 frozen vs fully trainable; the text-token loss gap) rests on several seeds per arm and the 95% interval
@@ -106,27 +107,37 @@ def _combine(parts: list[Verdict]) -> Verdict:
 
 
 def _no_gain(
-    rows: pd.DataFrame, what: str, key: str, higher_is_better: bool = False, fmt: str = ".4f"
+    rows: pd.DataFrame, what: str, key: str, higher_is_better: bool = False, rate: bool = False
 ) -> Verdict:
     """'a is no better than b' over comparisons.csv rows (a - b): reproduced when the seeds' 95% interval
-    does not exclude 0 in a's favour, not reproduced when it does; one seed establishes neither."""
+    does not exclude 0 in a's favour, not reproduced when it does; one seed establishes neither. `rate`:
+    a and b are fractions of samples (caption match), printed as percentages, their difference in
+    percentage points and with no relative change (of a rate of a few percent, mostly noise)."""
     if rows.empty:
         return Verdict(NOT_RUN, f"no {what} pair in this sweep")
+
+    def value(v: float) -> str:
+        return f"{v:.1%}" if rate else f"{v:.4f}"
+
+    def change(v: float) -> str:
+        return f"{100 * v:+.1f}" if rate else f"{v:+.4f}"
+
+    unit, of = (" points", " of samples") if rate else ("", "")
     parts, seeded, gain = [], False, False
     for r in rows.itertuples():
         where = f" ({r.context})" if isinstance(r.context, str) and r.context and len(rows) > 1 else ""
-        head = f"{what}{where}: {r.a_mean:{fmt}} vs {r.b_mean:{fmt}}"
+        head = f"{what}{where}: {value(r.a_mean)} vs {value(r.b_mean)}{of}"
         if _seeded(r):
             better = r.ci_low > 0 if higher_is_better else r.ci_high < 0
             worse = r.ci_high < 0 if higher_is_better else r.ci_low > 0
             seeded, gain = True, gain or better
             word = "a gain" if better else "worse" if worse else "no difference established"
             parts.append(
-                f"{head}, difference {r.difference:+{fmt}}, 95% CI [{r.ci_low:+{fmt}}, {r.ci_high:+{fmt}}] "
-                f"over {r.seeds} seeds: {word}"
+                f"{head}, difference {change(r.difference)}{unit}, 95% CI [{change(r.ci_low)}, "
+                f"{change(r.ci_high)}]{unit} over {r.seeds} seeds: {word}"
             )
         else:
-            rel = f" ({r.difference / r.b_mean:+.1%})" if r.b_mean else ""
+            rel = f" ({r.difference / r.b_mean:+.1%})" if r.b_mean and not rate else ""
             parts.append(f"{head}{rel} with one seed")
     if not seeded:
         return Verdict(ONE_SEED, "; ".join(parts) + f"; {_seeds_hint(key)}")
@@ -143,7 +154,11 @@ def caption_match_no_gain(out_dir: Path) -> Verdict:
              ("contrastive - random", "contrastive vs random image-code embeddings"))  # fmt: skip
     parts = [
         _no_gain(
-            _comparison(out_dir, key, "caption_match_seen"), f"caption match (seen), {what}", key, True, ".3f"
+            _comparison(out_dir, key, "caption_match_seen"),
+            f"caption match (seen), {what}",
+            key,
+            higher_is_better=True,
+            rate=True,
         )
         for key, what in pairs
     ]

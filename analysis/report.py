@@ -11,6 +11,7 @@ import base64
 import html
 import inspect
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -35,6 +36,11 @@ def default_ui_url() -> str:
     """`ablate ui`'s default address: the defaults of tracking.ui_command, which starts it."""
     defaults = inspect.signature(tracking.ui_command).parameters
     return f"http://{defaults['host'].default}:{defaults['port'].default}"
+
+
+def _with_code(text: str) -> str:
+    """Plain text as HTML, its `backticked` spans (commands, as the verdicts write them) as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
 def _png(path: Path) -> str:
@@ -197,7 +203,7 @@ def render(
         v = f.check(out_dir)
         parts.append(
             f"<tr><td>{esc(f.claim)}</td><td class='{STATUS_CLASS[v.status]}'><b>{esc(v.status)}</b></td>"
-            f"<td>{esc(v.numbers)}</td></tr>"
+            f"<td>{_with_code(v.numbers)}</td></tr>"
         )
     parts.append("</table>")
     summary = read_csv(out_dir, "summary")

@@ -67,10 +67,14 @@ def test_seeds_decide_by_the_interval_in_the_gain_direction(tmp_path):
 
 
 def test_caption_match_is_judged_by_the_same_rules_higher_being_better(tmp_path):
-    one = [row(PR, "caption_match_seen", 0.75, 0.25), row(CR, "caption_match_seen", 0.875, 0.25)]
+    one = [row(PR, "caption_match_seen", 0.75, 0.25), row(CR, "caption_match_seen", 0.078, 0.031)]
     write(tmp_path, "comparisons", comparisons(one))
     verdict = findings.caption_match_no_gain(tmp_path)
-    assert verdict.status == ONE_SEED and "0.750 vs 0.250" in verdict.numbers
+    # Rates as percentages of samples, without a relative change (of a rate of a few percent: noise).
+    assert verdict.status == ONE_SEED and "75.0% vs 25.0% of samples with one seed" in verdict.numbers
+    assert (
+        "embeddings: 7.8% vs 3.1% of samples with one seed" in verdict.numbers and "(+" not in verdict.numbers
+    )
     assert "sweeps/t2i_init.yaml" in verdict.numbers and "sweeps/contrastive.yaml" in verdict.numbers
     # Higher caption match is a gain: an interval above zero refutes "no gain" ...
     gain = [
@@ -80,6 +84,10 @@ def test_caption_match_is_judged_by_the_same_rules_higher_being_better(tmp_path)
     write(tmp_path, "comparisons", comparisons(gain))
     verdict = findings.caption_match_no_gain(tmp_path)
     assert verdict.status == NOT_REPRODUCED and "over 3 seeds: a gain" in verdict.numbers
+    assert (
+        "pretrained vs random: 75.0% vs 25.0% of samples, difference +50.0 points, "
+        "95% CI [+30.0, +70.0] points over 3 seeds" in verdict.numbers
+    )
     # ... one through zero does not, nor does one below zero (worse).
     none = [
         row(PR, "caption_match_seen", 0.3, 0.25, 3, -0.1, 0.2),

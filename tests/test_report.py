@@ -38,6 +38,18 @@ def test_the_page_embeds_its_figures_and_lists_every_finding(tmp_path):
     assert "Figure 3: perplexity" in page
 
 
+def test_a_command_in_a_verdict_is_code_on_the_page(tmp_path):
+    cells = {"comparison": "pretrained - random (text-to-image)", "metric": "final_image_loss", "context": "",
+             "seeds": 1, "a_mean": 0.5, "b_mean": 0.5, "difference": 0.0}  # fmt: skip
+    write(tmp_path, "comparisons", pd.DataFrame([cells]))
+    assert (
+        "`ablate launch sweeps/t2i_init.yaml`" in findings.image_loss_no_gain(tmp_path).numbers
+    )  # plain text
+    page = report.render(tmp_path, "t", {}, {})
+    assert "<code>ablate launch sweeps/t2i_init.yaml</code> runs each arm with 3 seeds" in page
+    assert "`" not in page[page.index("id='findings'") : page.index("</table>")]
+
+
 def completions_of(prompts: list[str]) -> pd.DataFrame:
     rows = [("pretrained", "a", "r1", step, step * 1e5, p, f"{p[:4]} at {step} " + "word " * 40)
             for step in (0, 9) for p in prompts]  # fmt: skip
