@@ -205,6 +205,35 @@ def test_arm_runs_get_short_names_from_their_swept_values(tmp_path):
     ]  # fmt: skip
 
 
+def test_a_varied_freeze_setting_is_named_on_every_arm_but_a_t2i_one(tmp_path):
+    """The fully trainable arm of a freeze sweep says `all` (not `pretrained s0` beside `pretrained emb_out
+    s0`); text-to-image arms beside unconditional ones keep the common rule (all fully trainable)."""
+    from ablate.arms import resolve_arms
+    from ablate.launch.runs import arm_run_names, swept_params
+    from ablate.sweep import load_sweep
+
+    def names(text: str) -> dict[str, str]:
+        (tmp_path / "n.yaml").write_text(text)
+        return arm_run_names(swept_params(resolve_arms(load_sweep(tmp_path / "n.yaml"))))
+
+    freeze = names(
+        "name: n\nbase: [data.task=uncond]\nseeds: 2\ngrid:\n  model.init: [pretrained]\n"
+        "  train.trainable: [emb_out, emb_out_norm, all]\narms:\n  - {model.init: random, train.trainable: all}\n"
+    )
+    assert freeze["init=pretrained trainable=all seed=0"] == "pretrained all s0"
+    assert freeze["init=pretrained trainable=emb_out seed=1"] == "pretrained emb_out s1"
+    assert freeze["init=random trainable=all seed=1"] == "random all s1" and len(set(freeze.values())) == 8
+    both = names(
+        "name: n\narms:\n  - {data.task: t2i, model.init: pretrained}\n  - {data.task: t2i, model.init: random}\n"
+        "  - {data.task: t2i, model.init: pretrained, model.image_init: contrastive}\n"
+        "  - {data.task: uncond, model.init: pretrained, train.trainable: emb_out}\n"
+        "  - {data.task: uncond, model.init: pretrained, train.trainable: all}\n"
+    )
+    assert sorted(both.values()) == [
+        "pretrained", "pretrained +contrastive", "random", "uncond pretrained all", "uncond pretrained emb_out",
+    ]  # fmt: skip
+
+
 def test_arms_whose_short_names_would_collide_keep_their_labels():
     from ablate.launch.runs import arm_run_names
 

@@ -54,9 +54,11 @@ def test_missing_fid_weights_stop_the_launch_and_say_where_they_come_from(tmp_pa
     assert not (tmp_path / "results" / "mlflow.db").exists()
 
 
-def test_the_dry_run_shows_the_key_of_each_arms_train_directory(tmp_path: Path) -> None:
-    """One key for one thing: the dry run's key is results/cache/train/<key> and the train run's tag."""
+def test_the_dry_run_shows_each_arms_run_name_and_the_key_of_its_train_directory(tmp_path: Path) -> None:
+    """One key for one thing: the dry run's key is results/cache/train/<key> and the train run's tag; the
+    run name beside the label is the one the arm's MLflow run gets."""
     from ablate.arms import resolve_arms
+    from ablate.launch.runs import arm_run_names, swept_params
     from ablate.stages.plan import plan_stages
     from ablate.sweep import load_sweep
 
@@ -66,8 +68,13 @@ def test_the_dry_run_shows_the_key_of_each_arms_train_directory(tmp_path: Path) 
         launch(sweep, [], tmp_path / "results", dry_run=True, echo=lambda t: lines.extend(t.splitlines()))
         == 0
     )
-    for arm in resolve_arms(load_sweep(sweep)):
+    header = next(line for line in lines if line.startswith("arm ") and "train key" in line)
+    name_at, key_at = header.index("MLflow run"), header.index("train key")
+    arms = resolve_arms(load_sweep(sweep))
+    names = arm_run_names(swept_params(arms))
+    assert names["init=random seed=2"] == "random s2"
+    for arm in arms:
         train = next(s for s in plan_stages(arm.config) if s.name == "train")
         row = next(line for line in lines if line.startswith(arm.label + " "))
-        assert row.split()[len(arm.label.split())] == train.key
-    assert any("train key" in line for line in lines)
+        assert row[name_at:key_at].rstrip() == names[arm.label]
+        assert row[key_at:].split()[0] == train.key

@@ -16,7 +16,7 @@ from ablate.launch.estimate import estimate_table, pretokenize_lines
 from ablate.launch.executor import arms_label, make_executor, run_graph
 from ablate.launch.graph import Graph, Node, build_graph
 from ablate.launch.manifest import Manifest, launch_lock_path
-from ablate.launch.runs import attach_tracking, sync_done
+from ablate.launch.runs import arm_run_names, attach_tracking, swept_params, sync_done
 from ablate.stages.names import TRAIN
 from ablate.sweep import Sweep, load_sweep
 
@@ -28,21 +28,23 @@ def _units(graph: Graph, name: str) -> str:
 
 
 def dry_run_table(arms: list[ResolvedArm], graph: Graph) -> str:
-    """The arms, their train keys and stages, marking which outputs already exist.
+    """The arms, the names of their MLflow runs, their train keys and stages, marking which outputs already
+    exist.
 
     The train key is what a user looks the arm up by: its directory results/cache/train/<key> and the
     ablate.run_key tag of its MLflow train run (the arm's config hash, arm.key, names no file or run).
     """
-    rows = [("arm", "train key", "stages (* = output exists)")]
+    run_names = arm_run_names(swept_params(arms))
+    rows = [("arm", "MLflow run", "train key", "stages (* = output exists)")]
     for arm in arms:
         names = graph.arm_stages[arm.label]
         stages = " -> ".join(
             f"{s}{_units(graph, n)}{'*' if graph.nodes[n].done else ''}" for s, n in names.items()
         )
         train = names.get(TRAIN)
-        rows.append((arm.label, graph.nodes[train].job.key if train else "-", stages))
-    width = [max(len(r[i]) for r in rows) for i in range(2)]
-    lines = [f"{r[0]:<{width[0]}}  {r[1]:<{width[1]}}  {r[2]}" for r in rows]
+        rows.append((arm.label, run_names[arm.label], graph.nodes[train].job.key if train else "-", stages))
+    width = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join([*(f"{c:<{w}}" for c, w in zip(r[:-1], width, strict=True)), r[-1]]) for r in rows]
     todo = sum(not n.done for n in graph.nodes.values())
     lines.append(f"{len(arms)} arm(s), {len(graph.nodes)} distinct stage job(s), {todo} to run")
     return "\n".join(lines)

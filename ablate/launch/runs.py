@@ -40,6 +40,11 @@ NAME_ORDER = (
     "train.batch_tokens",
 )
 ALWAYS_NAMED = ("model.init", SEED_KEY)
+# Named on every arm not known to be text-to-image wherever the sweep varies it: left out as the common
+# value, a freeze sweep's fully trainable arm would read `pretrained s0` beside `pretrained emb_out s0`.
+# A t2i arm keeps the common rule: the sweeps' t2i arms are all fully trainable, and `all` on each would
+# say nothing.
+NAMED_WHEN_VARIED = "train.trainable"
 SHORT_KEYS = {"optim.lr": "lr", "train.batch_tokens": "batch"}
 # The arms' colours in MLflow's charts, in sweep order (matplotlib's tab10, as analysis' figures use).
 RUN_COLORS = (
@@ -90,22 +95,29 @@ def _word(key: str, value: Any) -> str:
 
 def arm_run_names(params: dict[str, dict[str, Any]]) -> dict[str, str]:
     """Arm label -> its run's name, from swept_params: short words for the arm's swept values
-    (`pretrained`, `pretrained +contrastive s1`, `uncond pretrained emb_out`, `random lr=3e-4`). Arms
-    whose names would be the same (or empty) are named by their labels; the label is a tag of the run."""
+    (`pretrained`, `pretrained +contrastive s1`, `uncond pretrained emb_out`, `pretrained all s0` beside
+    it in a freeze sweep, `random lr=3e-4`). Arms whose names would be the same (or empty) are named by
+    their labels; the label is a tag of the run."""
     keys = set().union(*(p.keys() for p in params.values())) if params else set()
     shared: dict[str, str] = {}  # key -> the value (repr) most arms have, where one is the most common
+    varied: set[str] = set()  # keys with more than one value among the arms
     for key in keys:
         (top, n), *others = Counter(repr(p[key]) for p in params.values() if key in p).most_common()
         if not others or n > others[0][1]:
             shared[key] = top
+        if others:
+            varied.add(key)
+
+    def named(p: dict[str, Any], key: str) -> bool:
+        if key in ALWAYS_NAMED or repr(p[key]) != shared.get(key):
+            return True
+        return key == NAMED_WHEN_VARIED and key in varied and p.get("data.task") != "t2i"
 
     def order(key: str) -> tuple[bool, int, str]:
         return key == SEED_KEY, NAME_ORDER.index(key) if key in NAME_ORDER else len(NAME_ORDER), key
 
     names = {
-        label: " ".join(
-            _word(k, p[k]) for k in sorted(p, key=order) if k in ALWAYS_NAMED or repr(p[k]) != shared.get(k)
-        )[:MAX_RUN_NAME_LEN]
+        label: " ".join(_word(k, p[k]) for k in sorted(p, key=order) if named(p, k))[:MAX_RUN_NAME_LEN]
         for label, p in params.items()
     }
     count = Counter(names.values())
