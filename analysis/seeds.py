@@ -166,6 +166,9 @@ def comparisons(summary: pd.DataFrame) -> pd.DataFrame:
                 if m not in group:
                     continue
                 a, b = (pd.to_numeric(side[v][m], errors="coerce") for v in (c.a, c.b))
+                # Means over the paired seeds only, so that a_mean - b_mean is the difference shown.
+                both = pd.concat({"a": a, "b": b}, axis=1).dropna()
+                a, b = both["a"], both["b"]
                 n, diff, lo, hi = paired_interval(a, b)
                 if n == 0:
                     continue

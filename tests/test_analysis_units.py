@@ -276,6 +276,22 @@ def test_comparisons_pair_seeds_and_say_whether_the_interval_excludes_zero():
     assert lo < 0 < hi
 
 
+def test_a_comparison_with_unequal_seeds_gives_the_means_of_the_paired_seeds():
+    from analysis.seeds import comparisons
+
+    # Random runs seeds 0-2, pretrained only seed 0 (the demo: one contrastive seed beside two of the
+    # arm it is compared with): the means are over seed 0, so a_mean - b_mean is the difference shown.
+    rows = _seeded_summary()
+    rows = rows[(rows["init"] == "random") | (rows["seed"] == 0)]
+    image = (
+        comparisons(rows)
+        .set_index(["comparison", "metric"])
+        .loc[("pretrained - random (text-to-image)", "final_image_loss")]
+    )
+    assert image["seeds"] == 1 and (image["a_mean"], image["b_mean"]) == pytest.approx((2.0, 2.5))
+    assert image["a_mean"] - image["b_mean"] == pytest.approx(image["difference"])
+
+
 def test_csvs_write_config_values_as_the_sweep_does(tmp_path: Path):
     from analysis.seeds import write_seed_tables
     from analysis.tables import as_written, write_summary
