@@ -35,6 +35,8 @@ TINY = [
 DEMO_ARMS = [
     "task=t2i init=pretrained",
     "task=t2i init=random",
+    "task=t2i init=pretrained seed=1",
+    "task=t2i init=random seed=1",
     "task=t2i init=pretrained image_init=contrastive",
     "task=uncond init=pretrained trainable=emb_out",
 ]
@@ -69,12 +71,12 @@ def test_sweep_runs_every_stage_once_and_tracks_it(demo):
         "JOIN tags t2 ON t2.run_uuid = r.run_uuid AND t2.key = 'ablate.run_key'"
     ).fetchall()
     stages = sorted(r[0] for r in rows)
-    # Shared stages ran once for all arms; prepare once per task; pretrain once for the three arms that
+    # Shared stages ran once for all arms; prepare once per task; pretrain once for the four arms that
     # start from the LM; align only for the contrastive arm; train and evaluate once per arm.
     assert stages == sorted(
         ["synth", "text_tokenizer", "image_tokenizer", "prepare", "prepare", "pretrain", "align"]
-        + ["train"] * 4
-        + ["evaluate"] * 4
+        + ["train"] * 6
+        + ["evaluate"] * 6
     )
     assert all(r[2] == "FINISHED" for r in rows)
     dup = db.execute(
@@ -98,10 +100,12 @@ def test_each_arm_is_one_run_with_its_results_in_the_sweeps_experiment(demo):
     assert sorted(arms.index) == sorted(DEMO_ARMS) and set(arms["experiment"]) == {"ablate/demo"}
     # Named short, from each arm's own values; the label is the tag above.
     assert sorted(arms["run_name"]) == [
-        "pretrained",
-        "pretrained +contrastive",
-        "random",
-        "uncond pretrained emb_out",
+        "pretrained +contrastive s0",
+        "pretrained s0",
+        "pretrained s1",
+        "random s0",
+        "random s1",
+        "uncond pretrained emb_out s0",
     ]
     assert set(arms["status"]) == {"FINISHED"} and set(arms["params.model.init"]) == {"pretrained", "random"}
     assert set(tracking.fetch_runs(uri, sweep="demo")["experiment"]) == {"ablate/demo/stages"}
@@ -206,10 +210,10 @@ def test_status_and_relaunch_runs_nothing(demo):
     assert status.returncode == 0
     lines = [line for line in status.stdout.splitlines() if line.startswith("task=")]
     # Each arm at its last stage, not at train (issue 22: every arm read "train done").
-    assert len(lines) == 4 and all(" evaluate " in line and " done " in line for line in lines), status.stdout
+    assert len(lines) == 6 and all(" evaluate " in line and " done " in line for line in lines), status.stdout
     again = ablate(results, "launch", "sweeps/demo.yaml", *TINY)
     assert again.returncode == 0
-    assert "submitted" not in again.stdout and again.stdout.count("skipped") == 15
+    assert "submitted" not in again.stdout and again.stdout.count("skipped") == 19
 
 
 @pytest.mark.slow
@@ -285,9 +289,9 @@ def test_plot_draws_every_figure_and_table(demo, tmp_path):
     table1 = (out / "table1_completions.md").read_text()
     assert "Once upon a time, there was a" in table1  # a demo prompt, before and after
     summary = pd.read_csv(out / "summary.csv")
-    assert len(summary) == 6  # the demo's 4 arms + one new LR arm + one new batch arm
+    assert len(summary) == 8  # the demo's 6 arms + one new LR arm + one new batch arm
     assert summary["final_image_loss"].notna().all()
-    assert summary["caption_match_seen"].notna().sum() == 5 and summary["scene_valid"].notna().sum() == 1
+    assert summary["caption_match_seen"].notna().sum() == 7 and summary["scene_valid"].notna().sum() == 1
 
 
 def test_bad_override_fails_before_anything_is_written(tmp_path):

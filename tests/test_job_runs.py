@@ -189,10 +189,12 @@ def test_arm_runs_get_short_names_from_their_swept_values(tmp_path):
 
     demo = names((Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml").read_text())
     assert demo == {
-        "task=t2i init=pretrained": "pretrained",
-        "task=t2i init=random": "random",
-        "task=t2i init=pretrained image_init=contrastive": "pretrained +contrastive",
-        "task=uncond init=pretrained trainable=emb_out": "uncond pretrained emb_out",
+        "task=t2i init=pretrained": "pretrained s0",
+        "task=t2i init=random": "random s0",
+        "task=t2i init=pretrained seed=1": "pretrained s1",
+        "task=t2i init=random seed=1": "random s1",
+        "task=t2i init=pretrained image_init=contrastive": "pretrained +contrastive s0",
+        "task=uncond init=pretrained trainable=emb_out": "uncond pretrained emb_out s0",
     }
     seeded = names("name: n\nseeds: 3\ngrid:\n  model.init: [pretrained, random]\n")
     assert seeded["init=random seed=2"] == "random s2" and len(set(seeded.values())) == 6

@@ -132,6 +132,8 @@ EXPECTED = {
     "demo.yaml": [
         "task=t2i init=pretrained",
         "task=t2i init=random",
+        "task=t2i init=pretrained seed=1",
+        "task=t2i init=random seed=1",
         "task=t2i init=pretrained image_init=contrastive",
         "task=uncond init=pretrained trainable=emb_out",
     ],
@@ -195,6 +197,9 @@ def test_shared_arms_are_the_same_run_across_sweep_files(cli):
     assert set(t2i.values()) < set(keys("contrastive.yaml", cli).values())  # every seed
     if cli is None:
         assert first < set(keys("demo.yaml").values())
+        # The demo's two seeds of each init are t2i_init's seeds 0 and 1: the same runs.
+        demo_t2i = {v for k, v in keys("demo.yaml").items() if "contrastive" not in k and "uncond" not in k}
+        assert demo_t2i == {v for k, v in t2i.items() if not k.endswith(" seed=2")}
         assert (
             keys("demo.yaml")["task=uncond init=pretrained trainable=emb_out"]
             == keys("freeze.yaml")["init=pretrained trainable=emb_out seed=0"]
