@@ -39,6 +39,7 @@ setup-fid: $(FID_BIN)/ablate
 demo: setup-demo
 	$(BIN)/ablate launch sweeps/demo.yaml
 	$(BIN)/ablate report --sweep demo
+	@echo "ablate is installed in $(VENV): 'source $(VENV)/bin/activate' once per shell, then 'ablate ui', 'ablate status demo'"
 
 # Every test: those of the fid extra (marker fid) in the FID venv, all others in the main one.
 test: lint typecheck test-fid

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -181,9 +183,10 @@ def _launch_locked(
     ok = run_graph(graph, cluster, results / "jobs" / sweep.name, on_event, echo=echo)
     took = time.monotonic() - start
     if ok:
+        me = command_name()
         echo(
-            f"sweep {sweep.name!r} finished in {took / 60:.1f} min. Next: `ablate plot --sweep {sweep.name}`, "
-            f"`ablate ui`, `ablate status {sweep.name}`"
+            f"sweep {sweep.name!r} finished in {took / 60:.1f} min. Next: `{me} report --sweep {sweep.name}`, "
+            f"`{me} ui`, `{me} status {sweep.name}`"
         )
         return 0
     echo(
@@ -270,3 +273,18 @@ def _submit_slurm(
         f"logs in {folder}/<job id>/"
     )
     return 0
+
+
+def command_name(argv0: str | None = None) -> str:
+    """How to run ablate again from here: `ablate` where that is on PATH, else the path that was run
+    (`.venv/bin/ablate` after `make demo`, whose venv is not activated)."""
+    exe = Path(argv0 if argv0 is not None else sys.argv[0])
+    if exe.name != "ablate":  # python -m ablate.cli (tests, debuggers): the command's own name
+        return "ablate"
+    on_path = shutil.which("ablate")
+    if on_path and Path(on_path).resolve() == exe.resolve():
+        return "ablate"
+    try:
+        return str(exe.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(exe.resolve())
