@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ class Manifest:
 
     path: Path
     data: dict[str, Any]
+    as_written: dict[str, str] = field(default_factory=dict, repr=False)
+    """Job -> its `dir` as the launch wrote it, where load re-rooted it (see _rebase_dirs)."""
 
     @classmethod
     def create(
@@ -109,13 +111,38 @@ class Manifest:
                     else "; launch one with `ablate launch sweeps/demo.yaml`"
                 )
             )
-        return cls(path, data)
+        return cls(path, data)._rebase_dirs()
 
     @classmethod
     def load_if_exists(cls, results: Path, sweep_name: str) -> Manifest | None:
         """The sweep's manifest, or None before its first launch."""
         data = read_json(manifest_path(results, sweep_name))
-        return None if data is None else cls(manifest_path(results, sweep_name), data)
+        return None if data is None else cls(manifest_path(results, sweep_name), data)._rebase_dirs()
+
+    def _rebase_dirs(self) -> Manifest:
+        """Point the jobs' `dir`s at this manifest's results folder.
+
+        A launch writes each stage directory as it named it, relative to its working directory when
+        `--results` was relative ("results/cache/train/<key>"); read from elsewhere (`ablate --results
+        ../exp/results status`), those paths would name nothing and status would show no progress. A job
+        folder of <results>/jobs/<sweep> tells which results folder the launch named, so each dir below
+        it is re-rooted on the one this manifest lies in. save() writes them back as they were written.
+        """
+        given = Path(str(self.data.get("job_folder") or "")).parent.parent
+        here = self.path.parent.parent.parent
+        if not self.data.get("job_folder") or given == here:
+            return self
+        for name, job in self.data.get("jobs", {}).items():
+            written = job.get("dir")
+            if not isinstance(written, str) or Path(written).is_absolute():
+                continue
+            try:
+                rel = Path(written).relative_to(given)
+            except ValueError:
+                continue
+            self.as_written[name] = written
+            job["dir"] = str(here / rel)
+        return self
 
     def record_many(self, events: list[tuple[str, str, str]]) -> None:
         """Record (job name, event, detail) for several jobs, then save once (one atomic write)."""
@@ -142,4 +169,8 @@ class Manifest:
 
     def save(self) -> None:
         self.data["updated_at"] = time.time()
-        atomic_write_json(self.path, self.data)
+        data = self.data
+        if self.as_written:  # the dirs as the launch wrote them, not as this process re-rooted them
+            jobs = {n: {**j, "dir": self.as_written.get(n, j.get("dir"))} for n, j in data["jobs"].items()}
+            data = {**data, "jobs": jobs}
+        atomic_write_json(self.path, data)
