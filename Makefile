@@ -43,7 +43,7 @@ demo: setup-demo
 
 # Every test: those of the fid extra (marker fid) in the FID venv, all others in the main one.
 test: lint typecheck test-fid
-	$(BIN)/python -m pytest -q -m "not fid"
+	$(BIN)/python -m pytest -q -m "not fid" --durations=15
 
 test-fid: setup-fid
 	$(FID_BIN)/python -m pytest -q -m fid
