@@ -7,6 +7,9 @@ trained run for each setting given, and prints exact caption match and colour ma
     python bench/demo_sampling_settings.py results/cache/train/<key> \
         [--n 64] [--offset 128] [--settings 1.0:0 0.8:0 0.8:0:3 1.0:8]    # temperature:top_k[:guidance]
 
+The run must have more than --offset validation pairs (the demo has 256; tests/test_bench_smoke.py trains a
+tiny run and passes --offset 4 --n 4).
+
 The run's inputs (prepare, image tokenizer; synth through prepare) are read from provenance.json. One thread, as a
 demo job has; timings are this machine's and noisy when other jobs share it.
 """
@@ -59,6 +62,8 @@ def main() -> None:
     val = ShardDataset(prepare / "val")
     layout = VocabLayout.from_dict(val.metadata["vocab"])
     idx = np.arange(a.offset, min(len(val), a.offset + a.n))
+    if not len(idx):
+        raise SystemExit(f"--offset {a.offset}: the run has {len(val)} validation pairs")
     seqs = val.read(idx)
     prompts = [
         prompt_t2i(caption_ids(s, layout), layout, seqs.shape[1], image_tok.tokens_per_image) for s in seqs

@@ -72,11 +72,12 @@ def full(ds: ShardDataset, steps: int, root: Path, uri: str | None, precision: s
 
     out = Path(tempfile.mkdtemp(dir=root))
     if uri:
+        # One stage run per loop, made as a train job makes its own (ablate.tracking.stage_run).
         exp = tracking.ensure_experiment(uri, "bench")
-        parent = tracking.get_or_create_sweep_run(uri, exp, "bench")
         run = tracking.get_or_create_stage_run(
-            uri, exp, parent, run_key=out.name, stage="train", run_name="b", tags={}, params={}
+            uri, exp, run_key=out.name, stage="train", run_name="b", tags={}, params={}
         )
+        assert run is not None  # create=True always returns a run
         tracker = tracking.MLflowTracker(uri, run)
     else:
         tracker = tracking.NullTracker()

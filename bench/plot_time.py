@@ -43,11 +43,11 @@ def _tracker(uri: str, run_id: str) -> tracking.MLflowTracker:
     return tracking.MLflowTracker(uri, run_id, flush_interval_s=30.0)  # big batches: flushed at close
 
 
-def _run(uri: str, exp: str, parent: str, key: str, stage: str, sweeps: list[str], params: dict,
+def _run(uri: str, exp: str, key: str, stage: str, sweeps: list[str], params: dict,
          tags: dict | None = None) -> str:  # fmt: skip
     built = tracking.stage_run_tags(sweep=sweeps[0], stage=stage, key=key, labels=[key], sweeps=sweeps)
     all_tags = {**built, **(tags or {})}
-    run_id = tracking.get_or_create_stage_run(uri, exp, parent, key, stage, key, all_tags, params)
+    run_id = tracking.get_or_create_stage_run(uri, exp, key, stage, key, all_tags, params)
     assert run_id is not None
     return run_id
 
@@ -60,7 +60,6 @@ def build(root: Path, runs: int, steps: int) -> str:
         return uri
     rng = np.random.default_rng(0)
     exp = tracking.ensure_experiment(uri, "bench")
-    parent = tracking.get_or_create_sweep_run(uri, exp, "bench")
     probe_every = max(1, steps // 10)
     png = root / "samples.png"
     from matplotlib.image import imsave
@@ -78,7 +77,7 @@ def build(root: Path, runs: int, steps: int) -> str:
         else:
             sweeps = ["t2i_init", "lr", "batch", "paper"]
         key = f"r{r}"
-        run_id = _run(uri, exp, parent, key, stages.TRAIN, sweeps, params, {tracking.TAG_POSITIONAL: "none"})
+        run_id = _run(uri, exp, key, stages.TRAIN, sweeps, params, {tracking.TAG_POSITIONAL: "none"})
         tracker = _tracker(uri, run_id)
         if not uncond:
             tracker.log_metrics({"tokens": 0.0, "heldout_text_ppl": 40.0}, step=0)
@@ -103,7 +102,7 @@ def build(root: Path, runs: int, steps: int) -> str:
             tracker.log_artifact(path)
         tracker.close(timeout=600)
         linked = {tracking.TAG_TRAIN_KEY: key}  # the evaluate run names the train run it evaluates
-        eval_id = _run(uri, exp, parent, f"{key}-eval", stages.EVALUATE, sweeps, params, linked)
+        eval_id = _run(uri, exp, f"{key}-eval", stages.EVALUATE, sweeps, params, linked)
         tracker = _tracker(uri, eval_id)
         metrics = (
             {"scene_valid": 0.5} if uncond else {"caption_match_seen": 0.5, "caption_match_heldout": 0.25}
@@ -113,7 +112,7 @@ def build(root: Path, runs: int, steps: int) -> str:
             tracker.log_artifact(png)
         tracker.close(timeout=60)
     for a in range(2):
-        align_id = _run(uri, exp, parent, f"align{a}", stages.ALIGN, ["contrastive", "paper"], {})
+        align_id = _run(uri, exp, f"align{a}", stages.ALIGN, ["contrastive", "paper"], {})
         tracker = _tracker(uri, align_id)
         for step in range(1, steps + 1):
             tracker.log_metrics({"loss": 5.0 / step, "temperature": 14.0 + step / steps}, step=step)

@@ -31,6 +31,7 @@ Timings are what this machine gave on one run, not assertions: nothing here fail
     python bench/pretokenize_throughput.py            # 64 shards of 125 samples (under ~3 minutes)
     python bench/pretokenize_throughput.py --quick    # 64 shards of 25 samples (under a minute)
     python bench/pretokenize_throughput.py --flops    # MoVQGAN-270M encode GFLOP/image (seconds)
+    python bench/pretokenize_throughput.py --quick --per-shard 4 --shards 1,2   # toy size (the smoke test)
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ from typing import Any
 from rss import reset_peak, status_kib  # bench/rss.py (this folder is on sys.path when run)
 
 REPO = Path(__file__).resolve().parents[1]
-COUNTS = (1, 8, 64)  # input shards (= units) per memory measurement
-THROUGHPUT_SHARDS = 32  # shards the throughput and scaling runs share (half to each of 2 processes)
+COUNTS = (1, 8, 64)  # input shards (= units) per memory measurement (--shards)
+THROUGHPUT_SHARDS = 32  # shards the throughput and scaling runs share (half to each of 2 processes), at most
 CAPTION_TOKENS = 26
 IMAGE_SIZE = 32  # tests/realdata.py's scenes; both tokenizers downsample 2x -> 16x16 = 256 codes
 TEXT_VOCAB = 300
@@ -157,11 +158,13 @@ def _worker(
     results.put({"load_s": load_s, "prep_s": _read_and_prepare(paths)})
 
 
-def scaling_case(root: Path, which: str, procs: int, out_dir: Path, repeats: int) -> dict[str, float]:
-    """Pretokenize the first THROUGHPUT_SHARDS shards over procs spawned processes (round-robin), repeats
-    times; the repeat with the highest aggregate rate (the least disturbed by other work) is kept."""
+def scaling_case(
+    root: Path, which: str, procs: int, out_dir: Path, repeats: int, n_shards: int = THROUGHPUT_SHARDS
+) -> dict[str, float]:
+    """Pretokenize the first n_shards shards over procs spawned processes (round-robin), repeats times;
+    the repeat with the highest aggregate rate (the least disturbed by other work) is kept."""
     ctx = mp.get_context("spawn")
-    shards = [str(s) for s in _shards(root)[:THROUGHPUT_SHARDS]]
+    shards = [str(s) for s in _shards(root)[:n_shards]]
     barrier, results = ctx.Barrier(procs), ctx.Queue()
     workers = [
         ctx.Process(
@@ -224,12 +227,14 @@ def memory_case(root: str, n_shards: int) -> dict[str, float]:
 
 
 def read_case(root: str, n_units: int) -> dict[str, float]:
-    """Child process: combine the train splits of the first n units of the 64-shard run, read them all."""
+    """Child process: combine the train splits of the first n units of the largest run (64 shards), read
+    them all."""
     import numpy as np
 
     from ablate.data.shards import ShardDataset, combine
 
-    units = sorted((Path(root) / "mem" / str(max(COUNTS))).iterdir())[:n_units]
+    largest = max((Path(root) / "mem").iterdir(), key=lambda d: int(d.name))  # the run of the most shards
+    units = sorted(largest.iterdir())[:n_units]
     out = Path(root) / "combined" / str(n_units)
     combine([u / "train" for u in units], out, {})
     reset = reset_peak()
@@ -364,6 +369,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="25 samples per shard instead of 125")
     ap.add_argument("--flops", action="store_true", help="only count MoVQGAN-270M's encode FLOPs")
+    ap.add_argument("--per-shard", type=int, help="samples per shard (default 125, 25 with --quick)")
+    ap.add_argument(
+        "--shards",
+        default=",".join(map(str, COUNTS)),
+        help="input shards per memory measurement, comma-separated (the largest is how many are written)",
+    )
     ap.add_argument("--child", nargs=3, metavar=("KIND", "ROOT", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -394,21 +405,24 @@ def main() -> None:
         )
         return
 
-    per_shard = 25 if args.quick else 125
+    per_shard = args.per_shard or (25 if args.quick else 125)
     repeats = 1 if args.quick else 2
+    counts = sorted({int(c) for c in args.shards.split(",")})
+    n_throughput = min(THROUGHPUT_SHARDS, max(counts))
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ablate-pretok-bench-") as tmp:
         root = Path(tmp)
-        build(root, max(COUNTS), per_shard)
-        n_images = THROUGHPUT_SHARDS * per_shard
+        build(root, max(counts), per_shard)
+        n_images = n_throughput * per_shard
 
         scaling: dict[str, dict[int, dict[str, float]]] = {}
         for which in TOKENIZERS:
             scaling[which] = {
-                p: scaling_case(root, which, p, root / f"scale-{which}-{p}", repeats) for p in (1, 2)
+                p: scaling_case(root, which, p, root / f"scale-{which}-{p}", repeats, n_throughput)
+                for p in (1, 2)
             }
-        memory = {n: _child("memory", root, n) for n in COUNTS}
-        reading = {n: _child("read", root, n) for n in COUNTS}
+        memory = {n: _child("memory", root, n) for n in counts}
+        reading = {n: _child("read", root, n) for n in counts}
 
     print(
         f"{IMAGE_SIZE}x{IMAGE_SIZE} scenes (PNG/JPEG) with captions, {per_shard} per shard; "
@@ -431,7 +445,7 @@ def main() -> None:
             ]
         )
     _table(
-        f"1. pretokenize throughput, 1 process, the first {THROUGHPUT_SHARDS} shards ({n_images} images); "
+        f"1. pretokenize throughput, 1 process, the first {n_throughput} shards ({n_images} images); "
         f"fastest of {repeats}",
         [
             "image tokenizer",
@@ -461,7 +475,7 @@ def main() -> None:
                 ]
             )
     _table(
-        f"2. scaling: the same {THROUGHPUT_SHARDS} shards split over spawned processes (different shards "
+        f"2. scaling: the same {n_throughput} shards split over spawned processes (different shards "
         f"each); fastest of {repeats}",
         [
             "image tokenizer",

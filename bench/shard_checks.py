@@ -58,8 +58,10 @@ def main() -> None:
         unchecked = min(reads() for _ in range(3))
         ds._check_ids = original  # type: ignore[method-assign]
         t = time.perf_counter()
-        run(Path(tmp), echo=lambda line: None)
+        failed = run(Path(tmp), echo=lambda line: None)
         hashed = time.perf_counter() - t
+        if failed:  # a mismatch on shards just written: the checks, not the shards, are wrong
+            raise SystemExit("ablate verify failed on the shards just written")
         mib = SHARDS * per_shard * SEQ_LEN * 4 / 2**20
     print(f"{SHARDS} shards, {mib:.0f} MiB, seq_len {SEQ_LEN}, int32, batches of {BATCH}")
     print(f"open (sizes, metadata, constant probes): {opened * 1e3:.2f} ms")

@@ -6,14 +6,16 @@ process start to exit, then the jobs it queued counted with squeue and cancelled
 hydra-submitit-launcher (if installed: `pip install hydra-submitit-launcher`; not a dependency of
 ablate): a Hydra app whose task prints its lr, `--multirun` over the same 100 points on the same
 partition; timed to the moment all 100 jobs are queued (squeue), and to its return (it blocks until they
-finish). Issue 12's target: 100 arms queued and `ablate launch` returned in under 5 s.
+finish). Issue 12's target: 100 arms queued and `ablate launch` returned in under 5 s. Only the jobs
+this script queued are cancelled (by their names), never other jobs of the user.
 
-    python bench/slurm_launch_time.py [--skip-hydra]
+    python bench/slurm_launch_time.py [--skip-hydra] [--seeds 10]    # --seeds 1: a 10-arm grid (the smoke test)
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import subprocess
 import sys
@@ -24,10 +26,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-GRID = """name: bench100
+SWEEP = "bench100"  # the ablate jobs' names start with it ("bench100:train")
+HYDRA_JOB = "bench100-hydra"  # hydra.launcher.name: the hydra jobs' name
+LRS = 10  # learning rates of the grid; arms = LRS x --seeds
+GRID = """name: {sweep}
 grid:
   optim.lr: [1e-4, 2e-4, 3e-4, 4e-4, 5e-4, 6e-4, 7e-4, 8e-4, 9e-4, 1e-3]
-  train.seed: range(0,10)
+  train.seed: range(0,{seeds})
 """
 HYDRA_APP = """
 import hydra
@@ -43,22 +48,26 @@ if __name__ == "__main__":
 """
 
 
-def queued(user_filter: str) -> int:
-    """Jobs in the queue whose name contains user_filter."""
-    out = subprocess.run(["squeue", "-h", "-o", "%j %i"], capture_output=True, text=True, check=True).stdout
-    return sum(user_filter in line for line in out.splitlines())
+def queued(prefix: str) -> list[str]:
+    """Ids of this user's queued or running jobs (array tasks one by one) whose name starts with prefix."""
+    user = os.environ.get("USER") or getpass.getuser()
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-u", user, "-o", "%j %i"], capture_output=True, text=True, check=True
+    ).stdout
+    return [line.split()[-1] for line in out.splitlines() if line.startswith(prefix)]
 
 
-def cancel_all() -> None:
-    subprocess.run(["scancel", "--user", os.environ.get("USER", "root")], check=False)
+def cancel(prefix: str) -> None:
+    """Cancel the jobs this script queued (named prefix...) and wait until they have left the queue."""
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and queued(""):
+    while (ids := queued(prefix)) and time.monotonic() < deadline:
+        subprocess.run(["scancel", *sorted({i.split("_")[0] for i in ids})], check=False)  # whole arrays
         time.sleep(0.5)
 
 
-def bench_ablate(tmp: Path) -> None:
-    sweep = tmp / "bench100.yaml"
-    sweep.write_text(GRID)
+def bench_ablate(tmp: Path, seeds: int) -> None:
+    sweep = tmp / f"{SWEEP}.yaml"
+    sweep.write_text(GRID.format(sweep=SWEEP, seeds=seeds))
     results = tmp / "results"
     start = time.perf_counter()
     proc = subprocess.run(
@@ -81,17 +90,15 @@ def bench_ablate(tmp: Path) -> None:
         print(proc.stdout[-2000:], proc.stderr[-2000:])
         raise SystemExit("ablate launch failed")
     arrays = sum(" submitted " in line for line in proc.stdout.splitlines())
-    jobs = int(
-        subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout.count("\n")
-    )
+    jobs = len(queued(SWEEP + ":"))
     print(
         f"ablate launch: returned after {took:.2f} s; {arrays} sbatch arrays; {jobs} jobs (array tasks) in the queue"
     )
     print("  " + proc.stdout.strip().splitlines()[-1][:300])
-    cancel_all()
+    cancel(SWEEP + ":")
 
 
-def bench_hydra(tmp: Path) -> None:
+def bench_hydra(tmp: Path, seeds: int) -> None:
     try:
         import hydra_plugins.hydra_submitit_launcher  # noqa: F401
     except ImportError:
@@ -101,9 +108,10 @@ def bench_hydra(tmp: Path) -> None:
     app.write_text(textwrap.dedent(HYDRA_APP))
     lrs = ",".join(f"{i}e-4" for i in range(1, 11))
     cmd = [
-        sys.executable, str(app), "--multirun", "hydra/launcher=submitit_slurm", f"lr={lrs}", "seed=range(0,10)",
-        "hydra.launcher.partition=local", "hydra.launcher.timeout_min=5", "hydra.launcher.cpus_per_task=1",
-        "hydra.launcher.mem_gb=1", f"hydra.sweep.dir={tmp / 'multirun'}",
+        sys.executable, str(app), "--multirun", "hydra/launcher=submitit_slurm", f"lr={lrs}",
+        f"seed=range(0,{seeds})", "hydra.launcher.partition=local", "hydra.launcher.timeout_min=5",
+        "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", f"hydra.launcher.name={HYDRA_JOB}",
+        f"hydra.sweep.dir={tmp / 'multirun'}",
     ]  # fmt: skip
     seen: dict[str, float] = {}
     start = time.perf_counter()
@@ -111,12 +119,7 @@ def bench_hydra(tmp: Path) -> None:
 
     def watch() -> None:
         while proc.poll() is None and "queued" not in seen:
-            n = int(
-                subprocess.run(
-                    ["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True
-                ).stdout.count("\n")
-            )
-            if n >= 100:
+            if len(queued(HYDRA_JOB)) >= LRS * seeds:
                 seen["queued"] = time.perf_counter() - start
             time.sleep(0.2)
 
@@ -129,9 +132,10 @@ def bench_hydra(tmp: Path) -> None:
         print(out[-2000:])
     when = f"{seen['queued']:.2f} s" if "queued" in seen else "never seen all at once (they ran as queued)"
     print(
-        f"hydra-submitit-launcher: 100 jobs queued at {when}; returned after {took:.2f} s (waits for the jobs)"
+        f"hydra-submitit-launcher: {LRS * seeds} jobs queued at {when}; returned after {took:.2f} s "
+        "(waits for the jobs)"
     )
-    cancel_all()
+    cancel(HYDRA_JOB)
 
 
 def main() -> None:
@@ -139,16 +143,21 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--skip-hydra", action="store_true")
+    parser.add_argument("--seeds", type=int, default=10, help=f"seeds per learning rate: {LRS} x SEEDS arms")
     args = parser.parse_args()
     from ablate.launch import local_slurm
 
+    reason = local_slurm.unavailable_reason()
+    if reason is not None:
+        raise SystemExit(f"no local SLURM: {reason}")
     info = local_slurm.up()
-    print(f"local SLURM up: node {info.node}")
-    cancel_all()
+    print(f"local SLURM up: node {info.node}; {LRS * args.seeds} arms")
+    cancel(SWEEP + ":")  # left over from an interrupted run of this script
+    cancel(HYDRA_JOB)
     with tempfile.TemporaryDirectory() as d:
-        bench_ablate(Path(d))
+        bench_ablate(Path(d), args.seeds)
         if not args.skip_hydra:
-            bench_hydra(Path(d))
+            bench_hydra(Path(d), args.seeds)
 
 
 if __name__ == "__main__":

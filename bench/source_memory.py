@@ -8,6 +8,7 @@ with one sample in memory at a time it must stay flat in the number of shards.
 
     python bench/source_memory.py            # 200 samples per shard
     python bench/source_memory.py --quick    # 40 samples per shard (a smoke run, well under a minute)
+    python bench/source_memory.py --per-shard 2 --shards 1,2    # toy size (the smoke test)
 """
 
 from __future__ import annotations
@@ -104,18 +105,21 @@ def build(directory: Path, n_shards: int, per_shard: int) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="40 samples per shard instead of 200")
+    ap.add_argument("--per-shard", type=int, help="samples per shard (default 200, 40 with --quick)")
+    ap.add_argument("--shards", default=",".join(map(str, COUNTS)), help="shard counts, comma-separated")
     ap.add_argument("--child", nargs=2, metavar=("DIR", "N_SHARDS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(read_case(args.child[0], int(args.child[1]))))
         return
 
-    per_shard = 40 if args.quick else 200
+    per_shard = args.per_shard or (40 if args.quick else 200)
+    counts = sorted({int(c) for c in args.shards.split(",")})
     header = ["shards", "samples", "data MiB", "peak RSS growth", "peak RSS", "samples/s"]
     rows = []
     with tempfile.TemporaryDirectory(prefix="ablate-source-bench-") as tmp:
-        shard_bytes = build(Path(tmp), max(COUNTS), per_shard)
-        for n in COUNTS:
+        shard_bytes = build(Path(tmp), max(counts), per_shard)
+        for n in counts:
             out = subprocess.run(
                 [sys.executable, __file__, "--child", tmp, str(n)], check=True, capture_output=True, text=True
             ).stdout

@@ -32,8 +32,7 @@ def build(root: Path, steps: int) -> tuple[str, str, Path]:
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     experiment = tracking.ensure_experiment(uri, "bench")
-    parent = tracking.get_or_create_sweep_run(uri, experiment, "bench")
-    run_id = tracking.get_or_create_stage_run(uri, experiment, parent, "k", "train", "train", {}, {})
+    run_id = tracking.get_or_create_stage_run(uri, experiment, "k", "train", "train", {}, {})
     assert run_id is not None
     client = _client(uri)
     batch: list[Metric] = []
