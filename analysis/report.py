@@ -19,7 +19,16 @@ import pandas as pd
 from ablate import tracking
 from ablate.atomic import atomic_write_text
 from ablate.stages import names as stages
-from analysis.findings import FINDINGS, NOT_REPRODUCED, NOT_RUN, ONE_SEED, REPRODUCED, num, read_csv
+from analysis.findings import (
+    FINDINGS,
+    NOT_REPRODUCED,
+    NOT_RUN,
+    ONE_SEED,
+    REPRODUCED,
+    SEED_OF_ARM,
+    num,
+    read_csv,
+)
 from analysis.plot import FIGURES, plot_report
 from analysis.tables import PAPER_AFTER, PAPER_BEFORE, human
 
@@ -117,7 +126,10 @@ def table1_html(out_dir: Path) -> str:
         before = text(r["before"], r["before_step"])
         if pd.notna(r["before_step"]) and r["before_step"] != 0:
             before += f" (step {int(r['before_step'])}: no step-0 probe)"
-        cells = [esc(str(r["init"])), esc(str(r["prompt"])), before, text(r["after"], r["after_step"]), when]
+        # Which run: with several seeds of an init, the table shows one of them, and says which.
+        seed = SEED_OF_ARM.search(str(r.get("arm", "")))
+        init = esc(str(r["init"])) + (f" (seed {seed.group(1)})" if seed else "")
+        cells = [init, esc(str(r["prompt"])), before, text(r["after"], r["after_step"]), when]
         cells += [esc(r[c]) if isinstance(r[c], str) else "" for c in theirs]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     note = (
@@ -230,7 +242,9 @@ def render(
         elif md.is_file():
             parts.append(f"<h3>{esc(fig.caption)}</h3><pre>{esc(md.read_text(encoding='utf-8'))}</pre>")
         elif fig.name in skipped:
-            parts.append(f"<p class='not-run'>{esc(fig.caption)} Not drawn: {esc(skipped[fig.name])}</p>")
+            parts.append(
+                f"<p class='not-run'>{esc(fig.caption)} Not drawn: {_with_code(skipped[fig.name])}</p>"
+            )
     if arms_pages or links:
         parts.append(UI_SCRIPT)
     parts.append("</body></html>")

@@ -75,6 +75,19 @@ def test_table1_is_an_html_table_with_the_papers_columns_only_for_its_prompts(tm
     assert "| paper, before |" in (tmp_path / "paper" / "table1_completions.md").read_text()
 
 
+def test_table1_names_the_seed_of_the_run_it_shows_and_skips_show_commands_as_code(tmp_path):
+    tables.table1_completions(completions_of(["Once upon a time"]), tmp_path / "one")
+    assert "<td>pretrained</td>" in report.render(tmp_path / "one", "t", {}, {})
+    seeded = completions_of(["Once upon a time"]).assign(arm="task=t2i init=pretrained seed=1")
+    tables.table1_completions(seeded, tmp_path / "two")
+    skipped = {
+        "sensitivity_lr": "its runs come from sweep lr; produce them with `ablate launch sweeps/lr.yaml`"
+    }
+    page = report.render(tmp_path / "two", "t", {}, skipped)
+    assert "<td>pretrained (seed 1)</td>" in page  # two pretrained seeds ran: the table shows seed 1's
+    assert "produce them with <code>ablate launch sweeps/lr.yaml</code>" in page and "`" not in page
+
+
 def test_mlflow_links_follow_the_ui_address_and_the_page_can_change_it(tmp_path):
     from ablate.tracking import ui_command
 
