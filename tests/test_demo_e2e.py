@@ -91,7 +91,7 @@ def test_sweep_runs_every_stage_once_and_tracks_it(demo):
 @pytest.mark.slow
 def test_each_arm_is_one_run_with_its_results_in_the_sweeps_experiment(demo):
     from ablate import tracking
-    from ablate.launch.runs import ARM_RESULT_METRICS
+    from ablate.tracking.results import ARM_RESULT_METRICS
     from ablate.train.final import final_values
 
     results, _ = demo

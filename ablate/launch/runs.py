@@ -17,7 +17,7 @@ from ablate.stages import registry
 from ablate.stages.names import ARM_STAGES, TRAIN
 from ablate.sweep import SEED_KEY
 from ablate.tracking.job_runs import ArmRunSpec, JobTracking, RunSpec
-from ablate.tracking.results import ARM_RESULT_METRICS as ARM_RESULT_METRICS  # a demo test reads it here
+from ablate.tracking.results import ARM_RESULT_METRICS
 from ablate.tracking.tags import (
     MAX_RUN_NAME_LEN,
     arm_run_tags,
@@ -75,8 +75,10 @@ def _number(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
     if isinstance(value, int):
-        unit = next((u for u, size in (("M", 10**6), ("K", 10**3)) if value and value % size == 0), "")
-        return f"{value // {'M': 10**6, 'K': 10**3}[unit]}{unit}" if unit else str(value)
+        for unit, size in (("M", 10**6), ("K", 10**3)):
+            if value and value % size == 0:
+                return f"{value // size}{unit}"
+        return str(value)
     if value != 0 and not 1e-2 <= abs(value) < 1e5:
         mantissa, exponent = f"{value:.3e}".split("e")
         return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
