@@ -1,4 +1,4 @@
-"""Launch time on a real SLURM (ablate.launch.local_slurm): a 100-arm grid (lr x seed) queued and
+"""Launch time on a real SLURM (ablate.ops.local_slurm): a 100-arm grid (lr x seed) queued and
 `ablate launch` returned, side by side with hydra-submitit-launcher queueing 100 jobs of a trivial task.
 
 ablate: a fresh results folder (no tracking store yet), `ablate launch GRID cluster=slurm` timed from
@@ -145,7 +145,7 @@ def main() -> None:
     parser.add_argument("--skip-hydra", action="store_true")
     parser.add_argument("--seeds", type=int, default=10, help=f"seeds per learning rate: {LRS} x SEEDS arms")
     args = parser.parse_args()
-    from ablate.launch import local_slurm
+    from ablate.ops import local_slurm
 
     reason = local_slurm.unavailable_reason()
     if reason is not None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from ablate import tracking
-from ablate.tracking import server as srv
+from ablate.ops import tracking_server as srv
 
 
 @pytest.fixture(scope="session")
@@ -41,15 +41,15 @@ def new_store(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[Any]:
-    """A real single-node SLURM cluster on 127.0.0.1 (ablate.launch.local_slurm), its ClusterInfo.
+    """A real single-node SLURM cluster on 127.0.0.1 (ablate.ops.local_slurm), its ClusterInfo.
 
     Skips, printing why, where one cannot be started (not root, packages missing and no apt-get, a daemon
     fails). Deliberately left running after the session: the next run reuses it in well under a second
     instead of starting it again (~5 s, ~30 s more the first time for apt-get); stop it with
-    `python -m ablate.launch.local_slurm down`.
+    `python -m ablate.ops.local_slurm down`.
     """
     from ablate.errors import LaunchError
-    from ablate.launch import local_slurm
+    from ablate.ops import local_slurm
 
     reason = local_slurm.unavailable_reason()
     if reason is None:
@@ -104,7 +104,7 @@ def _skip_reason() -> str | None:
 
 @pytest.fixture(scope="session")
 def tracking_server() -> Iterator[TrackingServer]:
-    """A real PostgreSQL cluster and `mlflow server` on free loopback ports (ablate.tracking.server), for the
+    """A real PostgreSQL cluster and `mlflow server` on free loopback ports (ablate.ops.tracking_server), for the
     whole session; skipped, printing why, where PostgreSQL cannot run here."""
     reason = _skip_reason()
     if reason:

@@ -1,4 +1,4 @@
-"""The local single-node SLURM cluster (ablate.launch.local_slurm) runs arrays, dependencies and requeues."""
+"""The local single-node SLURM cluster (ablate.ops.local_slurm) runs arrays, dependencies and requeues."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import cloudpickle
 import pytest
 import submitit
 
-from ablate.launch import local_slurm
+from ablate.ops import local_slurm
 
 pytestmark = pytest.mark.slurm
 

@@ -1,4 +1,4 @@
-"""The SLURM path against a real scheduler: the single-node cluster of ablate.launch.local_slurm (slurm-wlm,
+"""The SLURM path against a real scheduler: the single-node cluster of ablate.ops.local_slurm (slurm-wlm,
 munge, slurmdbd + MariaDB on 127.0.0.1), skipped with the reason where it cannot start.
 
 Tiny sweeps go through `ablate launch ... cluster=slurm` exactly as a user's would: job arrays per stage,

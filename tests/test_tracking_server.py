@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from ablate.tracking import server as srv
+from ablate.ops import tracking_server as srv
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -44,7 +44,7 @@ def _run(cmd: list[str], timeout: float = 60) -> str:
     if shutil.which(cmd[0]) is None:
         raise LaunchError(
             f"`{cmd[0]}` is not installed here: cluster.kind=slurm needs the SLURM client tools on this "
-            "machine (a login node). To try the SLURM path on one machine: `python -m ablate.launch.local_slurm up`"
+            "machine (a login node). To try the SLURM path on one machine: `python -m ablate.ops.local_slurm up`"
         )
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)

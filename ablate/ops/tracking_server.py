@@ -4,8 +4,8 @@ One machine needs none of this: the default store is SQLite under results/. Many
 sweep) log to one `mlflow server` whose backend is PostgreSQL, through `MLFLOW_TRACKING_URI=http://...`;
 SQLite's single writer lock would serialise them, and a shared file system makes its locking unreliable.
 
-    python -m ablate.tracking.server up   [--dir results/tracking-server] [--port 5000] [--pg-port 5433]
-    python -m ablate.tracking.server down [--dir ...] [--keep-postgres]
+    python -m ablate.ops.tracking_server up   [--dir results/tracking-server] [--port 5000] [--pg-port 5433]
+    python -m ablate.ops.tracking_server down [--dir ...] [--keep-postgres]
 
 `up` prints `export MLFLOW_TRACKING_URI=http://127.0.0.1:PORT` on stdout (so `eval "$(... up)"` works) and
 is idempotent: a running PostgreSQL cluster and a healthy server are reused. Layout of the directory:
@@ -355,9 +355,9 @@ def down(root: Path, keep_postgres: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m ablate.tracking.server up|down`."""
+    """`python -m ablate.ops.tracking_server up|down`."""
     parser = argparse.ArgumentParser(
-        prog="python -m ablate.tracking.server", description=__doc__.split("\n")[0]
+        prog="python -m ablate.ops.tracking_server", description=__doc__.split("\n")[0]
     )
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--dir", type=Path, default=Path("results/tracking-server"), help="state directory")

@@ -1,6 +1,6 @@
 """A real single-node SLURM cluster on 127.0.0.1, built from Debian packages, for tests and users.
 
-    python -m ablate.launch.local_slurm up|down|status
+    python -m ablate.ops.local_slurm up|down|status
 
 `up()` installs slurm-wlm, slurmdbd, munge and mariadb-server if missing (root + apt-get only), writes
 /etc/slurm/slurm.conf and /etc/slurm/slurmdbd.conf, starts munge, MariaDB, slurmdbd, slurmctld and slurmd,
@@ -168,7 +168,7 @@ def _slurm_conf(info: ClusterInfo) -> str:
     mem_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     real_mem = max(1024, int(mem_mb * 0.9))
     r, run, logs = info.root, info.run_dir, info.log_dir
-    return f"""# Written by ablate.launch.local_slurm for a single-node test cluster; rewritten by each `up`.
+    return f"""# Written by ablate.ops.local_slurm for a single-node test cluster; rewritten by each `up`.
 ClusterName={CLUSTER}
 SlurmctldHost={info.node}(127.0.0.1)
 SlurmctldPort={CTLD_PORT}
@@ -222,7 +222,7 @@ PartitionName={PARTITION} Nodes={info.node} Default=YES MaxTime=INFINITE State=U
 
 
 def _dbd_conf(info: ClusterInfo, password: str) -> str:
-    return f"""# Written by ablate.launch.local_slurm; rewritten by each `up`.
+    return f"""# Written by ablate.ops.local_slurm; rewritten by each `up`.
 AuthType=auth/munge
 DbdHost=localhost
 DbdAddr=127.0.0.1
@@ -475,7 +475,7 @@ def _status(info: ClusterInfo) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: up | down | status."""
-    parser = argparse.ArgumentParser(prog="python -m ablate.launch.local_slurm", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ablate.ops.local_slurm", description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--root", type=Path, help=f"state/log folder (env {ENV_ROOT}; {DEFAULT_ROOT})")
