@@ -13,22 +13,17 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny import TINY_DATA
+from tiny import tiny
 
 from ablate.filelock import FileLock
 from ablate.launch.manifest import launch_lock_path
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = [
-    *TINY_DATA,
-    "optim.warmup_tokens=2304",
-    "model.hidden_dim=32",
-    "model.n_layers=2",
-    "evaluate.n_samples=8",
+TINY = tiny(
     "train.batch_tokens=2304",
     "train.total_tokens=46080",  # 20 steps
     "train.checkpoint_every_tokens=23040",
-]
+)
 ARM = "  - {data.task: uncond, model.init: random}\n"
 
 

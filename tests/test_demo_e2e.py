@@ -12,26 +12,21 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from tiny import TINY_DATA
+from tiny import tiny
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = [
-    *TINY_DATA,
+TINY = tiny(
     "pretrain.corpus_max_chars=150000",
     "pretrain.total_tokens=12000",
     "pretrain.batch_tokens=2304",
     "pretrain.warmup_tokens=2304",
     "train.total_tokens=14000",
     "train.checkpoint_every_tokens=4608",
-    "optim.warmup_tokens=2304",
-    "model.hidden_dim=32",
-    "model.n_layers=2",
     "align.steps=20",
     "align.batch_size=32",
-    "evaluate.n_samples=8",
     "evaluate.probe_every_tokens=4608",
     "evaluate.probe_sequences=8",
-]
+)
 DEMO_ARMS = [
     "task=t2i init=pretrained",
     "task=t2i init=random",

@@ -24,7 +24,7 @@ from ablate.stages.common import model_args
 from ablate.stages.context import StageContext
 from ablate.tracking import NullTracker
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def _run(stage, cfg, out: Path, inputs: dict[str, Path]) -> Path:
@@ -36,7 +36,6 @@ def _run(stage, cfg, out: Path, inputs: dict[str, Path]) -> Path:
 
 
 def test_demo_lm_completes_prompts_in_the_corpus_register(tmp_path: Path) -> None:
-    torch.set_num_threads(1)
     _, cfg = compose_arm([])
     assert cfg.pretrain.corpus == "stories"
     tok_dir = _run(text_tokenizer, cfg, tmp_path / "text_tokenizer", {})

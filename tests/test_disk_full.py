@@ -17,24 +17,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tiny import TINY_DATA
+from tiny import STEP_TOKENS, tiny
 
 from ablate.atomic import as_storage_error, atomic_write_json
 from ablate.errors import StorageError
 
 ROOT = Path(__file__).resolve().parent.parent
-STEP_TOKENS = 2304
-TINY = [
-    *TINY_DATA,
-    "optim.warmup_tokens=2304",
-    "model.hidden_dim=32",
-    "model.n_layers=2",
-    "evaluate.n_samples=8",
+TINY = tiny(
     f"train.batch_tokens={STEP_TOKENS}",
     f"train.total_tokens={300 * STEP_TOKENS}",
     f"train.checkpoint_every_tokens={20 * STEP_TOKENS}",
     "tracking.close_timeout_s=5",  # the job's tracker gives up on the full store quickly
-]
+)
 
 
 def _mount(path: Path, options: str) -> str | None:

@@ -19,13 +19,12 @@ from pathlib import Path
 
 import pytest
 import realdata
+from tiny import tiny
 
 from ablate.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = [
-    "cluster=local",
-    "cluster.poll_s=5",
+TINY = tiny(
     "pretrain.corpus_max_chars=60000",
     "pretrain.total_tokens=4608",
     "pretrain.batch_tokens=2304",
@@ -33,12 +32,11 @@ TINY = [
     "train.total_tokens=6912",
     "train.checkpoint_every_tokens=2304",
     "optim.warmup_tokens=0",
-    "model.hidden_dim=32",
-    "model.n_layers=2",
     "evaluate.n_samples=4",
     "evaluate.probe_every_tokens=2304",
     "evaluate.probe_sequences=4",
-]
+    data=False,
+)
 SWEEP = "name: t2i_init\ngrid:\n  model.init: [pretrained, random]\n"
 SLOW_UNIT = "00003"  # a shard big enough to be caught running
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny import tiny
 
 from ablate.launch import slurm
 from ablate.launch.manifest import Manifest
@@ -27,24 +28,14 @@ from ablate.rundir import RunDir
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = [
+TINY = tiny(
     "cluster=slurm",
     "cluster.cpus_per_task=1",
     "cluster.timeout_min=20",
-    "data.n_train=256",
-    "data.n_val=64",
-    "data.n_heldout=64",
-    "tokenizer.vq_steps=40",
-    "tokenizer.vq_hidden=32",
-    "tokenizer.text_vocab_size=512",
     "train.batch_tokens=2304",  # 8 sequences a step: what the step counts below assume
     "train.total_tokens=14000",
     "train.checkpoint_every_tokens=4608",
-    "optim.warmup_tokens=2304",
-    "model.hidden_dim=32",
-    "model.n_layers=2",
-    "evaluate.n_samples=8",
-]
+)
 
 
 def sweep_file(tmp: Path, name: str, lrs: list[float], extra: str = "") -> Path:

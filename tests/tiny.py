@@ -1,13 +1,40 @@
-"""The overrides that make a launch tiny (small synthetic data, a quick VQ-VAE and BPE, cluster=local), which
-the end-to-end tests of real launches share; each adds its own training budget."""
+"""The one builder of tiny run configs: the overrides that make a launch tiny (small synthetic data, a quick
+VQ-VAE and BPE, a 2-layer model, cluster=local), which the end-to-end tests of real launches share; each
+adds its own budget with `tiny(...)`."""
 
-TINY_DATA = [
-    "cluster=local",
-    "cluster.poll_s=5",
-    "data.n_train=256",
-    "data.n_val=64",
-    "data.n_heldout=64",
-    "tokenizer.vq_steps=40",
-    "tokenizer.vq_hidden=32",
-    "tokenizer.text_vocab_size=512",
-]
+from __future__ import annotations
+
+STEP_TOKENS = 2304
+"""One step at `train.batch_tokens=2304`: 8 sequences of the demo's 288 tokens."""
+
+CLUSTER = {"cluster": "local", "cluster.poll_s": "5"}
+DATA = {
+    "data.n_train": "256",
+    "data.n_val": "64",
+    "data.n_heldout": "64",
+    "tokenizer.vq_steps": "40",
+    "tokenizer.vq_hidden": "32",
+    "tokenizer.text_vocab_size": "512",
+}
+"""Synthetic data and its tokenizers (real-data tests leave these out: `tiny(data=False)`)."""
+RUN = {
+    "model.hidden_dim": "32",
+    "model.n_layers": "2",
+    "optim.warmup_tokens": str(STEP_TOKENS),
+    "evaluate.n_samples": "8",
+}
+
+TINY_DATA = [f"{k}={v}" for k, v in {**CLUSTER, **DATA}.items()]
+"""Cluster and data only, for tests that set the model themselves."""
+
+
+def tiny(*overrides: str, data: bool = True) -> list[str]:
+    """The tiny launch's overrides, then the test's own `key=value`s: a key given again replaces the
+    default where it stands, so each key appears once (the order of Hydra group choices is kept)."""
+    merged = {**CLUSTER, **(DATA if data else {}), **RUN}
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if not sep:
+            raise ValueError(f"tiny(): {o!r} is not key=value")
+        merged[key] = value
+    return [f"{k}={v}" for k, v in merged.items()]
