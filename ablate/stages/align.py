@@ -30,7 +30,7 @@ from ablate.atomic import atomic_write_text
 from ablate.config.schema import RunConfig
 from ablate.data.sequence import VocabLayout, caption_ids, extract_image_codes
 from ablate.errors import CheckpointError, DataError, StopRequested
-from ablate.rundir import MetricsLog, RunDir
+from ablate.rundir import RunDir
 from ablate.stages import names
 from ablate.stages.context import StageContext
 from ablate.stages.stage import Stage
@@ -122,14 +122,11 @@ def nearest_tokens_csv(
     return buf.getvalue()
 
 
-def _on_step(
-    ctx: StageContext, metrics_log: MetricsLog, total: int
-) -> Callable[[int, dict[str, float]], None]:
-    """Per-step logging (tracker, metrics.jsonl, progress) and the stop check."""
+def _on_step(ctx: StageContext, total: int) -> Callable[[int, dict[str, float]], None]:
+    """Per-step logging (metrics.jsonl and tracker, progress) and the stop check."""
 
     def on_step(step: int, row: dict[str, float]) -> None:
-        ctx.tracker.log_metrics(row, step)
-        metrics_log.append(step, row)
+        ctx.log_metrics(row, step)
         if step % PROGRESS_EVERY == 0 or step == total:
             RunDir(ctx.out_dir).write_progress({"step": step, "total_steps": total, "loss": row["loss"]})
         if ctx.should_stop() and step < total:
@@ -162,8 +159,7 @@ def run(ctx: StageContext) -> None:
         f"from {ckpt}; {s['steps']} steps of {min(s['batch_size'], len(captions))} pairs, lr {s['lr']}"
     )
 
-    metrics_log = RunDir(ctx.out_dir).metrics_log()
-    metrics_log.truncate_after(0)  # a relaunch starts over: drop the rows of an interrupted attempt
+    ctx.metrics_log.truncate_after(0)  # a relaunch starts over: drop the rows of an interrupted attempt
     device = "cuda" if torch.cuda.is_available() else "cpu"
     image_table, history = train_alignment(
         captions,
@@ -173,7 +169,7 @@ def run(ctx: StageContext) -> None:
         steps=s["steps"],
         lr=s["lr"],
         seed=s["seed"],
-        on_step=_on_step(ctx, metrics_log, s["steps"]),
+        on_step=_on_step(ctx, s["steps"]),
         codebook_size=layout.codebook_size,
         device=device,
     )

@@ -82,7 +82,7 @@ def run(ctx: StageContext) -> None:
         atomic_write_bytes(ctx.out_dir / FID_REFERENCE, buf.getvalue())
         ctx.log(f"FID reference statistics of {len(rows)} images (weights sha256 {sha[:12]})")
     atomic_write_text(ctx.out_dir / CAPTIONS, "\n".join(rows) + "\n")
-    ctx.tracker.log_metrics(metrics, step=0)
+    ctx.log_metrics(metrics, step=0)
 
 
 def _file_identity(path: str | None) -> dict:

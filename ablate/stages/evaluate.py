@@ -329,10 +329,7 @@ def run(ctx: StageContext) -> None:
     np.savez_compressed(npz, codes=res["codes"], grid_index=pick, grid_images=grid_images)
     atomic_write_bytes(ctx.out_dir / "samples.npz", npz.getvalue())
     atomic_write_text(ctx.out_dir / "metrics.json", json.dumps(metrics, indent=2))
-    # metrics.jsonl as every stage writes it, so `ablate resend` can rebuild this run from the directory.
-    atomic_write_text(RunDir(ctx.out_dir).metrics, json.dumps({"step": 0, **metrics}) + "\n")
-
-    ctx.tracker.log_metrics(metrics, step=0)
+    ctx.log_metrics(metrics, step=0)
     for path in (grid, ctx.out_dir / "samples.csv"):
         ctx.tracker.log_artifact(path)
 

@@ -95,7 +95,7 @@ def run(ctx: StageContext) -> None:
     )
     writer.add_many(rows)
     writer.finish({"split": SPLIT, "text_tokenizer": tok.fingerprint, "source": str(path)})
-    ctx.tracker.log_metrics({"heldout_sequences": float(len(rows)), "heldout_tokens": float(rows.size)}, 0)
+    ctx.log_metrics({"heldout_sequences": float(len(rows)), "heldout_tokens": float(rows.size)}, 0)
     ctx.log(f"{len(rows)} held-out sequences of {seq_len} tokens from {path}")
 
 

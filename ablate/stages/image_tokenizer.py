@@ -73,7 +73,7 @@ def run(ctx: StageContext) -> None:
 
         def on_step(step: int, metrics: dict[str, float]) -> None:
             if step % 25 == 0:
-                ctx.tracker.log_metrics({f"vq_{k}": float(v) for k, v in metrics.items()}, step)
+                ctx.log_metrics({f"vq_{k}": float(v) for k, v in metrics.items()}, step)
                 elapsed = metrics.get("elapsed_s", 0.0)
                 RunDir(ctx.out_dir).write_progress(
                     {
@@ -117,7 +117,7 @@ def run(ctx: StageContext) -> None:
         # The ceiling of every arm's caption match: a sample can only match if its codes can draw it.
         summary["recon_caption_match"] = caption_match_accuracy(recon, val_captions[: len(sample)])
     atomic_write_json(ctx.out_dir / "summary.json", {**summary, **extra})
-    ctx.tracker.log_metrics({k: float(v) for k, v in summary.items()}, step=t.vq_steps)
+    ctx.log_metrics({k: float(v) for k, v in summary.items()}, step=t.vq_steps)
     ctx.log("validation " + " ".join(f"{k}={v:.4g}" for k, v in summary.items()))
 
 

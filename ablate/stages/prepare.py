@@ -109,7 +109,7 @@ def _run_synthetic(ctx: StageContext) -> None:
             metrics = {"sequences": float(len(captions)), "caption_tokens_mean": mean_caption}
             if n_caption_tokens:
                 metrics["image_text_ratio"] = ratio
-            ctx.tracker.log_metrics(metrics, step=0)
+            ctx.log_metrics(metrics, step=0)
 
 
 UNIT_IMAGES = 10_000  # images per unit of an image folder (img2dataset writes 10,000 per shard)
@@ -347,7 +347,7 @@ def _combine_units(ctx: StageContext) -> None:
     if cfg.data.task == "t2i" and kept_t2i and caption_tokens:
         metrics["caption_tokens_mean"] = caption_tokens / kept_t2i
         metrics["image_text_ratio"] = float(first.get("image_tokens", 0)) / metrics["caption_tokens_mean"]
-    ctx.tracker.log_metrics(metrics, step=0)
+    ctx.log_metrics(metrics, step=0)
     ctx.log(
         f"{len(names_)} units: "
         + ", ".join(f"{k} {v}" for k, v in totals.items())

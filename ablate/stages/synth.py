@@ -29,7 +29,7 @@ def run(ctx: StageContext) -> None:
         atomic_write_text(ctx.out_dir / f"{split}_captions.json", json.dumps(captions))
         atomic_write_text(ctx.out_dir / f"{split}_scenes.json", json.dumps([s.to_dict() for s in scenes]))
         ctx.log(f"{split}: {len(captions)} pairs, e.g. {captions[0]!r}" if captions else f"{split}: empty")
-    ctx.tracker.log_metrics({f"n_{k}": float(v) for k, v in sizes.items()}, step=0)
+    ctx.log_metrics({f"n_{k}": float(v) for k, v in sizes.items()}, step=0)
 
 
 def load_split(synth_dir, split: str) -> tuple[np.ndarray, list[str], list[dict]]:

@@ -62,9 +62,7 @@ def run(ctx: StageContext) -> None:
             "corpus_chars": sum(map(len, docs)),
         },
     )
-    ctx.tracker.log_metrics(
-        {"text_vocab": float(tok.vocab_size), "corpus_chars": float(sum(map(len, docs)))}, 0
-    )
+    ctx.log_metrics({"text_vocab": float(tok.vocab_size), "corpus_chars": float(sum(map(len, docs)))}, 0)
     ctx.log(f"text tokenizer: {tok.vocab_size} tokens")
 
 

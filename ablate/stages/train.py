@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 from ablate.config.schema import EXECUTION_SECTIONS, UNKEYED_FIELDS, RunConfig
 from ablate.data.sequence import VocabLayout
 from ablate.errors import CheckpointError
-from ablate.rundir import RunDir
 from ablate.stages import names
 from ablate.stages.common import arch_config, loop_config, model_args, train_and_save
 from ablate.stages.context import StageContext
@@ -176,15 +175,13 @@ def log_final_values(ctx: StageContext) -> dict[str, float]:
     """final_<metric> (ablate.train.final) at the last step, into metrics.jsonl and the tracker: the
     numbers an arm's MLflow run shows. An unconditional run's only non-image targets are structural
     specials, so it has no final_text_loss (its "text" loss is no text ability)."""
-    log = RunDir(ctx.out_dir).metrics_log()
-    rows = [r for r in log.rows() if "loss" in r]  # training steps, not the probe's step-0 row
+    rows = [r for r in ctx.metrics_log.rows() if "loss" in r]  # training steps, not the probe's step-0 row
     if not rows:
         return {}
     metrics = [m for m in FINAL_METRICS if not (m == "text_loss" and ctx.cfg.data.task == "uncond")]
     finals = final_values(rows, metrics)
     step = max(int(r["step"]) for r in rows)
-    log.append(step, finals)  # the file first, as the loop does (exactly-once delivery)
-    ctx.tracker.log_metrics(finals, step)
+    ctx.log_metrics(finals, step)
     return finals
 
 
