@@ -16,10 +16,9 @@ import pytest
 from PIL import Image
 
 from ablate.data import synthetic
+from ablate.data.bad_sample import REASONS, BadSample
 from ablate.data.preprocess import (
     MIN_SAMPLES_FOR_CHECK,
-    REASONS,
-    BadSample,
     SkipCounter,
     load_image,
     prepare_sample,

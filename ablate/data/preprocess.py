@@ -3,46 +3,31 @@
 `load_image` decodes with Pillow and returns a square RGB uint8 array the way the paper prepares images:
 the shorter side resized to `size` with bicubic resampling (Pillow's, which widens its kernel when
 shrinking, so downscaling is antialiased), then the centre `size` x `size` crop. Every way a sample can be
-unusable raises `BadSample` with one reason of the closed set `REASONS`; a `SkipCounter` tallies them and
-fails a stage, naming the sample that tipped it, once too large a fraction of the data is bad.
+unusable raises `BadSample` with one reason of the closed set `REASONS` (ablate.data.bad_sample); a
+`SkipCounter` tallies them and fails a stage, naming the sample that tipped it, once too large a fraction
+of the data is bad.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from ablate.data.bad_sample import REASONS, BadSample, Reason
 from ablate.errors import DataError
 
 if TYPE_CHECKING:
     from ablate.data.sources import RawSample
-
-Reason = Literal["undecodable", "too_small", "no_image", "no_caption", "unreadable_member"]
-REASONS: tuple[Reason, ...] = get_args(Reason)
-"""undecodable: not an image, or a truncated one; too_small: shorter side below data.min_image_side;
-no_image: a sample without an image file; no_caption: caption missing, not UTF-8, or empty after strip;
-unreadable_member: the reader could not read the archive member(s) or file."""
 
 MIN_SAMPLES_FOR_CHECK = 100
 """SkipCounter.check fails nothing before this many samples were seen: one bad sample among the first few
 would otherwise be a bad fraction far above any limit."""
 
 _WHITE = (255, 255, 255, 255)
-
-
-class BadSample(Exception):
-    """A sample that cannot be used; `reason` is one of REASONS, `detail` says what exactly was wrong."""
-
-    def __init__(self, reason: Reason, detail: str) -> None:
-        if reason not in REASONS:
-            raise ValueError(f"unknown BadSample reason {reason!r}; one of {REASONS}")
-        self.reason: Reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}")
 
 
 def _has_alpha(img: Image.Image) -> bool:

@@ -173,9 +173,9 @@ class DiffusersVQTokenizer:
         """(N, H, W, 3) uint8 -> LongTensor (N, h*w), row-major over the latent grid (on the CPU)."""
         import torch
 
-        from ablate.tokenize.image import _to_input
+        from ablate.tokenize.pixels import to_input
 
-        x = _to_input(images)
+        x = to_input(images)
         if tuple(x.shape[2:]) != (self.image_size, self.image_size):
             raise DataError(
                 f"this tokenizer takes {self.image_size}x{self.image_size} images, got {tuple(x.shape[2:])}"
@@ -200,7 +200,7 @@ class DiffusersVQTokenizer:
         import numpy as np
         import torch
 
-        from ablate.tokenize.image import _to_uint8
+        from ablate.tokenize.pixels import to_uint8
 
         c = torch.as_tensor(np.asarray(codes) if isinstance(codes, np.ndarray) else codes).long()
         if c.ndim != 2 or c.shape[1] != self.tokens_per_image:
@@ -218,7 +218,7 @@ class DiffusersVQTokenizer:
                 else:
                     zq = self.model.quantize.get_codebook_entry(flat, shape)  # (n, embed_dim, h, w)
                     sample = self.model.decode(zq, force_not_quantize=True).sample
-                out.append(_to_uint8(sample.float().cpu()))
+                out.append(to_uint8(sample.float().cpu()))
         return np.concatenate(out) if out else np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
 
     def save(self, directory: str | os.PathLike[str]) -> None:

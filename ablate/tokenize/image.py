@@ -22,6 +22,7 @@ from torch import nn
 
 from ablate.atomic import atomic_path, atomic_write_text
 from ablate.errors import AssetMissingError, ConfigError, DataError
+from ablate.tokenize.pixels import to_input, to_uint8
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
@@ -214,18 +215,6 @@ class VQVAE(nn.Module):
         return self.decoder(zq), idx, commit
 
 
-def _to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
-    t = torch.as_tensor(np.asarray(images)) if isinstance(images, np.ndarray) else images
-    if t.ndim != 4 or t.shape[-1] != 3:
-        raise DataError(f"images must be (N, H, W, 3) uint8, got shape {tuple(t.shape)}")
-    return t.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
 class VQVAETokenizer:
     """ImageTokenizer backed by a trained VQVAE."""
 
@@ -247,7 +236,7 @@ class VQVAETokenizer:
     @torch.no_grad()
     def encode(self, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """(N, H, W, 3) uint8 -> LongTensor (N, h*w)."""
-        x = _to_input(images)
+        x = to_input(images)
         if tuple(x.shape[2:]) != (self.image_size, self.image_size):
             raise DataError(
                 f"this tokenizer takes {self.image_size}x{self.image_size} images, got {tuple(x.shape[2:])}"
@@ -270,7 +259,7 @@ class VQVAETokenizer:
         out = []
         for i in range(0, len(c), batch_size):
             z = q.embed[c[i : i + batch_size]].view(-1, *self.grid, q.dim).permute(0, 3, 1, 2)
-            out.append(_to_uint8(self.model.decoder(z)))
+            out.append(to_uint8(self.model.decoder(z)))
         return np.concatenate(out) if out else np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
 
     def save(self, directory: str | os.PathLike[str]) -> None:
@@ -358,7 +347,7 @@ def train_vqvae(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = VQVAE(codebook_size, downsample, hidden, embed_dim, patch_local)
-    data = _to_input(torch.from_numpy(images))
+    data = to_input(torch.from_numpy(images))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     warmup = max(1, steps // 20)
 

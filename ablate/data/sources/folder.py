@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
-from ablate.data.preprocess import BadSample
+from ablate.data.bad_sample import BadSample
 from ablate.data.sources.sample import IMAGE_EXTS, RawSample, unreadable
 from ablate.errors import ConfigError, DataError
 

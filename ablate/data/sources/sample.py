@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ablate.data.preprocess import BadSample
+from ablate.data.bad_sample import BadSample
 
 IMAGE_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
 """Image file extensions, in the order of preference when one sample holds several."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ablate.data.preprocess import BadSample
+from ablate.data.bad_sample import BadSample
 from ablate.data.sources.sample import IMAGE_EXTS, RawSample, unreadable
 from ablate.errors import DataError
 
