@@ -20,9 +20,8 @@ from ablate.config.compose import compose_config, to_run_config
 from ablate.data.eval_set import eval_samples
 from ablate.evaluate.fid import FID_WEIGHTS_FILE
 from ablate.stages import names
-from ablate.stages.eval_set import FID_REFERENCE, read_captions
 from ablate.stages.evaluate import SLICE_FILE
-from ablate.stages.image_tokenizer import open_image_tokenizer
+from ablate.stages.inputs import FID_REFERENCE, open_image_tokenizer, read_captions
 
 pytestmark = [pytest.mark.fid, pytest.mark.slow]
 

@@ -33,9 +33,8 @@ from ablate.errors import CheckpointError, DataError, StopRequested
 from ablate.rundir import RunDir
 from ablate.stages import names
 from ablate.stages.context import StageContext
+from ablate.stages.inputs import open_text_tokenizer, pretrained_checkpoint
 from ablate.stages.stage import Stage
-from ablate.stages.text_tokenizer import open_text_tokenizer
-from ablate.stages.train import pretrained_checkpoint
 from ablate.tokenize.text import TextTokenizer
 
 if TYPE_CHECKING:  # torch and the code that needs it load when the stage runs (ablate.stages.common)

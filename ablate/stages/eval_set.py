@@ -21,26 +21,10 @@ from ablate.data.eval_set import eval_samples, eval_set_config
 from ablate.errors import DataError
 from ablate.stages import names
 from ablate.stages.context import StageContext
+from ablate.stages.inputs import CAPTIONS, FID_REFERENCE, has_eval_set
 from ablate.stages.stage import Stage
 
-CAPTIONS = "captions.jsonl"
-FID_REFERENCE = "fid_reference.npz"
 PROGRESS_EVERY = 1000  # images between log lines
-
-
-def read_captions(stage_dir: Path) -> list[str]:
-    """The reference set's captions, in order."""
-    lines = (Path(stage_dir) / CAPTIONS).read_text(encoding="utf-8").splitlines()
-    return [json.loads(line)["caption"] for line in lines if line]
-
-
-def read_reference(stage_dir: Path) -> dict[str, np.ndarray] | None:
-    """mu, sigma, n and weights_sha256 of the reference images' features; None without FID."""
-    path = Path(stage_dir) / FID_REFERENCE
-    if not path.is_file():
-        return None
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
 
 
 def run(ctx: StageContext) -> None:
@@ -107,16 +91,11 @@ def config(cfg: RunConfig) -> dict:
     }
 
 
-def applies(cfg: RunConfig) -> bool:
-    """Real data with a reference set."""
-    return cfg.data.source != "synthetic" and bool(cfg.data.eval_path)
-
-
 STAGE = Stage(
     names.EVAL_SET,
     version=1,
     config=config,
     run=run,
-    applies=applies,
+    applies=has_eval_set,
     params=("data.eval_path", "evaluate.n_samples", "evaluate.fid_weights"),
 )

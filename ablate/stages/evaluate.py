@@ -37,23 +37,27 @@ from ablate.data.sequence import VocabLayout, caption_ids, prompt_t2i, prompt_un
 from ablate.data.synthetic import Scene, render
 from ablate.errors import DataError
 from ablate.rundir import RunDir
+from ablate.splits import HELDOUT, TRAIN, VAL
 from ablate.stages import names
 from ablate.stages.context import StageContext
-from ablate.stages.eval_set import applies as has_eval_set
-from ablate.stages.eval_set import read_captions, read_reference
-from ablate.stages.image_tokenizer import open_image_tokenizer
+from ablate.stages.inputs import (
+    has_eval_set,
+    load_split,
+    open_image_tokenizer,
+    open_text_tokenizer,
+    read_captions,
+    read_reference,
+)
+from ablate.stages.slices import PROBE_FIELDS
 from ablate.stages.stage import Stage
-from ablate.stages.synth import load_split
-from ablate.stages.text_tokenizer import open_text_tokenizer
-from ablate.stages.train import PROBE_FIELDS
 
 if TYPE_CHECKING:  # torch and the code that needs it load when the stage runs (ablate.stages.common)
     import torch
 
     from ablate.model.transformer import Transformer
 
-T2I_SPLITS = {"val": "seen", "heldout": "heldout"}  # shard split -> the name the metrics use
-TRAIN_SPLIT = "train"  # sampled instead when val and heldout are both empty (prompt_sets)
+T2I_SPLITS = {VAL: "seen", HELDOUT: "heldout"}  # shard split -> the name the metrics use
+TRAIN_SPLIT = TRAIN  # sampled instead when val and heldout are both empty (prompt_sets)
 EVAL_SPLIT = "eval"  # the name of data.eval_path's samples in metrics and samples.csv
 UNCOND = "uncond"
 SLICE_FILE = "slice.npz"
@@ -172,7 +176,7 @@ def sample_slice(ctx: StageContext, index: int) -> dict[str, np.ndarray]:
     device = training_device()
     model = load_trained(ctx.inputs[names.TRAIN], device)
     image_tok = open_image_tokenizer(ctx.inputs[names.IMAGE_TOKENIZER])
-    layout = VocabLayout.from_dict(ShardDataset(ctx.inputs[names.PREPARE] / "val").metadata["vocab"])
+    layout = VocabLayout.from_dict(ShardDataset(ctx.inputs[names.PREPARE] / VAL).metadata["vocab"])
     sets = prompt_sets(ctx, layout, image_tok.tokens_per_image)
     flat = [(k, i) for k, s in enumerate(sets) for i in range(len(s.prompts))]
     lo, hi = index * e.slice_size, min(len(flat), (index + 1) * e.slice_size)
@@ -273,7 +277,7 @@ def run(ctx: StageContext) -> None:
 
     e = ctx.cfg.evaluate
     image_tok = open_image_tokenizer(ctx.inputs[names.IMAGE_TOKENIZER])
-    layout = VocabLayout.from_dict(ShardDataset(ctx.inputs[names.PREPARE] / "val").metadata["vocab"])
+    layout = VocabLayout.from_dict(ShardDataset(ctx.inputs[names.PREPARE] / VAL).metadata["vocab"])
     sets = prompt_sets(ctx, layout, image_tok.tokens_per_image)
     res = _assemble(ctx)
     metrics: dict[str, float] = {}

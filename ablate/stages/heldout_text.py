@@ -18,12 +18,13 @@ import numpy as np
 
 from ablate.config.schema import RunConfig
 from ablate.errors import AssetMissingError, DataError
+from ablate.splits import HELDOUT
 from ablate.stages import names
 from ablate.stages.context import StageContext
+from ablate.stages.inputs import open_text_tokenizer
 from ablate.stages.stage import Stage
-from ablate.stages.text_tokenizer import open_text_tokenizer
 
-SPLIT = "heldout"  # the shard directory under the stage's output, as pretrain's data/heldout
+SPLIT = HELDOUT  # the shard directory under the stage's output, as pretrain's data/heldout
 DOC_SEPARATOR = "\n\n"
 
 

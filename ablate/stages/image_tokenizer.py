@@ -7,38 +7,23 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ablate.atomic import atomic_write_json, read_json
+from ablate.atomic import atomic_write_json
 from ablate.config.schema import RunConfig
-from ablate.errors import ConfigError, DataError
+from ablate.errors import ConfigError
 from ablate.rundir import RunDir
+from ablate.splits import TRAIN, VAL
 from ablate.stages import names
 from ablate.stages.context import StageContext
+from ablate.stages.inputs import (
+    load_split,
+    open_image_tokenizer,  # noqa: F401  (re-exported for tests/test_diffusers_tokenizer.py)
+)
 from ablate.stages.stage import Stage
-from ablate.stages.synth import load_split
 from ablate.tokenize.diffusers_vq import KIND as DIFFUSERS
 from ablate.tokenize.diffusers_vq import load_diffusers_tokenizer
 
 if TYPE_CHECKING:  # torch and the code that needs it load when the stage runs (ablate.stages.common)
-    from ablate.tokenize.image import ImageTokenizer
-
-
-def open_image_tokenizer(tok_dir: Path) -> ImageTokenizer:
-    """The image tokenizer an `image_tokenizer` output refers to."""
-    from ablate.tokenize.image import load_image_tokenizer
-
-    ref = read_json(Path(tok_dir) / "refs.json", {})
-    if ref.get("kind") == DIFFUSERS:
-        tok = load_diffusers_tokenizer(ref["image_path"], int(ref["image_size"]))
-        # The stage's key hashes the path, not the weights: weights replaced in place would otherwise be
-        # used with the codes (and models) made from the old ones.
-        if tok.fingerprint != ref["fingerprint"]:
-            raise DataError(
-                f"the VQModel at {ref['image_path']} changed since {tok_dir} was made (fingerprint "
-                f"{ref['fingerprint']}, now {tok.fingerprint}); put the new weights in a new directory "
-                f"(tokenizer.image_path is part of the key) or delete {tok_dir} and what was made from it"
-            )
-        return tok
-    return load_image_tokenizer(ref.get("image_path") or Path(tok_dir) / "vqvae")
+    pass
 
 
 def run(ctx: StageContext) -> None:
@@ -69,7 +54,7 @@ def run(ctx: StageContext) -> None:
         ctx.log(f"VQModel {dtok.path} fingerprint {dtok.fingerprint} on {dtok.device}")
         tok = dtok
     else:
-        images, _, _ = load_split(ctx.inputs["synth"], "train")
+        images, _, _ = load_split(ctx.inputs[names.SYNTH], TRAIN)
 
         def on_step(step: int, metrics: dict[str, float]) -> None:
             if step % 25 == 0:
@@ -107,7 +92,7 @@ def run(ctx: StageContext) -> None:
     if names.SYNTH in ctx.inputs:  # reconstruction error on validation images (never trained on)
         from ablate.evaluate.image_metrics import caption_match_accuracy
 
-        val_images, val_captions, _ = load_split(ctx.inputs[names.SYNTH], "val")
+        val_images, val_captions, _ = load_split(ctx.inputs[names.SYNTH], VAL)
         sample = np.array(val_images[:256])
         with torch.no_grad():
             recon = tok.decode(tok.encode(sample))

@@ -35,12 +35,11 @@ from ablate.data.sources import (
 )
 from ablate.errors import AblateError, ConfigError, DataError
 from ablate.rundir import RunDir
+from ablate.splits import HELDOUT, SPLITS, TRAIN, VAL
 from ablate.stages import names
 from ablate.stages.context import StageContext
-from ablate.stages.image_tokenizer import open_image_tokenizer
+from ablate.stages.inputs import load_split, open_image_tokenizer, open_text_tokenizer
 from ablate.stages.stage import Stage
-from ablate.stages.synth import SPLITS, load_split
-from ablate.stages.text_tokenizer import open_text_tokenizer
 from ablate.tokenize.text import TextTokenizer
 
 if TYPE_CHECKING:  # torch and the code that needs it load when the stage runs (ablate.stages.common)
@@ -177,14 +176,14 @@ def check_splits(cfg: RunConfig) -> None:
     if d.source == "synthetic":
         return
     needs_eval = d.task == "t2i" and not d.eval_path
-    counts = dict.fromkeys(("train", "val", "heldout"), 0)
+    counts = dict.fromkeys(SPLITS, 0)
     hashes: list[float] = []
     try:
         for files in _input_units(cfg).values():
             for key in _unit_keys(cfg, files):
                 counts[split_of(key, d.val_fraction, d.heldout_fraction)] += 1
                 hashes.append(hash_unit(key))
-            if counts["train"] and (counts["val"] + counts["heldout"] or not needs_eval):
+            if counts[TRAIN] and (counts[VAL] + counts[HELDOUT] or not needs_eval):
                 return
     except (AblateError, OSError):
         return

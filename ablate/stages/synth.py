@@ -10,17 +10,17 @@ import numpy as np
 from ablate.atomic import atomic_write_bytes, atomic_write_text
 from ablate.config.schema import RunConfig
 from ablate.data.synthetic import generate
+from ablate.splits import HELDOUT, SPLITS, TRAIN, VAL
 from ablate.stages import names
 from ablate.stages.context import StageContext
+from ablate.stages.inputs import load_split  # noqa: F401  (re-exported for bench/demo_sampling_settings.py)
 from ablate.stages.stage import Stage
-
-SPLITS = ("train", "val", "heldout")
 
 
 def run(ctx: StageContext) -> None:
     """Generate each split deterministically from data.seed and save images, captions and scenes."""
     d = ctx.cfg.data
-    sizes = {"train": d.n_train, "val": d.n_val, "heldout": d.n_heldout}
+    sizes = {TRAIN: d.n_train, VAL: d.n_val, HELDOUT: d.n_heldout}
     for split in SPLITS:
         images, captions, scenes = generate(sizes[split], d.seed, split, d.image_size, d.max_shapes)
         buf = io.BytesIO()
@@ -30,14 +30,6 @@ def run(ctx: StageContext) -> None:
         atomic_write_text(ctx.out_dir / f"{split}_scenes.json", json.dumps([s.to_dict() for s in scenes]))
         ctx.log(f"{split}: {len(captions)} pairs, e.g. {captions[0]!r}" if captions else f"{split}: empty")
     ctx.log_metrics({f"n_{k}": float(v) for k, v in sizes.items()}, step=0)
-
-
-def load_split(synth_dir, split: str) -> tuple[np.ndarray, list[str], list[dict]]:
-    """Images (N, H, W, 3) uint8 (memory-mapped), captions and scene dicts of one split."""
-    images = np.load(synth_dir / f"{split}_images.npy", mmap_mode="r")
-    captions = json.loads((synth_dir / f"{split}_captions.json").read_text())
-    scenes = json.loads((synth_dir / f"{split}_scenes.json").read_text())
-    return images, captions, scenes
 
 
 def config(cfg: RunConfig) -> dict:

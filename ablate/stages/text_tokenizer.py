@@ -6,26 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ablate.atomic import atomic_write_json, atomic_write_text, read_json
+from ablate.atomic import atomic_write_json, atomic_write_text
 from ablate.config.schema import PretrainConfig, RunConfig
 from ablate.data.corpus import corpus_fingerprint, english_documents, split_documents
 from ablate.data.stories import stories
 from ablate.data.synthetic import grammar_words
 from ablate.stages import names
 from ablate.stages.context import StageContext
+from ablate.stages.inputs import load_corpus, open_text_tokenizer  # noqa: F401  (re-exported for stages/pretrain.py)
 from ablate.stages.stage import Stage
 from ablate.tokenize.text import TextTokenizer, train_bpe
-
-
-def open_text_tokenizer(tok_dir: Path) -> TextTokenizer:
-    """The text tokenizer a `text_tokenizer` output refers to."""
-    ref = read_json(Path(tok_dir) / "refs.json", {})
-    return TextTokenizer.from_file(ref.get("text_path") or Path(tok_dir) / "tokenizer.json")
-
-
-def load_corpus(tok_dir: Path, split: str) -> list[str]:
-    """Pretraining documents of a split ("train" or "heldout")."""
-    return json.loads((Path(tok_dir) / f"corpus_{split}.json").read_text())
 
 
 def pretraining_documents(p: PretrainConfig) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict, replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ablate.config.schema import EXECUTION_SECTIONS, UNKEYED_FIELDS, RunConfig
@@ -12,27 +11,15 @@ from ablate.errors import CheckpointError
 from ablate.stages import names
 from ablate.stages.common import arch_config, loop_config, model_args, train_and_save
 from ablate.stages.context import StageContext
-from ablate.stages.heldout_text import SPLIT as HELDOUT_SPLIT
+from ablate.stages.inputs import heldout_shards, open_text_tokenizer, pretrained_checkpoint
+from ablate.stages.slices import PROBE_FIELDS
 from ablate.stages.stage import Stage
-from ablate.stages.text_tokenizer import open_text_tokenizer
 from ablate.train.final import FINAL_METRICS, final_values
 
 if TYPE_CHECKING:  # torch and the code that needs it load when the stage runs (ablate.stages.common)
     import torch
 
     from ablate.model.transformer import Transformer
-
-# evaluate.* fields that change what `train` computes (the text probe runs inside training); the others
-# (sampling) are read by `evaluate` only, so changing them re-evaluates without retraining.
-PROBE_FIELDS = ("probe_every_tokens", "probe_sequences", "completion_tokens", "prompts")
-
-
-def pretrained_checkpoint(ctx: StageContext) -> Path:
-    """model.checkpoint if given (paper scale), else the demo `pretrain` stage's output."""
-    if ctx.cfg.model.checkpoint:
-        return Path(ctx.cfg.model.checkpoint)
-    return ctx.inputs["pretrain"] / "model.pt"
-
 
 def build_model(ctx: StageContext, layout: VocabLayout) -> Transformer:
     """The arm's initial model: LM weights widened for specials and image codes, or all random."""
@@ -80,16 +67,6 @@ def aligned_image_rows(ctx: StageContext, layout: VocabLayout, dim: int) -> torc
             f"model needs ({layout.codebook_size}, {dim}); relaunch so the align stage runs for this model"
         )
     return table
-
-
-def heldout_shards(ctx: StageContext) -> Path | None:
-    """The held-out text shards the probe reads: the `heldout_text` stage's (a given checkpoint) or the
-    demo `pretrain` stage's corpus split; None if the arm has neither."""
-    if names.HELDOUT_TEXT in ctx.inputs:
-        return ctx.inputs[names.HELDOUT_TEXT] / HELDOUT_SPLIT
-    if names.PRETRAIN in ctx.inputs:
-        return ctx.inputs[names.PRETRAIN] / "data" / "heldout"
-    return None
 
 
 def text_probe(ctx: StageContext, model: Transformer, layout: VocabLayout):
