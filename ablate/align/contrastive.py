@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ablate import metrics
+
 INIT_LOG_TEMP = math.log(1 / 0.07)
 """CLIP's initial log logit scale: logits are cosine similarities times exp(log_temp) = 1/0.07."""
 MAX_LOG_TEMP = math.log(100.0)
@@ -157,7 +159,7 @@ def train_alignment(
         with torch.no_grad():
             # As in CLIP: clamp the parameter itself, so it cannot drift past the cap where its gradient is 0.
             model.log_temp.clamp_(max=MAX_LOG_TEMP)
-        row = {"loss": float(loss.detach()), "temperature": temperature}
+        row = {metrics.LOSS: float(loss.detach()), metrics.TEMPERATURE: temperature}
         history.append({"step": step, **row})
         if on_step is not None:
             on_step(step, row)

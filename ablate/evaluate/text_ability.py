@@ -32,13 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ablate import metrics
 from ablate.atomic import atomic_write_text
 from ablate.data.shards import ShardDataset, read_batch
 from ablate.errors import ConfigError, DataError
 from ablate.tokenize.text import TextTokenizer
 
 COMPLETIONS_FILE = "completions.jsonl"
-METRIC = "heldout_text_ppl"
 
 
 @contextmanager
@@ -182,7 +182,7 @@ def greedy_completions(
 class TextProbe:
     """``evaluate(step, tokens)`` callback: held-out text perplexity, plus completions to completions.jsonl.
 
-    Each call returns ``{"heldout_text_ppl": ...}`` (logged by train_loop at that step) and appends
+    Each call returns ``{metrics.HELDOUT_TEXT_PPL: ...}`` (logged by train_loop at that step) and appends
     ``{"step", "tokens", "completions": [{"prompt", "completion"}]}`` to ``out_dir/completions.jsonl``:
     step 0 is the model before training (Table 1's "before"), later lines the model after ``tokens``.
     A line for a step at or after the one being written is dropped first, so a run resumed from a
@@ -245,7 +245,7 @@ class TextProbe:
         self._drop_from(int(step))
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        return {METRIC: ppl}
+        return {metrics.HELDOUT_TEXT_PPL: ppl}
 
 
 def read_completions(out_dir: str | Path) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ablate import metrics
 from ablate.atomic import atomic_write_text
 from ablate.config.schema import RunConfig
 from ablate.data.sequence import VocabLayout, caption_ids, extract_image_codes
@@ -127,7 +128,9 @@ def _on_step(ctx: StageContext, total: int) -> Callable[[int, dict[str, float]],
     def on_step(step: int, row: dict[str, float]) -> None:
         ctx.log_metrics(row, step)
         if step % PROGRESS_EVERY == 0 or step == total:
-            RunDir(ctx.out_dir).write_progress({"step": step, "total_steps": total, "loss": row["loss"]})
+            RunDir(ctx.out_dir).write_progress(
+                {"step": step, "total_steps": total, "loss": row[metrics.LOSS]}
+            )
         if ctx.should_stop() and step < total:
             raise StopRequested(f"stopped at step {step}; alignment restarts from scratch")
 
@@ -172,10 +175,10 @@ def run(ctx: StageContext) -> None:
         codebook_size=layout.codebook_size,
         device=device,
     )
-    last = history[-1] if history else {"loss": float("nan"), "temperature": float("nan")}
+    last = history[-1] if history else {metrics.LOSS: float("nan"), metrics.TEMPERATURE: float("nan")}
     ctx.log(
-        f"done: loss {history[0]['loss'] if history else float('nan'):.4g} -> {last['loss']:.4g}, "
-        f"temperature {last['temperature']:.4g}"
+        f"done: loss {history[0][metrics.LOSS] if history else float('nan'):.4g} -> {last[metrics.LOSS]:.4g}, "
+        f"temperature {last[metrics.TEMPERATURE]:.4g}"
     )
 
     emb_path = ctx.out_dir / "image_embeddings.pt"
@@ -185,8 +188,8 @@ def run(ctx: StageContext) -> None:
             "image_embeddings": image_table,
             "codebook_size": layout.codebook_size,
             "text_checkpoint": str(ckpt),
-            "temperature": last["temperature"],
-            "final_loss": last["loss"],
+            "temperature": last[metrics.TEMPERATURE],
+            "final_loss": last[metrics.LOSS],
             "pairs": len(captions),
             **s,
         },

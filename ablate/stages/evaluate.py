@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ablate import metrics
 from ablate.atomic import atomic_write_bytes, atomic_write_text
 from ablate.config.schema import RunConfig
 from ablate.data.eval_set import eval_set_config
@@ -56,10 +57,8 @@ if TYPE_CHECKING:  # torch and the code that needs it load when the stage runs (
 
     from ablate.model.transformer import Transformer
 
-T2I_SPLITS = {VAL: "seen", HELDOUT: "heldout"}  # shard split -> the name the metrics use
+T2I_SPLITS = {VAL: metrics.SEEN, HELDOUT: metrics.HELDOUT}  # shard split -> the name the metrics use
 TRAIN_SPLIT = TRAIN  # sampled instead when val and heldout are both empty (prompt_sets)
-EVAL_SPLIT = "eval"  # the name of data.eval_path's samples in metrics and samples.csv
-UNCOND = "uncond"
 SLICE_FILE = "slice.npz"
 SLICE_SEED_STRIDE = 1_000_003  # slice i samples from seed + i * stride: slices never share a stream
 NOT_SCORED = -1  # match / colour of a sample with nothing to check it against (real data)
@@ -114,7 +113,7 @@ def prompt_sets(ctx: StageContext, layout: VocabLayout, n_codes: int) -> list[Pr
     """Every prompt of the stage, as named sets in a fixed order (slices index their concatenation)."""
     cfg, n = ctx.cfg, ctx.cfg.evaluate.n_samples
     if cfg.data.task != "t2i":
-        return [PromptSet(UNCOND, [prompt_uncond(layout)] * n, ["(unconditional)"] * n, None)]
+        return [PromptSet(metrics.UNCOND, [prompt_uncond(layout)] * n, ["(unconditional)"] * n, None)]
     if names.EVAL_SET in ctx.inputs:
         tok = open_text_tokenizer(ctx.inputs[names.TEXT_TOKENIZER])
         captions = read_captions(ctx.inputs[names.EVAL_SET])[:n]
@@ -122,7 +121,7 @@ def prompt_sets(ctx: StageContext, layout: VocabLayout, n_codes: int) -> list[Pr
             tok.encode_caption(c, cfg.data.caption_leading_space)[: cfg.data.caption_tokens] for c in captions
         ]
         prompts = [prompt_t2i(i, layout, cfg.data.seq_len, n_codes) for i in ids]
-        return [PromptSet(EVAL_SPLIT, prompts, captions, None)]
+        return [PromptSet(metrics.EVAL, prompts, captions, None)]
     sets = [_split_set(ctx, split, layout, n, n_codes) for split in T2I_SPLITS]
     if not any(s.prompts for s in sets):
         # Real data whose val and heldout splits prepare left empty (few samples, some bad: the launch
@@ -280,25 +279,28 @@ def run(ctx: StageContext) -> None:
     layout = VocabLayout.from_dict(ShardDataset(ctx.inputs[names.PREPARE] / VAL).metadata["vocab"])
     sets = prompt_sets(ctx, layout, image_tok.tokens_per_image)
     res = _assemble(ctx)
-    metrics: dict[str, float] = {}
+    values: dict[str, float] = {}
     for k, s in enumerate(sets):
         mine = res["set"] == k
         if s.scenes is not None and mine.any():
-            metrics[f"caption_match_{s.name}"] = float(res["match"][mine].mean())
-            metrics[f"colour_match_{s.name}"] = float(res["colour"][mine].mean())
+            match, colour = metrics.caption_match(s.name), metrics.colour_match(s.name)
+            values[match] = float(res["match"][mine].mean())
+            values[colour] = float(res["colour"][mine].mean())
             ctx.log(
-                f"{s.name}: {metrics[f'caption_match_{s.name}']:.3f} of {mine.sum()} samples match their "
-                f"caption, {metrics[f'colour_match_{s.name}']:.3f} draw its colours"
+                f"{s.name}: {values[match]:.3f} of {mine.sum()} samples match their caption, "
+                f"{values[colour]:.3f} draw its colours"
             )
     if (res["chance"] != NOT_SCORED).any():
-        metrics["colour_match_chance"] = float(res["chance"][res["chance"] != NOT_SCORED].mean())
+        values[metrics.COLOUR_MATCH_CHANCE] = float(res["chance"][res["chance"] != NOT_SCORED].mean())
     if ctx.cfg.data.task != "t2i" and names.SYNTH in ctx.inputs:
-        metrics["scene_valid"] = float(res["match"].mean())
-        ctx.log(f"unconditional: {metrics['scene_valid']:.3f} of {len(res['match'])} samples read as scenes")
+        values[metrics.SCENE_VALID] = float(res["match"].mean())
+        ctx.log(
+            f"unconditional: {values[metrics.SCENE_VALID]:.3f} of {len(res['match'])} samples read as scenes"
+        )
     if "features" in res:
-        metrics["fid"] = _fid(ctx, res["features"].astype(np.float64))
-        metrics["fid_samples"] = float(len(res["features"]))
-        ctx.log(f"FID {metrics['fid']:.2f} over {len(res['features'])} samples")
+        values[metrics.FID] = _fid(ctx, res["features"].astype(np.float64))
+        values[metrics.FID_SAMPLES] = float(len(res["features"]))
+        ctx.log(f"FID {values[metrics.FID]:.2f} over {len(res['features'])} samples")
 
     captions = [sets[k].captions[i] for k, i in _set_positions(sets, res)]  # one per sample
     split = [sets[k].name for k in res["set"]]
@@ -332,8 +334,8 @@ def run(ctx: StageContext) -> None:
     npz = io.BytesIO()
     np.savez_compressed(npz, codes=res["codes"], grid_index=pick, grid_images=grid_images)
     atomic_write_bytes(ctx.out_dir / "samples.npz", npz.getvalue())
-    atomic_write_text(ctx.out_dir / "metrics.json", json.dumps(metrics, indent=2))
-    ctx.log_metrics(metrics, step=0)
+    atomic_write_text(ctx.out_dir / "metrics.json", json.dumps(values, indent=2))
+    ctx.log_metrics(values, step=0)
     for path in (grid, ctx.out_dir / "samples.csv"):
         ctx.tracker.log_artifact(path)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING
 
+from ablate import metrics
 from ablate.config.schema import EXECUTION_SECTIONS, UNKEYED_FIELDS, RunConfig
 from ablate.data.sequence import VocabLayout
 from ablate.errors import CheckpointError
@@ -20,6 +21,7 @@ if TYPE_CHECKING:  # torch and the code that needs it load when the stage runs (
     import torch
 
     from ablate.model.transformer import Transformer
+
 
 def build_model(ctx: StageContext, layout: VocabLayout) -> Transformer:
     """The arm's initial model: LM weights widened for specials and image codes, or all random."""
@@ -99,9 +101,9 @@ def text_probe(ctx: StageContext, model: Transformer, layout: VocabLayout):
     )
 
     def evaluate(step: int, tokens: int) -> dict[str, float]:
-        metrics = {**probe(step, tokens), "tokens": float(tokens)}
+        row = {**probe(step, tokens), metrics.TOKENS: float(tokens)}
         ctx.tracker.log_artifact(probe.path)  # the whole file again: the artifact is always complete
-        return metrics
+        return row
 
     return evaluate
 
@@ -152,11 +154,12 @@ def log_final_values(ctx: StageContext) -> dict[str, float]:
     """final_<metric> (ablate.train.final) at the last step, into metrics.jsonl and the tracker: the
     numbers an arm's MLflow run shows. An unconditional run's only non-image targets are structural
     specials, so it has no final_text_loss (its "text" loss is no text ability)."""
-    rows = [r for r in ctx.metrics_log.rows() if "loss" in r]  # training steps, not the probe's step-0 row
+    # Training steps, not the probe's step-0 row.
+    rows = [r for r in ctx.metrics_log.rows() if metrics.LOSS in r]
     if not rows:
         return {}
-    metrics = [m for m in FINAL_METRICS if not (m == "text_loss" and ctx.cfg.data.task == "uncond")]
-    finals = final_values(rows, metrics)
+    wanted = [m for m in FINAL_METRICS if not (m == metrics.TEXT_LOSS and ctx.cfg.data.task == "uncond")]
+    finals = final_values(rows, wanted)
     step = max(int(r["step"]) for r in rows)
     ctx.log_metrics(finals, step)
     return finals
