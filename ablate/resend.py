@@ -23,6 +23,7 @@ def resend(run_dir: Path, uri: str) -> tuple[str, int]:
     those holding a (key, step) the run lacked)."""
     from ablate import tracking
 
+    store = tracking.Store.open(uri)
     rd = RunDir(run_dir)
     prov = rd.read_provenance()
     if prov is None:
@@ -33,7 +34,7 @@ def resend(run_dir: Path, uri: str) -> tuple[str, int]:
     sweep = prov.get("sweep") or "resent"
     run_id = prov.get("mlflow_run_id")
     try:
-        info = tracking.run_info(uri, run_id) if run_id else {}
+        info = tracking.run_info(store, run_id) if run_id else {}
         exists = bool(run_id) and info.get("run_id") == run_id and not info.get("deleted")
     except Exception:  # not in this store (another server, or a lost database)
         exists = False
@@ -41,18 +42,18 @@ def resend(run_dir: Path, uri: str) -> tuple[str, int]:
     job_tracking = tracking.JobTracking.from_dict(saved, uri=uri) if saved else None
     if not exists:
         run_id = tracking.stage_run(
-            uri, job_tracking.stage if job_tracking else _older_spec(prov, config, sweep)
+            store, job_tracking.stage if job_tracking else _older_spec(prov, config, sweep)
         )
     if run_id is None:  # stage_run creates the run unless told not to
-        raise AblateError(f"no MLflow run for {rd.path} in {tracking.describe_store(uri)}")
+        raise AblateError(f"no MLflow run for {rd.path} in {store.describe()}")
     # Given the directory, the tracker sends the metrics.jsonl rows the run lacks before anything else.
-    tracker = tracking.MLflowTracker(uri, run_id, run_dir=rd.path, mark_running=False)
+    tracker = tracking.MLflowTracker(store, run_id, run_dir=rd.path, mark_running=False)
     for path, artifact_path in rd.recorded_artifacts():
         if path.exists():
             tracker.log_artifact(path, artifact_path)
     tracker.close("FINISHED" if rd.is_complete() else "KILLED")
     for arm in job_tracking.arms if job_tracking else []:  # the arms' runs show this stage's metrics too
-        tracking.backfill(uri, tracking.arm_run(uri, arm, prov["stage"], run_id), rd.path)
+        tracking.backfill(store, tracking.arm_run(store, arm, prov["stage"], run_id), rd.path)
     return run_id, tracker.backfilled_rows
 
 

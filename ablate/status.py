@@ -87,7 +87,7 @@ def _slurm_states(manifest: Manifest) -> dict[str, Any]:
 
 def _mlflow_progress(manifest: Manifest, run_ids: list[str]) -> tuple[dict[str, dict[str, Any]], str]:
     """Latest metrics per run from the store, and a note if it could not be read."""
-    from ablate.tracking.read import latest_metrics
+    from ablate.tracking import latest_metrics
 
     try:
         return latest_metrics(manifest.data["tracking_uri"], run_ids), ""

@@ -22,19 +22,18 @@ from pathlib import Path
 
 from ablate import tracking
 from ablate.tracking.read import logged_steps
-from ablate.tracking.store import _client
 
 METRICS = ("loss", "text_loss", "image_loss", "perplexity", "lr", "tokens", "tokens_per_s", "grad_norm")
 
 
-def build(root: Path, steps: int) -> tuple[str, str, Path]:
+def build(root: Path, steps: int) -> tuple[tracking.Store, str, Path]:
     from mlflow.entities import Metric
 
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    experiment = tracking.ensure_experiment(uri, "bench")
-    run_id = tracking.get_or_create_stage_run(uri, experiment, "k", "train", "train", {}, {})
+    store = tracking.Store.open(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = tracking.ensure_experiment(store, "bench")
+    run_id = tracking.get_or_create_stage_run(store, experiment, "k", "train", "train", {}, {})
     assert run_id is not None
-    client = _client(uri)
+    client = store.client
     batch: list[Metric] = []
     run_dir = root / "train"
     run_dir.mkdir()
@@ -48,7 +47,7 @@ def build(root: Path, steps: int) -> tuple[str, str, Path]:
                 batch = []
     if batch:
         client.log_batch(run_id, metrics=batch)
-    return uri, run_id, run_dir
+    return store, run_id, run_dir
 
 
 def main() -> None:
@@ -59,18 +58,18 @@ def main() -> None:
     print(f"{'steps':>8} {'values':>9} {'logged_steps':>13} {'history/key':>12} {'tracker start+close':>20}")
     for steps in args.steps:
         with tempfile.TemporaryDirectory() as tmp:
-            uri, run_id, run_dir = build(Path(tmp), steps)
+            store, run_id, run_dir = build(Path(tmp), steps)
             t0 = time.perf_counter()
-            got = logged_steps(uri, run_id)
+            got = logged_steps(store, run_id)
             t_sql = time.perf_counter() - t0
             assert all(len(v) == steps for v in got.values()) and len(got) == len(METRICS)
-            client = _client(uri)
+            client = store.client
             t0 = time.perf_counter()
             for key in METRICS:
                 client.get_metric_history(run_id, key)
             t_hist = time.perf_counter() - t0
             t0 = time.perf_counter()
-            tracker = tracking.MLflowTracker(uri, run_id, run_dir=run_dir, mark_running=False)
+            tracker = tracking.MLflowTracker(store, run_id, run_dir=run_dir, mark_running=False)
             tracker.close(timeout=600)
             t_tracker = time.perf_counter() - t0
             assert tracker.backfilled_rows == 0

@@ -15,7 +15,6 @@ from ablate.rundir import RunDir
 from ablate.stages import registry
 from ablate.stages.runner import Job, run_job
 from ablate.stages.stage import Stage
-from ablate.tracking.store import _client
 from ablate.tracking.tags import ARMS_VIEW, TAG_SHARED_VIEW_PREFIX
 
 SWEEP, LABEL, NAME = "s", "init=random", "random"
@@ -109,7 +108,7 @@ def test_train_and_evaluate_jobs_make_their_stage_runs_and_fill_their_arms_run(
     # charts draw as a bar per run (at step 3 it would be a lone point on the tokens axis).
     assert history(uri, stage_id, "final_loss") == [(3, final)]
     assert history(uri, arm_id, "final_loss") == [(0, 2.123)]
-    experiment = _client(uri).get_experiment_by_name("ablate/s")
+    experiment = tracking.Store.open(uri).client.get_experiment_by_name("ablate/s")
     view = json.loads(experiment.tags[TAG_SHARED_VIEW_PREFIX + ARMS_VIEW])
     assert "metrics.`final_loss`" in view["selectedColumns"] and view["runsHiddenMode"] == "SHOW_ALL"
 
@@ -278,7 +277,7 @@ def test_a_launch_names_the_runs_and_fills_an_arm_run_whose_stages_are_done(new_
             log.append(1, {"loss": 3.0})
             log.append(1, {"final_loss": 3.14159})
     said: list[str] = []
-    sync_done(graph, arms, "n", uri, TrackingConfig(), said.append)
+    sync_done(graph, arms, "n", tracking.Store.open(uri), TrackingConfig(), said.append)
     runs = tracking.fetch_runs(uri, sweep="n", arms=True).set_index("run_name")
     assert sorted(runs.index) == ["pretrained", "random"]
     assert runs.loc["random", f"tags.{tracking.TAG_ARM}"] == "init=random"

@@ -16,6 +16,7 @@ import pytest
 
 from ablate import tracking
 from ablate.errors import AblateError
+from ablate.tracking.read import client_histories
 
 KEYS = ["loss", "text_loss", "image_loss"]
 
@@ -233,7 +234,7 @@ def test_fetch_histories_returns_what_was_logged(store: SimpleNamespace) -> None
     assert ppl.value.iloc[:-1].tolist() == [math.exp(1 + s / 10) for s in range(0, 30, 3)]
     assert math.isnan(ppl.value.iloc[-1])
     # The fast SQL path and MLflow's own client agree.
-    via_client = pd.DataFrame(tracking._client_histories(store.uri, runs, ["perplexity", "tokens"]))
+    via_client = pd.DataFrame(client_histories(store.uri, runs, ["perplexity", "tokens"]))
     via_client = via_client.astype(hist.dtypes.to_dict())
     sub = hist[hist.key != "absent"].reset_index(drop=True)
     pd.testing.assert_frame_equal(sub, via_client)

@@ -21,6 +21,8 @@ from ablate.launch.manifest import Manifest, launch_lock_path
 from ablate.launch.runs import arm_run_names, attach_tracking, swept_params, sync_done
 from ablate.stages.names import TRAIN
 from ablate.sweep import Sweep, load_sweep
+from ablate.tracking.store import Store
+from ablate.tracking.tags import stages_experiment, sweep_experiment
 
 
 def _units(graph: Graph, name: str) -> str:
@@ -90,14 +92,13 @@ def launch(
 
         slurm.check_script_values(cluster, results / "jobs" / sweep.name, sweep.name)  # a newline in a path
         slurm.check_reachable()
+    store = Store.for_results(results, settings.uri)  # opened, not touched: jobs make their runs
     try:
-        return _launch_exclusive(sweep, arms, graph, cluster, settings, results, echo, wait)
+        return _launch_exclusive(sweep, arms, graph, cluster, store, settings, results, echo, wait)
     except Exception as exc:
         # A full or read-only disk under the store, manifest, lock or job folder: one line (cli prints
         # it), not a traceback; what was written stays valid (atomic files, SQLite transactions).
-        from ablate.tracking.store import _sqlite_path, default_tracking_uri
-
-        err = as_storage_error(exc, path=_sqlite_path(settings.uri or default_tracking_uri(results)))
+        err = as_storage_error(exc, path=store.sqlite_path)
         if err is None or err is exc:
             raise
         raise err from exc
@@ -108,6 +109,7 @@ def _launch_exclusive(
     arms: list[ResolvedArm],
     graph: Graph,
     cluster: ClusterConfig,
+    store: Store,
     settings: TrackingConfig,
     results: Path,
     echo: Callable[[str], None],
@@ -130,7 +132,7 @@ def _launch_exclusive(
             "add --wait to launch once it ends"
         )
     try:
-        return _launch_locked(sweep, arms, graph, cluster, settings, results, echo)
+        return _launch_locked(sweep, arms, graph, cluster, store, settings, results, echo)
     finally:
         lock.release()
 
@@ -140,6 +142,7 @@ def _launch_locked(
     arms: list[ResolvedArm],
     graph: Graph,
     cluster: ClusterConfig,
+    store: Store,
     settings: TrackingConfig,
     results: Path,
     echo: Callable[[str], None],
@@ -152,11 +155,9 @@ def _launch_locked(
     elif cluster.kind not in ("debug", "local"):
         make_executor(cluster, results / "jobs" / sweep.name)  # fails here, before any run is created
 
-    from ablate.tracking import default_tracking_uri, stages_experiment, sweep_experiment
-
-    uri = settings.uri or default_tracking_uri(results)
+    uri = store.uri
     attach_tracking(graph, arms, sweep.name, uri, settings)  # jobs make their runs when they start
-    sync_done(graph, arms, sweep.name, uri, settings, echo)
+    sync_done(graph, arms, sweep.name, store, settings, echo)
     manifest = Manifest.create(
         results, sweep, arms, graph, cluster=cluster.kind, tracking_uri=uri, previous=previous
     )

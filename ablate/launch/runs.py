@@ -16,8 +16,10 @@ from ablate.rundir import git_commit
 from ablate.stages import registry
 from ablate.stages.names import ARM_STAGES, TRAIN
 from ablate.sweep import SEED_KEY
+from ablate.tracking.done_runs import sync_done_runs
 from ablate.tracking.job_runs import ArmRunSpec, JobTracking, RunSpec
 from ablate.tracking.results import ARM_RESULT_METRICS
+from ablate.tracking.store import Store
 from ablate.tracking.tags import (
     MAX_RUN_NAME_LEN,
     arm_run_tags,
@@ -207,42 +209,28 @@ def sync_done(
     graph: Graph,
     arms: list[ResolvedArm],
     sweep: str,
-    uri: str,
+    store: Store,
     settings: TrackingConfig,
     echo: Callable[[str], None],
 ) -> None:
     """For stages already done (another sweep's, or this one's before a relaunch): tag their runs as used
-    by this sweep, and give every arm whose result stages are all done its filled arm run. Only where
-    the store exists: a new store has no such runs (and creating one costs seconds)."""
-    from ablate import tracking
-    from ablate.tracking.store import _store_missing
-
+    by this sweep, and give every arm whose result stages are all done its filled arm run
+    (tracking.sync_done_runs: only where the store exists)."""
     done = [n for n in graph.nodes.values() if n.done and n.job.unit is None]
-    if not done or _store_missing(uri):
+    if not done:
         return
     sweeps_of = {a.label: a.sweeps or (sweep,) for a in arms}
-    tagged = tracking.sweep_stage_keys(uri, sweep)
     prefix = settings.experiment_prefix
     specs = arm_specs(graph, arms, sweep, prefix)
     run_names = {label: spec.name for label, spec in specs.items()}
 
-    def done_run(node: Node) -> str | None:
-        spec = _stage_spec(node, sweep, sweeps_of, prefix, None, run_names)
-        return tracking.stage_run(uri, spec, create=False)
+    def done_spec(node: Node) -> RunSpec:
+        return _stage_spec(node, sweep, sweeps_of, prefix, None, run_names)
 
-    for node in done:
-        if (node.job.stage, node.job.key) not in tagged:
-            done_run(node)
-    existing = tracking.sweep_arm_runs(uri, sweep_experiment(prefix, sweep), sweep)
+    finished = []  # arms whose result stages are all done; the others' jobs fill their runs
     for arm in arms:
         names = [graph.arm_stages[arm.label][s] for s in ARM_STAGES if s in graph.arm_stages[arm.label]]
-        if not names or not all(graph.nodes[n].done for n in names):
-            continue  # its jobs fill it
-        if existing.get(arm.key, ("", ""))[1] == "FINISHED":
-            continue
-        spec = specs[arm.label]
-        train = graph.arm_stages[arm.label].get(TRAIN)
-        run_id = tracking.arm_run(uri, spec, TRAIN, done_run(graph.nodes[train]) if train else None)
-        rows = sum(tracking.backfill(uri, run_id, d) for d in spec.dirs)
-        tracking.set_run_status(uri, run_id, "FINISHED")
-        echo(f"arm run {spec.name!r} ({arm.label}): filled from its finished stages ({rows} metric rows)")
+        if names and all(graph.nodes[n].done for n in names):
+            train = graph.arm_stages[arm.label].get(TRAIN)
+            finished.append((specs[arm.label], done_spec(graph.nodes[train]) if train else None))
+    sync_done_runs(store, sweep, [done_spec(n) for n in done], finished, echo)

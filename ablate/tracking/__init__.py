@@ -4,12 +4,17 @@ Three users: jobs (each finds or creates its runs when it starts, then logs thro
 blocks the training step), the launcher (the runs of stages already done) and analysis (fetch_runs /
 fetch_histories into pandas frames).
 
-Modules: tags (every tag and experiment name, the run tag builders), job_runs (the runs a job logs to:
-its stage run and its arms' runs), store (constants, URIs, the client, param/tag/search helpers), tracker
-(Tracker, NullTracker, MLflowTracker, LocalFirst), runs (experiments, stage runs, statuses), ui (the
-MLflow UI process) and read (fetch_runs, fetch_histories, download_artifact). Import from here.
+Modules: store (Store: one per process per URI, holding the client, the SQLite file and the creation
+lock, with the param/tag/search methods; constants and URI helpers), tags (every tag and experiment name,
+the run tag builders), runs (experiments, stage runs, statuses), job_runs (the runs a job logs to: its
+stage run and its arms' runs), done_runs (the runs of stages done before a launch), tracker (Tracker,
+NullTracker, MLflowTracker, LocalFirst) and items (what MLflowTracker queues), results (how an arm run
+shows its results), ui (the MLflow UI process) and read (fetch_runs, fetch_histories, download_artifact,
+latest_metrics). Functions on the store take a Store or a URI (opening the process's Store for it).
+Import from here.
 """
 
+from ablate.tracking.done_runs import sync_done_runs
 from ablate.tracking.job_runs import (
     ArmRunSpec,
     JobTracking,
@@ -21,8 +26,7 @@ from ablate.tracking.job_runs import (
     sweep_arm_runs,
     sweep_stage_keys,
 )
-from ablate.tracking.read import _client_histories as _client_histories  # tests compare it with the SQL read
-from ablate.tracking.read import download_artifact, fetch_histories, fetch_runs
+from ablate.tracking.read import download_artifact, fetch_histories, fetch_runs, latest_metrics
 from ablate.tracking.runs import (
     ensure_experiment,
     get_or_create_stage_run,
@@ -38,6 +42,7 @@ from ablate.tracking.store import (
     TERMINAL_STATUSES,
     TRACKING_URI_ENV,
     TRUNCATION_MARK,
+    Store,
     default_tracking_uri,
     describe_store,
     redact_uri,
@@ -103,6 +108,7 @@ __all__ = [
     "TRUNCATION_MARK",
     "LocalFirst",
     "MLflowTracker",
+    "Store",
     "NullTracker",
     "Tracker",
     "default_tracking_uri",
@@ -111,6 +117,7 @@ __all__ = [
     "ensure_experiment",
     "fetch_histories",
     "fetch_runs",
+    "latest_metrics",
     "get_or_create_stage_run",
     "ArmRunSpec",
     "JobTracking",
@@ -121,6 +128,7 @@ __all__ = [
     "stage_run",
     "sweep_arm_runs",
     "sweep_stage_keys",
+    "sync_done_runs",
     "redact_uri",
     "run_info",
     "set_run_status",

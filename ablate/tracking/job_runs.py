@@ -16,20 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ablate.filelock import FileLock
 from ablate.rundir import RunDir
 from ablate.tracking.runs import ensure_experiment, get_or_create_stage_run
-from ablate.tracking.store import (
-    _chunks,
-    _client,
-    _is_permanent,
-    _log_params,
-    _search_runs,
-    _set_tags,
-    _sqlite_path,
-    all_experiment_ids,
-    set_experiment_tag,
-)
+from ablate.tracking.store import Store, is_permanent
 from ablate.tracking.tags import (
     ARMS_VIEW,
     KIND_ARM,
@@ -131,12 +120,13 @@ class FanOut:
             t.close(status)
 
 
-def stage_run(uri: str, spec: RunSpec, fresh: bool = False, create: bool = True) -> str | None:
+def stage_run(store: Store | str, spec: RunSpec, fresh: bool = False, create: bool = True) -> str | None:
     """The stage run of spec (found by its run key and stage in any experiment, else created in spec's
     experiment); see runs.get_or_create_stage_run for `fresh` and `create`."""
-    experiment_id = ensure_experiment(uri, spec.experiment)
+    store = Store.open(store)
+    experiment_id = ensure_experiment(store, spec.experiment)
     return get_or_create_stage_run(
-        uri,
+        store,
         experiment_id,
         run_key=spec.tags[TAG_RUN_KEY],
         stage=spec.tags[TAG_STAGE],
@@ -152,7 +142,7 @@ def _arm_identity(spec: RunSpec) -> dict[str, str]:
     return {TAG_SWEEP: spec.tags[TAG_SWEEP], TAG_KIND: KIND_ARM, TAG_ARM_KEY: spec.tags[TAG_ARM_KEY]}
 
 
-def arm_run(uri: str, spec: ArmRunSpec, stage: str, stage_run_id: str | None) -> str:
+def arm_run(store: Store | str, spec: ArmRunSpec, stage: str, stage_run_id: str | None) -> str:
     """The arm's run in its sweep's experiment (found by sweep, kind and the arm's config hash), created
     if missing, its tags refreshed and missing params added, for `stage`'s run `stage_run_id` to log to.
 
@@ -161,15 +151,12 @@ def arm_run(uri: str, spec: ArmRunSpec, stage: str, stage_run_id: str | None) ->
     to MLflow's trash and made again. One process at a time for an SQLite store (a flock beside it), so
     two jobs of one arm starting together make one run.
     """
-    path = _sqlite_path(uri)
-    lock = FileLock(path.with_name(path.name + ".arms.lock"), what="creating arm runs") if path else None
-    if lock is not None:
-        lock.acquire(wait=True, poll_s=0.1)
-    try:
-        client = _client(uri, create=True)
-        experiment_id = ensure_experiment(uri, spec.experiment)
+    store = Store.open(store)
+    with store.sqlite_lock(".arms.lock", "creating arm runs"):
+        client = store.writer
+        experiment_id = ensure_experiment(store, spec.experiment)
         found = sorted(
-            _search_runs(client, [experiment_id], _arm_identity(spec)), key=lambda r: r.info.start_time or 0
+            store.search_runs(_arm_identity(spec), [experiment_id]), key=lambda r: r.info.start_time or 0
         )
         tags = dict(spec.tags)
         if stage_run_id is not None:
@@ -184,24 +171,21 @@ def arm_run(uri: str, spec: ArmRunSpec, stage: str, stage_run_id: str | None) ->
             run = found[0]
             if TAG_RUN_COLOR in run.data.tags:  # a colour picked in the UI stays
                 tags.pop(TAG_RUN_COLOR, None)
-            _set_tags(client, run.info.run_id, {k: v for k, v in tags.items() if run.data.tags.get(k) != v})
-            _log_params(client, run.info.run_id, spec.params, run.data.params)
+            store.set_tags(run.info.run_id, {k: v for k, v in tags.items() if run.data.tags.get(k) != v})
+            store.log_params(run.info.run_id, spec.params, run.data.params)
             if run.info.run_name != spec.name:  # made by an ablate that named arm runs by their label
                 client.update_run(run.info.run_id, name=spec.name)
             return str(run.info.run_id)
         run_id = str(client.create_run(experiment_id, tags=tags, run_name=spec.name).info.run_id)
-        _log_params(client, run_id, spec.params, {})
+        store.log_params(run_id, spec.params, {})
         if spec.view:
-            set_experiment_tag(client, experiment_id, TAG_SHARED_VIEW_PREFIX + ARMS_VIEW, spec.view)
+            store.set_experiment_tag(experiment_id, TAG_SHARED_VIEW_PREFIX + ARMS_VIEW, spec.view)
         return run_id
-    finally:
-        if lock is not None:
-            lock.release()
 
 
-def backfill(uri: str, run_id: str, run_dir: str | Path) -> int:
+def backfill(store: Store | str, run_id: str, run_dir: str | Path) -> int:
     """Send the rows of run_dir's metrics.jsonl holding a (key, step) the run lacks; returns how many."""
-    tracker = MLflowTracker(uri, run_id, run_dir=run_dir, mark_running=False)
+    tracker = MLflowTracker(store, run_id, run_dir=run_dir, mark_running=False)
     tracker.close(None)
     return tracker.backfilled_rows
 
@@ -211,19 +195,19 @@ def backfill(uri: str, run_id: str, run_dir: str | Path) -> int:
 OPEN_RETRY_DELAYS_S = (1.0, 3.0, 9.0)
 
 
-def _open_runs(spec: JobTracking, out: str, fresh: bool) -> tuple[str, dict[str, str]]:
+def _open_runs(store: Store, spec: JobTracking, out: str, fresh: bool) -> tuple[str, dict[str, str]]:
     """(stage run id, {arm label: arm run id}): found or created, each arm run filled from the arm's other
     finished stages. Safe to repeat: a second call finds what the first made."""
     stage = spec.stage.tags[TAG_STAGE]
-    stage_id = stage_run(spec.uri, spec.stage, fresh=fresh)
+    stage_id = stage_run(store, spec.stage, fresh=fresh)
     if stage_id is None:  # create=True always gives a run
         raise RuntimeError(f"no MLflow run for {out}")
     arm_ids: dict[str, str] = {}
     for arm in spec.arms:
-        arm_id = arm_run(spec.uri, arm, stage, stage_id)
+        arm_id = arm_run(store, arm, stage, stage_id)
         for other in arm.dirs:
             if Path(other) != Path(out) and RunDir(other).is_complete():
-                backfill(spec.uri, arm_id, other)
+                backfill(store, arm_id, other)
         arm_ids[arm.arm_label] = arm_id
     return stage_id, arm_ids
 
@@ -234,20 +218,20 @@ def open_job_tracker(
     """(tracker, stage run id, {arm label: arm run id}) of a job starting in run_dir (`fresh`: from
     nothing): the runs found or created (tried again after OPEN_RETRY_DELAYS_S unless the store refuses
     for good), one tracker for all."""
-    out = str(Path(run_dir))
+    out, store = str(Path(run_dir)), Store.open(spec.uri)
     for delay in (*OPEN_RETRY_DELAYS_S, None):
         try:
-            stage_id, arm_ids = _open_runs(spec, out, fresh)
+            stage_id, arm_ids = _open_runs(store, spec, out, fresh)
             break
         except Exception as exc:
-            if delay is None or _is_permanent(exc):
+            if delay is None or is_permanent(exc):
                 raise
             log.warning("%s: cannot open its MLflow runs yet (%s); trying again in %.0f s", out, exc, delay)
             time.sleep(delay)
 
     def tracker(run_id: str) -> MLflowTracker:
         return MLflowTracker(
-            spec.uri,
+            store,
             run_id,
             flush_interval_s=spec.flush_interval_s,
             close_timeout_s=spec.close_timeout_s,
@@ -259,23 +243,17 @@ def open_job_tracker(
     return LocalFirst(FanOut(primary, secondaries), out), stage_id, arm_ids
 
 
-def sweep_stage_keys(uri: str, sweep: str) -> set[tuple[str, str]]:
+def sweep_stage_keys(store: Store | str, sweep: str) -> set[tuple[str, str]]:
     """(stage, run key) of every stage run already tagged as used by `sweep`, in any experiment."""
-    client = _client(uri)
-    ids = all_experiment_ids(client)
-    runs = [
-        r
-        for chunk in _chunks(ids, 100)
-        for r in _search_runs(client, list(chunk), {sweep_tag(sweep): "true"})
-    ]
+    runs = Store.open(store).search_runs({sweep_tag(sweep): "true"})
     return {(r.data.tags.get(TAG_STAGE, ""), r.data.tags.get(TAG_RUN_KEY, "")) for r in runs}
 
 
-def sweep_arm_runs(uri: str, experiment: str, sweep: str) -> dict[str, tuple[str, str]]:
+def sweep_arm_runs(store: Store | str, experiment: str, sweep: str) -> dict[str, tuple[str, str]]:
     """Arm config hash -> (run id, status) of the sweep's arm runs in `experiment` (none if it is missing)."""
-    client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
+    store = Store.open(store)
+    exp = store.client.get_experiment_by_name(experiment)
     if exp is None or exp.lifecycle_stage == "deleted":
         return {}
-    runs = _search_runs(client, [exp.experiment_id], {TAG_SWEEP: sweep, TAG_KIND: KIND_ARM})
+    runs = store.search_runs({TAG_SWEEP: sweep, TAG_KIND: KIND_ARM}, [exp.experiment_id])
     return {r.data.tags.get(TAG_ARM_KEY, ""): (r.info.run_id, r.info.status) for r in runs}

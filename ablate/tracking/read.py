@@ -9,16 +9,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ablate.tracking.store import (
-    HISTORY_COLUMNS,
-    _chunks,
-    _client,
-    _search_runs,
-    _sqlite_path,
-    _store_missing,
-    all_experiment_ids,
-    redact_uri,
-)
+from ablate.tracking.store import HISTORY_COLUMNS, Store, chunks, redact_uri
 from ablate.tracking.tags import KIND_ARM, TAG_KIND, TAG_PARENT, TAG_STAGE, TAG_SWEEP, sweep_tag
 
 if TYPE_CHECKING:
@@ -29,7 +20,7 @@ _PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 def fetch_runs(
-    uri: str, sweep: str | None = None, stage: str | None = None, arms: bool = False
+    store: Store | str, sweep: str | None = None, stage: str | None = None, arms: bool = False
 ) -> pd.DataFrame:
     """One row per active stage run: run_id, run_name, experiment, status, times, `tags.ablate.*`, `params.*`.
 
@@ -41,45 +32,36 @@ def fetch_runs(
 
     base = ["run_id", "run_name", "experiment_id", "experiment", "status", "start_time", "end_time"]
     base.append("parent_run_id")
-    if _store_missing(uri):  # reading must not create an empty store
+    store = Store.open(store)
+    if store.missing:  # reading must not create an empty store
         return pd.DataFrame(columns=base)
-    client = _client(uri)
-    experiments, token = [], None
-    while True:
-        page = client.search_experiments(max_results=1000, page_token=token)
-        experiments.extend(page)
-        token = page.token
-        if not token:
-            break
-    names = {e.experiment_id: e.name for e in experiments}
+    names = {e.experiment_id: e.name for e in store.experiments()}
     tags = {k: v for k, v in ((TAG_STAGE, stage),) if v is not None}
     if arms:
         tags = {TAG_KIND: KIND_ARM, **({TAG_SWEEP: sweep} if sweep is not None else {})}
     elif sweep is not None:
         tags[sweep_tag(sweep)] = "true"
     rows = []
-    ids = list(names)
-    for chunk in _chunks(ids, 100):  # search_runs takes a bounded list of experiments
-        for run in _search_runs(client, list(chunk), tags):
-            if not arms and run.data.tags.get(TAG_KIND) == KIND_ARM:
-                continue
-            row = {
-                "run_id": run.info.run_id,
-                "run_name": run.info.run_name,
-                "experiment_id": run.info.experiment_id,
-                "experiment": names.get(run.info.experiment_id),
-                "status": run.info.status,
-                "start_time": run.info.start_time,
-                "end_time": run.info.end_time,
-                "parent_run_id": run.data.tags.get(TAG_PARENT),
-            }
-            row.update({f"tags.{k}": v for k, v in run.data.tags.items() if k.startswith("ablate.")})
-            row.update({f"params.{k}": v for k, v in run.data.params.items()})
-            rows.append(row)
+    for run in store.search_runs(tags, list(names)):
+        if not arms and run.data.tags.get(TAG_KIND) == KIND_ARM:
+            continue
+        row = {
+            "run_id": run.info.run_id,
+            "run_name": run.info.run_name,
+            "experiment_id": run.info.experiment_id,
+            "experiment": names.get(run.info.experiment_id),
+            "status": run.info.status,
+            "start_time": run.info.start_time,
+            "end_time": run.info.end_time,
+            "parent_run_id": run.data.tags.get(TAG_PARENT),
+        }
+        row.update({f"tags.{k}": v for k, v in run.data.tags.items() if k.startswith("ablate.")})
+        row.update({f"params.{k}": v for k, v in run.data.params.items()})
+        rows.append(row)
     return pd.DataFrame(rows, columns=None if rows else base)
 
 
-def fetch_histories(uri: str, run_ids: Iterable[str], keys: Iterable[str]) -> pd.DataFrame:
+def fetch_histories(store: Store | str, run_ids: Iterable[str], keys: Iterable[str]) -> pd.DataFrame:
     """Every logged value of the metric keys of the runs, long format: run_id, key, step, value, timestamp;
     ordered by run and key (in the order given), then step and timestamp. A NaN logged reads back as NaN.
 
@@ -92,17 +74,20 @@ def fetch_histories(uri: str, run_ids: Iterable[str], keys: Iterable[str]) -> pd
     """
     import pandas as pd
 
+    store = Store.open(store)
     run_ids, keys = list(dict.fromkeys(run_ids)), list(dict.fromkeys(keys))
     columns: dict[str, Any] = {c: [] for c in HISTORY_COLUMNS}
-    if run_ids and keys and not _store_missing(uri):
-        sql = uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql")
+    if run_ids and keys and not store.missing:
         try:
-            columns = _sql_histories(uri, run_ids, keys) if sql else _client_histories(uri, run_ids, keys)
+            read = _sql_histories if store.is_sql else client_histories
+            columns = read(store, run_ids, keys)
         except Exception as exc:  # MLflow's schema is internal: fall back rather than fail
-            if not sql:
+            if not store.is_sql:
                 raise
-            log.warning("direct SQL read of %s failed (%s); using the MLflow client", redact_uri(uri), exc)
-            columns = _client_histories(uri, run_ids, keys)
+            log.warning(
+                "direct SQL read of %s failed (%s); using the MLflow client", redact_uri(store.uri), exc
+            )
+            columns = client_histories(store, run_ids, keys)
     return pd.DataFrame(columns).astype({"step": "int64", "value": "float64", "timestamp": "int64"})
 
 
@@ -130,9 +115,9 @@ def _columns(rows: list[tuple], run_ids: Sequence[str], keys: Sequence[str]) -> 
     }
 
 
-def _sql_histories(uri: str, run_ids: list[str], keys: list[str]) -> dict:
+def _sql_histories(store: Store, run_ids: list[str], keys: list[str]) -> dict:
     """Column arrays straight from MLflow's `metrics` table (SQL stores only)."""
-    path = _sqlite_path(uri)
+    path = store.sqlite_path
     if path is not None:
         import sqlite3
 
@@ -149,13 +134,13 @@ def _sql_histories(uri: str, run_ids: list[str], keys: list[str]) -> dict:
         return _columns(rows, run_ids, keys)
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(uri)
+    engine = sqlalchemy.create_engine(store.uri)
     mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[engine.dialect.paramstyle]
     key_col = engine.dialect.identifier_preparer.quote("key")
     raw = engine.raw_connection()  # DB-API rows: SQLAlchemy Row objects cost ~3x more per row
     try:
         cur, rows = raw.cursor(), []
-        for chunk in _chunks(run_ids, 500):  # stay under the database's limit on bound variables
+        for chunk in chunks(run_ids, 500):  # stay under the database's limit on bound variables
             cur.execute(
                 f"SELECT run_uuid, {key_col}, step, value, timestamp, is_nan FROM metrics WHERE run_uuid IN"
                 f" ({','.join([mark] * len(chunk))}) AND {key_col} IN ({','.join([mark] * len(keys))})",
@@ -168,10 +153,12 @@ def _sql_histories(uri: str, run_ids: list[str], keys: list[str]) -> dict:
     return _columns(rows, run_ids, keys)
 
 
-def _client_histories(uri: str, run_ids: list[str], keys: list[str]) -> dict:
+def client_histories(store: Store | str, run_ids: list[str], keys: list[str]) -> dict:
+    """fetch_histories' columns read through the MLflow client (a server over HTTP), one history per
+    run and key, several at once."""
     from concurrent.futures import ThreadPoolExecutor
 
-    client = _client(uri)
+    client = Store.open(store).client
 
     def one(pair: tuple[str, str]) -> list[tuple]:
         run_id, key = pair
@@ -182,17 +169,18 @@ def _client_histories(uri: str, run_ids: list[str], keys: list[str]) -> dict:
         return _columns([row for part in parts for row in part], run_ids, keys)
 
 
-def download_artifact(uri: str, run_id: str, path: str, dst_dir: str | Path) -> Path:
+def download_artifact(store: Store | str, run_id: str, path: str, dst_dir: str | Path) -> Path:
     """Copy the artifact file `path` (relative to the run's artifact root) of a run into `dst_dir`; its
     local path (`dst_dir/path`). Raises AblateError naming the run and what it has if the file is missing."""
     import posixpath
 
     from ablate.errors import AblateError
 
-    where = f"run {run_id} in {redact_uri(uri)}"
-    if _store_missing(uri):
+    store = Store.open(store)
+    where = f"run {run_id} in {redact_uri(store.uri)}"
+    if store.missing:
         raise AblateError(f"cannot download '{path}' of {where}: the store does not exist")
-    client = _client(uri)
+    client = store.client
     parent = posixpath.dirname(path.strip("/")) or None
     try:
         listed = client.list_artifacts(run_id, parent)
@@ -219,20 +207,21 @@ def download_artifact(uri: str, run_id: str, path: str, dst_dir: str | Path) -> 
             os.environ[_PROGRESS_BAR] = quiet
 
 
-def latest_metrics(uri: str, run_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+def latest_metrics(store: Store | str, run_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Each run's status, latest value of every metric and planned tokens (run id -> {"status", "metrics",
     "total_tokens"}), in one search per 100 runs.
 
     For `ablate status`: a run missing from the store is absent from the result; an unreachable store
     raises (the caller falls back to the run directories' progress.json).
     """
+    store = Store.open(store)
     run_ids = list(dict.fromkeys(r for r in run_ids if r))
-    if not run_ids or _store_missing(uri):
+    if not run_ids or store.missing:
         return {}
-    client = _client(uri)
-    experiments = all_experiment_ids(client)
+    client = store.client
+    experiments = store.experiment_ids()
     out: dict[str, dict[str, Any]] = {}
-    for chunk in _chunks(run_ids, 100):
+    for chunk in chunks(run_ids, 100):
         quoted = ", ".join(f"'{r}'" for r in chunk)
         for run in client.search_runs(experiments, filter_string=f"attributes.run_id IN ({quoted})"):
             total = run.data.params.get("loop.total_tokens")
@@ -244,32 +233,34 @@ def latest_metrics(uri: str, run_ids: Iterable[str]) -> dict[str, dict[str, Any]
     return out
 
 
-def logged_steps(uri: str, run_id: str) -> dict[str, set[int]]:
+def logged_steps(store: Store | str, run_id: str) -> dict[str, set[int]]:
     """The steps the store holds for each metric key of a run (key -> steps), for exactly-once delivery.
 
     One SQL query on SQL stores (a run's rows, not a Metric entity per point); the client's per-key
     history elsewhere (an mlflow server over HTTP) or when MLflow's schema is not the one read here.
     """
+    store = Store.open(store)
     out: dict[str, set[int]] = {}
-    if _store_missing(uri):
+    if store.missing:
         return out
-    sql = uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql")
-    if sql:
+    if store.is_sql:
         try:
-            for key, step in _sql_steps(uri, run_id):
+            for key, step in _sql_steps(store, run_id):
                 out.setdefault(key, set()).add(int(step))
             return out
         except Exception as exc:  # MLflow's schema is internal: fall back rather than fail
-            log.warning("direct SQL read of %s failed (%s); using the MLflow client", redact_uri(uri), exc)
+            log.warning(
+                "direct SQL read of %s failed (%s); using the MLflow client", redact_uri(store.uri), exc
+            )
             out.clear()
-    client = _client(uri)
+    client = store.client
     for key in client.get_run(run_id).data.metrics:
         out[key] = {int(m.step) for m in client.get_metric_history(run_id, key)}
     return out
 
 
-def _sql_steps(uri: str, run_id: str) -> list[tuple[str, int]]:
-    path = _sqlite_path(uri)
+def _sql_steps(store: Store, run_id: str) -> list[tuple[str, int]]:
+    path = store.sqlite_path
     if path is not None:
         import sqlite3
 
@@ -277,7 +268,7 @@ def _sql_steps(uri: str, run_id: str) -> list[tuple[str, int]]:
             return conn.execute("SELECT key, step FROM metrics WHERE run_uuid = ?", (run_id,)).fetchall()
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(uri)
+    engine = sqlalchemy.create_engine(store.uri)
     try:
         key_col = engine.dialect.identifier_preparer.quote("key")  # a reserved word in MySQL
         with engine.connect() as conn:

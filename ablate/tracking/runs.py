@@ -1,4 +1,4 @@
-"""Run management: experiments, stage runs, statuses."""
+"""Run management: experiments, stage runs, statuses, each on a Store (or a URI, opening its Store)."""
 
 from __future__ import annotations
 
@@ -7,21 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ablate.errors import AblateError
-from ablate.tracking.store import (
-    RUN_STATUSES,
-    TERMINAL_STATUSES,
-    _chunks,
-    _client,
-    _log_params,
-    _search_runs,
-    _set_tags,
-    _sqlite_path,
-    _store_missing,
-    all_experiment_ids,
-    describe_store,
-    redact_uri,
-    set_experiment_tag,
-)
+from ablate.tracking.store import RUN_STATUSES, TERMINAL_STATUSES, Store, redact_uri
 from ablate.tracking.tags import (
     EXPERIMENT_KIND_TRAINING,
     TAG_ARM,
@@ -34,19 +20,20 @@ from ablate.tracking.tags import (
 log = logging.getLogger(__name__)
 
 
-def ensure_experiment(uri: str, name: str) -> str:
+def ensure_experiment(store: Store | str, name: str) -> str:
     """The id of the experiment `name`, created (or restored from deletion) if needed."""
     from mlflow.exceptions import MlflowException
 
-    client = _client(uri, create=True)
+    store = Store.open(store)
+    client = store.writer
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         if exp.tags.get(TAG_EXPERIMENT_KIND) is None:  # made by an older ablate: open it as ours do
-            set_experiment_tag(client, exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
+            store.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
         return exp.experiment_id
-    path = _sqlite_path(uri)
+    path = store.sqlite_path
     # Next to the SQLite file, not in ./mlruns of whatever directory the launcher ran from.
     location = (path.parent / "artifacts" / name).resolve().as_uri() if path else None
     kind = {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING}
@@ -55,12 +42,12 @@ def ensure_experiment(uri: str, name: str) -> str:
     except MlflowException as exc:  # another process created it since we looked
         exp = client.get_experiment_by_name(name)
         if exp is None:
-            raise AblateError(f"cannot create experiment {name!r} in {redact_uri(uri)}: {exc}") from exc
+            raise AblateError(f"cannot create experiment {name!r} in {redact_uri(store.uri)}: {exc}") from exc
         return exp.experiment_id
 
 
 def get_or_create_stage_run(
-    uri: str,
+    store: Store | str,
     experiment_id: str,
     run_key: str,
     stage: str,
@@ -82,11 +69,11 @@ def get_or_create_stage_run(
     restorable) and a new run is created, because the recomputed metrics would otherwise be dropped as
     steps already logged, leaving the old values in the store.
     """
-    client = _client(uri, create=True)
+    store = Store.open(store)
+    client = store.writer
     key_tags = {TAG_RUN_KEY: run_key, TAG_STAGE: stage}
     all_tags = {**{k: str(v) for k, v in tags.items()}, **key_tags}
-    ids = all_experiment_ids(client)
-    found = [r for chunk in _chunks(ids, 100) for r in _search_runs(client, list(chunk), key_tags)]
+    found = store.search_runs(key_tags)
     found.sort(key=lambda r: r.info.start_time or 0)
     if found and fresh and found[0].info.status == "FINISHED":
         for old in found:
@@ -103,32 +90,33 @@ def get_or_create_stage_run(
             # Shared with the sweep that created it: keep its experiment, first sweep and label.
             all_tags = {k: v for k, v in all_tags.items() if k not in (TAG_SWEEP, TAG_ARM)}
         changed = {k: v for k, v in all_tags.items() if run.data.tags.get(k) != v}
-        _set_tags(client, run.info.run_id, changed)
-        _log_params(client, run.info.run_id, params, run.data.params)
+        store.set_tags(run.info.run_id, changed)
+        store.log_params(run.info.run_id, params, run.data.params)
         return run.info.run_id
     if not create:
         return None
     run_id = client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
-    _log_params(client, run_id, params, {})
+    store.log_params(run_id, params, {})
     return run_id
 
 
-def set_run_status(uri: str, run_id: str, status: str) -> None:
+def set_run_status(store: Store | str, run_id: str, status: str) -> None:
     """Set a run's status; a terminal status also sets its end time."""
     if status not in RUN_STATUSES:
         raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
-    client = _client(uri)
+    client = Store.open(store).client
     if status in TERMINAL_STATUSES:
         client.set_terminated(run_id, status=status)
     else:
         client.update_run(run_id, status=status)
 
 
-def run_info(uri: str, run_id: str) -> dict[str, Any]:
+def run_info(store: Store | str, run_id: str) -> dict[str, Any]:
     """A run's name, status, times (ms), ablate.* tags, last metric values and the step they were logged at."""
-    if _store_missing(uri):
-        raise AblateError(f"no run {run_id}: {describe_store(uri)}; launch a sweep first")
-    run = _client(uri).get_run(run_id)
+    store = Store.open(store)
+    if store.missing:
+        raise AblateError(f"no run {run_id}: {store.describe()}; launch a sweep first")
+    run = store.client.get_run(run_id)
     latest = getattr(run.data, "_metric_objs", [])
     return {
         "run_id": run.info.run_id,

@@ -13,19 +13,16 @@ from typing import Any, Protocol
 
 from ablate.errors import AblateError
 from ablate.rundir import METRICS, RunDir
+from ablate.tracking.items import Artifact, Item, MetricBatch, Op, Params, Row, Status, Tags
 from ablate.tracking.read import logged_steps
 from ablate.tracking.results import arm_rows
 from ablate.tracking.store import (
     MAX_METRICS_PER_BATCH,
     TERMINAL_STATUSES,
-    _chunks,
-    _client,
-    _is_permanent,
-    _log_params,
-    _new_params,
-    _set_tags,
-    _sqlite_path,
-    _store_missing,
+    Store,
+    chunks,
+    is_permanent,
+    new_params,
     redact_uri,
 )
 from ablate.tracking.tags import KIND_ARM, TAG_KIND
@@ -80,6 +77,16 @@ class NullTracker:
         self.status = status
 
 
+# What a dropped batch is called in the warning.
+_OP_NAMES: dict[type, str] = {
+    MetricBatch: "metrics",
+    Params: "params",
+    Tags: "tags",
+    Artifact: "artifact",
+    Status: "status",
+}
+
+
 class MLflowTracker:
     """Logs to an existing MLflow run from a background thread; the caller never waits on the store.
 
@@ -106,7 +113,7 @@ class MLflowTracker:
 
     def __init__(
         self,
-        uri: str,
+        store: Store | str,
         run_id: str,
         flush_interval_s: float = 2.0,
         *,
@@ -120,16 +127,17 @@ class MLflowTracker:
         answer by then is retried in the background). `close_timeout_s` is close()'s default wait;
         `run_dir` is the stage directory whose metrics.jsonl is sent where the store lacks it, and whose
         artifacts record log_artifact keeps."""
-        self.uri, self.run_id, self.flush_interval_s = uri, run_id, flush_interval_s
+        self.store = Store.open(store)
+        self.uri, self.run_id, self.flush_interval_s = self.store.uri, run_id, flush_interval_s
         self.max_backoff_s, self.mark_running = max_backoff_s, mark_running
         self.close_timeout_s, self.run_dir = close_timeout_s, (Path(run_dir) if run_dir else None)
         self.dropped_steps = 0  # metric values dropped: the store or this tracker had their (key, step)
         self.backfilled_rows = 0  # metrics.jsonl rows with a value the store lacked, sent at start
         self._cond = threading.Condition()
-        self._incoming: deque[tuple] = deque()  # what callers queued; guarded by _cond
-        self._pending: deque[tuple] = deque()  # ops built from it, not yet delivered; guarded by _cond
+        self._incoming: deque[Item] = deque()  # what callers queued; guarded by _cond
+        self._pending: deque[Op] = deque()  # ops built from it, not yet delivered; guarded by _cond
         self._kick = self._stop = self._closed = self._dead = False
-        self._client: Any = None
+        self._client: Any = None  # the store's client, once the run was read
         self._logged: dict[str, set[int]] = {}  # (key, step) delivered or queued; read from the store first
         self._params: dict[str, str] = {}
         self._arm = False  # an arm's run: rows go through arm_rows; known once the run is read
@@ -143,32 +151,32 @@ class MLflowTracker:
         self._ready.wait(init_wait_s)
         if self._init_error is not None:
             raise AblateError(
-                f"cannot log to MLflow run {run_id} in {redact_uri(uri)}: {self._init_error}. "
+                f"cannot log to MLflow run {run_id} in {redact_uri(self.uri)}: {self._init_error}. "
                 "The launcher creates the run; relaunch the sweep, or check MLFLOW_TRACKING_URI."
             )
         atexit.register(self._at_exit)
 
     # -- caller side: only queue work, never touch the store
-    def _put(self, item: tuple) -> None:
+    def _put(self, item: Item) -> None:
         with self._cond:
             if self._closed or self._dead:
                 return
             self._incoming.append(item)
 
     def log_params(self, params: dict) -> None:
-        self._put(("params", dict(params)))
+        self._put(Params(dict(params)))
 
     def set_tags(self, tags: dict) -> None:
-        self._put(("tags", {k: str(v) for k, v in tags.items()}))
+        self._put(Tags({k: str(v) for k, v in tags.items()}))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         values = {k: float(v) for k, v in metrics.items()}
-        self._put(("metrics", int(step), values, int(time.time() * 1000)))
+        self._put(Row(int(step), values, int(time.time() * 1000)))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.run_dir is not None:  # recorded before it is queued: `ablate resend` logs it again
             RunDir(self.run_dir).record_artifact(path, artifact_path)
-        self._put(("artifact", str(Path(path).resolve()), artifact_path))
+        self._put(Artifact(str(Path(path).resolve()), artifact_path))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is delivered (or dropped); False if `timeout` ran out."""
@@ -196,7 +204,7 @@ class MLflowTracker:
                 self._closed = True
                 return
             if status is not None:
-                self._incoming.append(("status", status))
+                self._incoming.append(Status(status))
             self._closed = True
         timeout = self.close_timeout_s if timeout is None else timeout
         delivered = self.flush(None if math.isinf(timeout) else timeout)
@@ -211,9 +219,9 @@ class MLflowTracker:
         """Say what is being given up on, that metrics.jsonl still has it, and how to re-send it."""
         with self._cond:
             items = list(self._incoming) + list(self._pending)
-        # Queued: ("metrics", step, {key: value}, ts); built into ops: ("metrics", [Metric, ...]).
-        values = sum(len(i[1] if len(i) == 2 else i[2]) for i in items if i[0] == "metrics")
-        artifacts = [i[1] for i in items if i[0] == "artifact"]
+        values = sum(len(i.values) for i in items if isinstance(i, Row))
+        values += sum(len(i.metrics) for i in items if isinstance(i, MetricBatch))
+        artifacts = [i.path for i in items if isinstance(i, Artifact)]
         run_dir = RunDir(self.run_dir or "results/cache/<stage>/<key>")
         log.warning(
             "MLflow run %s: %d queued items (%d metric values%s) not delivered to %s %s (last error: %s). "
@@ -255,11 +263,11 @@ class MLflowTracker:
                 self._kick = False
 
     def _init(self) -> None:
-        if _store_missing(self.uri):  # opening it would create an empty store: wait for the real one
-            raise FileNotFoundError(f"SQLite store {_sqlite_path(self.uri)} does not exist")
-        client = _client(self.uri)
+        if self.store.missing:  # opening it would create an empty store: wait for the real one
+            raise FileNotFoundError(f"SQLite store {self.store.sqlite_path} does not exist")
+        client = self.store.client
         run = client.get_run(self.run_id)  # first: a wrong run id fails here, before the reads below
-        logged = logged_steps(self.uri, self.run_id)
+        logged = logged_steps(self.store, self.run_id)
         self._params = dict(run.data.params)
         self._arm = run.data.tags.get(TAG_KIND) == KIND_ARM
         if self.mark_running and run.info.status != "RUNNING":
@@ -270,17 +278,17 @@ class MLflowTracker:
             self._incoming.extendleft(reversed(backlog))
         self._client = client
 
-    def _backlog(self, logged: dict[str, set[int]]) -> list[tuple]:
+    def _backlog(self, logged: dict[str, set[int]]) -> list[Item]:
         """Queue items for the rows of run_dir's metrics.jsonl holding a (key, step) the store lacks."""
         if self.run_dir is None:
             return []
         ts = int(time.time() * 1000)
-        items = []
+        items: list[Item] = []
         for row in RunDir(self.run_dir).metrics_log().rows():
             step = int(row.pop("step"))
             values = {k: float(v) for k, v in row.items()}
             if any(s not in logged.get(k, ()) for s, shown in self._shown(step, values) for k in shown):
-                items.append(("metrics", step, values, ts))  # as logged: _to_ops shows it
+                items.append(Row(step, values, ts))  # as logged: _to_ops shows it
         self.backfilled_rows = len(items)
         if items:
             log.warning(
@@ -295,7 +303,7 @@ class MLflowTracker:
             try:
                 self._init()
             except Exception as exc:
-                if _is_permanent(exc):
+                if is_permanent(exc):
                     self._init_error = exc
                     log.error("MLflow run %s unusable: %s; nothing will be logged", self.run_id, exc)
                     with self._cond:
@@ -320,12 +328,12 @@ class MLflowTracker:
             try:
                 self._send(op)
             except Exception as exc:
-                if not _is_permanent(exc):
+                if not is_permanent(exc):
                     return self._failed(exc)
                 log.warning(
                     "MLflow run %s: dropped a %s batch the store rejected: %s (%s keeps metrics; "
                     "`ablate resend <run_dir>` re-sends them, to a new run if this one is gone)",
-                    self.run_id, op[0], exc, METRICS,
+                    self.run_id, _OP_NAMES[type(op)], exc, METRICS,
                 )  # fmt: skip
             with self._cond:
                 self._pending.popleft()
@@ -353,51 +361,50 @@ class MLflowTracker:
         """The (step, values) rows the run holds of one logged row: itself, or on an arm run arm_rows'."""
         return arm_rows(step, values) if self._arm else [(step, values)]
 
-    def _to_ops(self, items: list[tuple]) -> list[tuple]:
+    def _to_ops(self, items: list[Item]) -> list[Op]:
         """Queued items -> send operations: de-duplicated metric steps, batched within MLflow's limits."""
         from mlflow.entities import Metric
 
-        ops: list[tuple] = []
+        ops: list[Op] = []
         metrics: list[Any] = []
         for item in items:
-            if item[0] == "metrics":
-                _, logged_step, logged_values, ts = item
-                for step, values in self._shown(logged_step, logged_values):
+            if isinstance(item, Row):
+                for step, values in self._shown(item.step, item.values):
                     for key, value in values.items():
                         steps = self._logged.setdefault(key, set())
                         if step in steps:
                             self.dropped_steps += 1
                             continue
                         steps.add(step)
-                        metrics.append(Metric(key, value, ts, step))
+                        metrics.append(Metric(key, value, item.timestamp_ms, step))
                 continue
             if metrics:
-                ops.extend(("metrics", list(c)) for c in _chunks(metrics, MAX_METRICS_PER_BATCH))
+                ops.extend(MetricBatch(list(c)) for c in chunks(metrics, MAX_METRICS_PER_BATCH))
                 metrics = []
-            if item[0] == "params":
-                new = _new_params(item[1], self._params, self.run_id)
+            if isinstance(item, Params):
+                new = new_params(item.values, self._params, self.run_id)
                 self._params.update(new)  # later log_params calls compare against what is queued
-                ops.append(("params", new))
+                ops.append(Params(new))
             else:
                 ops.append(item)
-        ops.extend(("metrics", list(c)) for c in _chunks(metrics, MAX_METRICS_PER_BATCH))
+        ops.extend(MetricBatch(list(c)) for c in chunks(metrics, MAX_METRICS_PER_BATCH))
         return ops
 
-    def _send(self, op: tuple) -> None:
-        kind, client = op[0], self._client
-        if kind == "metrics":
-            client.log_batch(self.run_id, metrics=op[1])
-        elif kind == "params":
-            _log_params(client, self.run_id, op[1], {})
-        elif kind == "tags":
-            _set_tags(client, self.run_id, op[1])
-        elif kind == "artifact":
-            if not Path(op[1]).exists():
-                log.warning("MLflow run %s: artifact %s no longer exists; not logged", self.run_id, op[1])
+    def _send(self, op: Op) -> None:
+        client = self._client
+        if isinstance(op, MetricBatch):
+            client.log_batch(self.run_id, metrics=op.metrics)
+        elif isinstance(op, Params):
+            self.store.log_params(self.run_id, op.values, {})
+        elif isinstance(op, Tags):
+            self.store.set_tags(self.run_id, op.values)
+        elif isinstance(op, Artifact):
+            if not Path(op.path).exists():
+                log.warning("MLflow run %s: artifact %s no longer exists; not logged", self.run_id, op.path)
                 return
-            client.log_artifact(self.run_id, op[1], op[2])
-        elif kind == "status":
-            client.set_terminated(self.run_id, status=op[1])
+            client.log_artifact(self.run_id, op.path, op.artifact_path)
+        elif isinstance(op, Status):
+            client.set_terminated(self.run_id, status=op.status)
 
 
 class LocalFirst:
