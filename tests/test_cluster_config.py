@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from ablate.config.compose import compose_config, run_key, to_run_config
-from ablate.config.schema import CLUSTER_KINDS
 from ablate.config.validate import validate
 from ablate.errors import ConfigError
+from ablate.schema import CLUSTER_KINDS
 
 
 def config(*overrides: str):

@@ -13,9 +13,9 @@ import torch
 
 from ablate.atomic import read_json
 from ablate.config.compose import compose_config, to_run_config
-from ablate.config.schema import RunConfig
 from ablate.config.validate import check_assets, validate
 from ablate.errors import AssetMissingError, ConfigError, DataError
+from ablate.schema import RunConfig
 from ablate.stages import names, registry
 from ablate.stages.context import StageContext
 from ablate.stages.image_tokenizer import open_image_tokenizer

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from ablate.config.schema import NORMS
 from ablate.errors import AssetMissingError, ConfigError
 from ablate.model.args import ffn_hidden_dim, flops_per_token, non_embedding_parameters
 from ablate.model.transformer import ModelArgs, Rotary, Transformer, count_parameters, make_norm
+from ablate.schema import NORMS
 
 OPEN_LM_1B = {  # open_lm/model_configs/open_lm_1b.json plus keys of the "_old" variant and an unknown one
     "hidden_dim": 2048,

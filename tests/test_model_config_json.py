@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from ablate.config.compose import compose_config, to_run_config
-from ablate.config.schema import RunConfig
 from ablate.config.validate import validate
 from ablate.errors import ConfigError
 from ablate.model.args import open_lm_arch
 from ablate.model.transformer import ModelArgs, Transformer
+from ablate.schema import RunConfig
 from ablate.stages import names
 from ablate.stages.common import arch_config, model_args
 from ablate.stages.plan import plan_stages

@@ -17,8 +17,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ablate.config.overrides import CONF_DIR, CONFIG_GROUPS, check_overrides, group_options, is_group
-from ablate.config.schema import EXECUTION_SECTIONS, RunConfig, register_configs
 from ablate.errors import ConfigError
+from ablate.schema import EXECUTION_SECTIONS, RunConfig, register_configs
 
 # What Hydra and OmegaConf raise on a bad override besides their own exception types (e.g. ValueError
 # "Config group override must be a string" for `hydra=nan`, RecursionError on a self-referencing value).

@@ -8,8 +8,8 @@ import difflib
 import functools
 from typing import Any
 
-from ablate.config.schema import RunConfig
 from ablate.errors import ConfigError
+from ablate.schema import RunConfig
 
 
 class UnknownKeyError(ConfigError):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from ablate.config import schema as S
+from ablate import schema as S
 from ablate.errors import ConfigError
 
 # sbatch options that ClusterConfig sets itself (or submitit / the launcher does): not allowed in

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ablate.config.schema import DataConfig
 from ablate.data.bad_sample import BadSample
 from ablate.data.preprocess import prepare_sample
 from ablate.data.sources import RawSample, expand_shards, iter_folder, iter_webdataset
+from ablate.schema import DataConfig
 
 
 def eval_samples(d: DataConfig, n: int) -> Iterator[tuple[str, str, np.ndarray]]:

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ablate.config.schema import TASKS
 from ablate.errors import ConfigError, DataError
+from ablate.schema import TASKS
 
 # Order of the special tokens after the text vocabulary; fixed by the contract, never reorder.
 SPECIAL_NAMES: tuple[str, ...] = ("doc", "doc_end", "text", "text_end", "image", "image_end", "pad")

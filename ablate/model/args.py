@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ablate.config.schema import FFN_TYPES, NORMS, POSITIONAL
 from ablate.errors import AssetMissingError, ConfigError
+from ablate.schema import FFN_TYPES, NORMS, POSITIONAL
 
 _REQUIRED = ("hidden_dim", "n_layers", "n_heads", "seq_len", "vocab_size")
 

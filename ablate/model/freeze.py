@@ -14,9 +14,9 @@ from typing import cast
 
 from torch import nn
 
-from ablate.config.schema import TRAINABLE_PRESETS as PRESETS
 from ablate.errors import ConfigError
 from ablate.model.transformer import NORM_TYPES, Block, Transformer, count_parameters
+from ablate.schema import TRAINABLE_PRESETS as PRESETS
 
 
 def _param_ids(module: nn.Module) -> set[int]:

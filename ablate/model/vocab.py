@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ablate.config.schema import NEW_ROW_INITS
 from ablate.errors import ConfigError
+from ablate.schema import NEW_ROW_INITS
 
 if TYPE_CHECKING:
     from ablate.model.transformer import Transformer
