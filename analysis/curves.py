@@ -73,7 +73,7 @@ def positional_note(values: pd.Series) -> str:
     )
 
 
-def figure6_freeze(frame: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Path]:
+def figure6_freeze(frame: pd.DataFrame, runs: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
     """Figure 6: unconditional generation, loss against tokens, one line per freeze setting (init and
     train.trainable); raw thin and faint, EMA thick. `runs`: the run table (analysis.runs.run_table) rows
     of those runs, for their ablate.positional_params tag (the note under the legend)."""
@@ -114,10 +114,10 @@ def figure6_freeze(frame: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> li
         f"Unconditional generation, partly frozen language model\n{smoothing_label(points)}", fontsize=9
     )
     fig.text(0.01, -0.02, note, fontsize=7.5, ha="left", va="top", wrap=True)
-    return save(fig, points[FREEZE_COLUMNS], out_dir, "figure6_freeze")
+    return save(fig, points[FREEZE_COLUMNS], out_dir, name)
 
 
-def figure7_contrastive(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+def figure7_contrastive(frame: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
     """Figure 7: the align stage's CLIP loss (raw thin, EMA thick) and temperature against step, one
     line per align run, two panels. `frame`: curves of align runs (metrics loss, temperature)."""
     loss = plotted_points(frame, ["loss"], tasks=None, x="step")
@@ -149,7 +149,7 @@ def figure7_contrastive(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     axes[0].set_title(f"Contrastive loss\n({smoothing_label(loss, x='step')})", fontsize=9)
     axes[1].set_title("Logit scale (CLIP's learned temperature parameter, exp(t))", fontsize=9)
     fig.suptitle("Aligning image codes with text embeddings (align stage)", fontsize=11)
-    return save(fig, points, out_dir, "figure7_contrastive")
+    return save(fig, points, out_dir, name)
 
 
 def plain_log_axis(ax: Axes, values: pd.Series) -> None:
@@ -165,7 +165,7 @@ def plain_log_axis(ax: Axes, values: pd.Series) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def text_ability(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+def text_ability(frame: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
     """Held-out text perplexity (the text-ability probe) against training tokens, text-to-image runs,
     one line per run coloured by initialisation, log y; the probe points as markers (no smoothing)."""
     points = plotted_points(frame, ["heldout_text_ppl"], tasks=("t2i",))
@@ -192,4 +192,4 @@ def text_ability(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     ax.set_ylabel("held-out text perplexity")
     ax.grid(True, which="major", alpha=0.3)
     ax.set_title("Text ability through text-to-image training", fontsize=10)
-    return save(fig, points[TEXT_COLUMNS], out_dir, "text_ability")
+    return save(fig, points[TEXT_COLUMNS], out_dir, name)

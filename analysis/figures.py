@@ -232,13 +232,13 @@ def late_range(points: pd.DataFrame) -> tuple[float, float]:
     return float(lo - 0.1 * span), float(hi + 0.4 * span)
 
 
-def figure3_perplexity(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+def figure3_perplexity(frame: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
     """Figure 3: perplexity against training tokens, pretrained vs random init (raw thin, EMA thick); left
     the whole run on a log axis, right the last 90% of tokens on a linear axis with its own range, where
     the early fall would otherwise flatten the lines onto each other."""
     points = plotted_points(frame, ["perplexity"], log_space=True)
     _require(points, "figure 3", ["perplexity"])
-    return save(draw_figure3(points), points, out_dir, "figure3_perplexity")
+    return save(draw_figure3(points), points, out_dir, name)
 
 
 def draw_figure3(points: pd.DataFrame) -> Figure:
@@ -270,7 +270,7 @@ def draw_figure3(points: pd.DataFrame) -> Figure:
     return fig
 
 
-def figure4_loss_split(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+def figure4_loss_split(frame: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
     """Figure 4: loss on text tokens and on image tokens (two panels) against tokens, one line per init."""
     metrics = ["text_loss", "image_loss"]
     points = plotted_points(frame, metrics)
@@ -287,4 +287,4 @@ def figure4_loss_split(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.set_ylabel(LABELS[metric])
         ax.set_title(LABELS[metric].capitalize(), fontsize=10)
     fig.suptitle(f"Loss split by target token type (text-to-image; {smoothing_label(points)})", fontsize=11)
-    return save(fig, points, out_dir, "figure4_loss_split")
+    return save(fig, points, out_dir, name)

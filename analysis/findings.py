@@ -27,8 +27,9 @@ from typing import Any
 import pandas as pd
 
 from ablate import paper
+from analysis.plot import FIGURE4, FIGURE7, TEXT_ABILITY
 from analysis.runs import label_rank
-from analysis.seeds import paired_interval
+from analysis.seeds import COMPARISONS_TABLE, paired_interval
 from analysis.tables import human
 
 REPRODUCED, NOT_REPRODUCED, NOT_RUN = "reproduced", "not reproduced", "not run"
@@ -68,7 +69,7 @@ def read_csv(out_dir: Path, name: str) -> pd.DataFrame:
 
 
 def _comparison(out_dir: Path, prefix: str, metric: str) -> pd.DataFrame:
-    table = read_csv(out_dir, "comparisons")
+    table = read_csv(out_dir, COMPARISONS_TABLE)
     if table.empty:
         return table
     return table[table["comparison"].str.startswith(prefix) & (table["metric"] == metric)]
@@ -170,7 +171,7 @@ def caption_match_no_gain(out_dir: Path) -> Verdict:
 def _plateau(out_dir: Path) -> Verdict:
     """The align loss has stopped falling: per align run, its last tenth of steps within PLATEAU of the
     tenth before."""
-    points = read_csv(out_dir, "figure7_contrastive")
+    points = read_csv(out_dir, FIGURE7.name)
     if points.empty:
         return Verdict(NOT_RUN, "no align run")
     raw = points[(points["metric"] == "loss") & (points["kind"] == "raw")]
@@ -226,7 +227,7 @@ def text_loss_gap_closes(out_dir: Path) -> Verdict:
     """Pretrained below random early on text tokens (the first 10% of tokens), the gap smaller by the
     end (the last 5%): over seeds, both intervals must exclude 0 (seed-paired, per seed the early gap and
     the early gap less the late one's size)."""
-    points = read_csv(out_dir, "figure4_loss_split")
+    points = read_csv(out_dir, FIGURE4.name)
     if points.empty:
         return Verdict(NOT_RUN, "no text-to-image runs")
     runs = _text_loss_per_run(points[(points["metric"] == "text_loss") & (points["kind"] == "raw")])
@@ -262,7 +263,7 @@ def text_loss_gap_closes(out_dir: Path) -> Verdict:
 def forgetting(out_dir: Path) -> Verdict:
     """Every pretrained run's held-out text perplexity ends at least FORGOT times its value before
     training (the step-0 probe: the pretrained model itself)."""
-    points = read_csv(out_dir, "text_ability")
+    points = read_csv(out_dir, TEXT_ABILITY.name)
     if points.empty or "pretrained" not in set(points["init"]):
         return Verdict(NOT_RUN, "no pretrained text-to-image run with the text-ability probe")
     pretrained = points[points["init"] == "pretrained"]
@@ -292,7 +293,7 @@ def forgetting(out_dir: Path) -> Verdict:
 def freezing_ends_above(out_dir: Path) -> Verdict:
     """Every partial-freeze setting ends above the fully trainable arm: over seeds, the 95% interval of
     each setting's final loss less the full arm's above 0."""
-    table = read_csv(out_dir, "comparisons")
+    table = read_csv(out_dir, COMPARISONS_TABLE)
     rows = (
         table[table["comparison"].str.contains("- all (unconditional", regex=False)]
         if not table.empty

@@ -78,9 +78,15 @@ class Figure:
     sweeps: tuple[str, ...]
     needs: str
     select: Callable[[Frames], pd.DataFrame]
-    draw: Callable[[pd.DataFrame, Fetched], list[Path]]
+    draw: Callable[[pd.DataFrame, Fetched, str], list[Path]]
+    """Draws it from the rows `select` picked into Fetched.out_dir, under the file name it is given (the
+    record's name); returns the paths written."""
     caption: str = ""
     """What it shows, as the report (analysis.report) prints under it."""
+
+    def path(self, out_dir: Path, suffix: str) -> Path:
+        """One of the files it writes into out_dir: `<name><suffix>` (.png, .pdf, .csv; .md for a table)."""
+        return Path(out_dir) / f"{self.name}{suffix}"
 
     def runs_of(self, frames: Frames) -> pd.DataFrame:
         """The rows `select` picks that one of the figure's sweeps uses."""
@@ -89,90 +95,99 @@ class Figure:
 
 
 T2I = ("t2i_init", "demo")
+FIGURE3 = Figure(
+    "figure3_perplexity",
+    T2I,
+    "text-to-image train runs",
+    lambda f: f.t2i,
+    lambda runs, d, name: figures.figure3_perplexity(d.curves_of(runs), d.out_dir, name),
+    caption="Figure 3: perplexity of the text-to-image runs against training tokens, per initialisation: "
+    "the whole run (log scale) and, on a scale of their own, the tokens after the first 10%.",
+)
+FIGURE4 = Figure(
+    "figure4_loss_split",
+    T2I,
+    "text-to-image train runs",
+    lambda f: f.t2i,
+    lambda runs, d, name: figures.figure4_loss_split(d.curves_of(runs), d.out_dir, name),
+    caption="Figure 4: the loss on text tokens (left) and on image tokens (right), per initialisation.",
+)
+FIGURE5 = Figure(
+    "figure5_samples",
+    T2I,
+    "evaluate runs of text-to-image train runs",
+    lambda f: f.t2i[f.t2i["run_id"].isin(f.evals.index)],
+    lambda runs, d, name: samples.figure5_samples(
+        sample_panels(runs, d.evals, d.finals, d.tokens, d.fetch), d.out_dir, name
+    ),
+    caption="Figure 5: generated samples beside the scenes their captions describe, per initialisation.",
+)
+FIGURE6 = Figure(
+    "figure6_freeze",
+    ("freeze", "demo"),
+    "unconditional train runs",
+    lambda f: f.train[f.train["task"] == "uncond"],
+    lambda runs, d, name: curves.figure6_freeze(d.curves_of(runs), runs, d.out_dir, name),
+    caption="Figure 6: unconditional generation with parts of the pretrained model frozen.",
+)
+FIGURE7 = Figure(
+    "figure7_contrastive",
+    ("contrastive", "demo"),
+    "align runs",
+    lambda f: f.table[f.table["stage"] == stages.ALIGN],
+    lambda runs, d, name: curves.figure7_contrastive(d.curves_of(runs), d.out_dir, name),
+    caption="Figure 7: contrastive alignment of the image-code embeddings with the text embeddings.",
+)
+TABLE1 = Figure(
+    "table1_completions",
+    T2I,
+    "text-to-image train runs",
+    lambda f: f.t2i,
+    # Only runs that probed (logged heldout_text_ppl) have completions: the probe runs for pretrained
+    # initialisations only, and a random arm has no file to miss.
+    lambda runs, d, name: tables.table1_completions(
+        completion_records(runs[runs["run_id"].isin(d.probed)], d.tokens, d.fetch), d.out_dir, name
+    ),
+    caption="Table 1: greedy completions before and after text-to-image training.",
+)
+TEXT_ABILITY = Figure(
+    "text_ability",
+    T2I,
+    "text-to-image train runs",
+    lambda f: f.t2i,
+    lambda runs, d, name: curves.text_ability(d.curves_of(runs), d.out_dir, name),
+    caption="Held-out text perplexity of the pretrained runs through text-to-image training (forgetting).",
+)
+SENSITIVITY_LR = Figure(
+    "sensitivity_lr",
+    ("lr",),
+    "text-to-image train runs",
+    lambda f: f.t2i,
+    lambda runs, d, name: sensitivity.sensitivity(
+        sensitivity.final_points(runs, d.finals), "lr", d.out_dir, name
+    ),
+    caption="Final image-token loss against the peak learning rate, per initialisation.",
+)
+SENSITIVITY_BATCH = Figure(
+    "sensitivity_batch",
+    ("batch",),
+    "text-to-image train runs",
+    lambda f: f.t2i,
+    lambda runs, d, name: sensitivity.sensitivity(
+        sensitivity.final_points(runs, d.finals), "batch_tokens", d.out_dir, name
+    ),
+    caption="Final image-token loss against the batch size, per initialisation.",
+)
 FIGURES: tuple[Figure, ...] = (
-    Figure(
-        "figure3_perplexity",
-        T2I,
-        "text-to-image train runs",
-        lambda f: f.t2i,
-        lambda runs, d: figures.figure3_perplexity(d.curves_of(runs), d.out_dir),
-        caption="Figure 3: perplexity of the text-to-image runs against training tokens, per initialisation: "
-        "the whole run (log scale) and, on a scale of their own, the tokens after the first 10%.",
-    ),
-    Figure(
-        "figure4_loss_split",
-        T2I,
-        "text-to-image train runs",
-        lambda f: f.t2i,
-        lambda runs, d: figures.figure4_loss_split(d.curves_of(runs), d.out_dir),
-        caption="Figure 4: the loss on text tokens (left) and on image tokens (right), per initialisation.",
-    ),
-    Figure(
-        "figure5_samples",
-        T2I,
-        "evaluate runs of text-to-image train runs",
-        lambda f: f.t2i[f.t2i["run_id"].isin(f.evals.index)],
-        lambda runs, d: samples.figure5_samples(
-            sample_panels(runs, d.evals, d.finals, d.tokens, d.fetch), d.out_dir
-        ),
-        caption="Figure 5: generated samples beside the scenes their captions describe, per initialisation.",
-    ),
-    Figure(
-        "figure6_freeze",
-        ("freeze", "demo"),
-        "unconditional train runs",
-        lambda f: f.train[f.train["task"] == "uncond"],
-        lambda runs, d: curves.figure6_freeze(d.curves_of(runs), runs, d.out_dir),
-        caption="Figure 6: unconditional generation with parts of the pretrained model frozen.",
-    ),
-    Figure(
-        "figure7_contrastive",
-        ("contrastive", "demo"),
-        "align runs",
-        lambda f: f.table[f.table["stage"] == stages.ALIGN],
-        lambda runs, d: curves.figure7_contrastive(d.curves_of(runs), d.out_dir),
-        caption="Figure 7: contrastive alignment of the image-code embeddings with the text embeddings.",
-    ),
-    Figure(
-        "table1_completions",
-        T2I,
-        "text-to-image train runs",
-        lambda f: f.t2i,
-        # Only runs that probed (logged heldout_text_ppl) have completions: the probe runs for pretrained
-        # initialisations only, and a random arm has no file to miss.
-        lambda runs, d: tables.table1_completions(
-            completion_records(runs[runs["run_id"].isin(d.probed)], d.tokens, d.fetch), d.out_dir
-        ),
-        caption="Table 1: greedy completions before and after text-to-image training.",
-    ),
-    Figure(
-        "text_ability",
-        T2I,
-        "text-to-image train runs",
-        lambda f: f.t2i,
-        lambda runs, d: curves.text_ability(d.curves_of(runs), d.out_dir),
-        caption="Held-out text perplexity of the pretrained runs through text-to-image training (forgetting).",
-    ),
-    Figure(
-        "sensitivity_lr",
-        ("lr",),
-        "text-to-image train runs",
-        lambda f: f.t2i,
-        lambda runs, d: sensitivity.sensitivity(
-            sensitivity.final_points(runs, d.finals), "lr", d.out_dir, "sensitivity_lr"
-        ),
-        caption="Final image-token loss against the peak learning rate, per initialisation.",
-    ),
-    Figure(
-        "sensitivity_batch",
-        ("batch",),
-        "text-to-image train runs",
-        lambda f: f.t2i,
-        lambda runs, d: sensitivity.sensitivity(
-            sensitivity.final_points(runs, d.finals), "batch_tokens", d.out_dir, "sensitivity_batch"
-        ),
-        caption="Final image-token loss against the batch size, per initialisation.",
-    ),
+    FIGURE3,
+    FIGURE4,
+    FIGURE5,
+    FIGURE6,
+    FIGURE7,
+    TABLE1,
+    TEXT_ABILITY,
+    SENSITIVITY_LR,
+    SENSITIVITY_BATCH,
 )
 PRODUCERS = {sweep for figure in FIGURES for sweep in figure.sweeps}
 
@@ -236,7 +251,7 @@ def plot_report(uri: str, out_dir: Path, sweep: str | None = None) -> Report:
                 )
             if selected[figure.name].empty:
                 raise AblateError(f"no {figure.needs} {among}")
-            report.paths += figure.draw(selected[figure.name], data)
+            report.paths += figure.draw(selected[figure.name], data, figure.name)
         except AblateError as exc:  # a figure whose runs are not in this store/sweep: draw the others
             message = f"{figure.name}: {exc}; {how}"
             report.skipped[figure.name] = message

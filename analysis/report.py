@@ -29,8 +29,8 @@ from analysis.findings import (
     num,
     read_csv,
 )
-from analysis.plot import FIGURES, plot_report
-from analysis.tables import PAPER_AFTER, PAPER_BEFORE, human
+from analysis.plot import FIGURES, TABLE1, plot_report
+from analysis.tables import PAPER_AFTER, PAPER_BEFORE, SUMMARY, human
 
 STATUS_CLASS = {
     REPRODUCED: "reproduced",
@@ -102,7 +102,7 @@ def _cell(value: object) -> str:
 def table1_html(out_dir: Path) -> str:
     """Table 1 (table1_completions.csv) as an HTML table that wraps its text; the paper's columns only
     where a prompt is one of the paper's (scale=paper's prompts: ablate.paper)."""
-    table = read_csv(out_dir, "table1_completions")
+    table = read_csv(out_dir, TABLE1.name)
     if table.empty:
         return ""
     esc = html.escape
@@ -218,7 +218,7 @@ def render(
             f"<td>{_with_code(v.numbers)}</td></tr>"
         )
     parts.append("</table>")
-    summary = read_csv(out_dir, "summary")
+    summary = read_csv(out_dir, SUMMARY)
     if not summary.empty:
         parts.append("<h2 id='summary'>Runs</h2><table><tr>")
         cols = [c for c in ("arm", "final_loss", "final_text_loss", "final_image_loss", "heldout_text_ppl",
@@ -231,9 +231,8 @@ def render(
         parts.append("</table>")
     parts.append("<h2 id='figures'>Figures</h2>")
     for fig in FIGURES:
-        png = out_dir / f"{fig.name}.png"
-        md = out_dir / f"{fig.name}.md"
-        table = table1_html(out_dir) if fig.name == "table1_completions" else ""
+        png, md = fig.path(out_dir, ".png"), fig.path(out_dir, ".md")
+        table = table1_html(out_dir) if fig is TABLE1 else ""
         if png.is_file():
             parts.append(f"<figure><img src='{_png(png)}' alt='{esc(fig.name)}'><figcaption>{esc(fig.caption)}"
                          "</figcaption></figure>")  # fmt: skip
@@ -256,7 +255,7 @@ def write_report(uri: str, results: Path, sweep: str | None = None, ui_url: str 
     (results/report.html without a sweep), its MLflow links under `ui_url` (default: `ablate ui`'s)."""
     out_dir = Path(results) / "figures"
     report = plot_report(uri, out_dir, sweep)
-    summary = read_csv(out_dir, "summary")
+    summary = read_csv(out_dir, SUMMARY)
     ui_url = (ui_url or default_ui_url()).rstrip("/")
     title = f"ablate report: sweep {sweep}" if sweep else "ablate report: every tracked sweep"
     links, arms = _run_links(uri, sweep, summary, ui_url), _arms_pages(uri, sweep, ui_url)

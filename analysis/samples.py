@@ -49,11 +49,11 @@ def panel_title(row: pd.Series) -> str:
     return title
 
 
-def figure5_samples(panels: pd.DataFrame, out_dir: Path) -> list[Path]:
+def figure5_samples(panels: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
     """Figure 5 from `panels`, one row per panel: init (the label), arm, train_run_id, evaluate_run_id,
     caption_match_seen, caption_match_heldout, artifact (its path in the evaluate run), local_path (the
     downloaded image). Rows without a readable image are left out; none left raises AblateError.
-    Writes figure5_samples.png/.pdf and .csv (one row per panel drawn)."""
+    Writes <name>.png/.pdf and .csv (one row per panel drawn)."""
     rows = panels.copy()
     for column in PANEL_COLUMNS:
         if column not in rows.columns:
@@ -84,4 +84,4 @@ def figure5_samples(panels: pd.DataFrame, out_dir: Path) -> list[Path]:
     )
     rows["panel"] = np.arange(1, len(rows) + 1)
     rows["local_path"] = rows["local_path"].map(str)
-    return save(fig, rows[PANEL_COLUMNS], out_dir, "figure5_samples")
+    return save(fig, rows[PANEL_COLUMNS], out_dir, name)

@@ -21,6 +21,10 @@ from analysis.curves import FREEZE_SETTINGS
 from analysis.runs import arm_of
 from analysis.tables import as_written, to_csv
 
+ARMS_TABLE, COMPARISONS_TABLE = (
+    "summary_arms",
+    "comparisons",
+)  # the tables written (.csv); the findings read them
 # What makes two runs the same arm but for the seed (summary.csv columns).
 ARM_FIELDS = ("init", "image_init", "task", "trainable", "lr", "batch_tokens", "scale")
 METRICS = ("final_loss", "final_text_loss", "final_image_loss", "final_perplexity", "heldout_text_ppl",
@@ -194,7 +198,7 @@ def write_seed_tables(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
     writes them, measured numbers to 4 significant digits (analysis.tables.to_csv)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "summary_arms.csv", out_dir / "comparisons.csv"]
+    paths = [out_dir / f"{ARMS_TABLE}.csv", out_dir / f"{COMPARISONS_TABLE}.csv"]
     for path, frame in zip(paths, (arm_summary(summary), comparisons(summary)), strict=True):
         atomic_write_text(path, to_csv(frame))
     return paths

@@ -17,6 +17,7 @@ from ablate.errors import AblateError
 from ablate.train.final import FINAL_METRICS
 from analysis.runs import label_rank
 
+SUMMARY = "summary"  # summary.csv, which the report and the findings read
 COMPLETIONS_ARTIFACT = "completions.jsonl"  # ablate.evaluate.text_ability.COMPLETIONS_FILE
 COMPLETION_COLUMNS = ["init", "arm", "run_id", "step", "tokens", "prompt", "completion"]
 # The paper's own completions of its Table 1 prompts, beside ours (empty for any other prompt).
@@ -138,11 +139,11 @@ def _cell(text: object) -> str:
     )
 
 
-def table1_completions(completions: pd.DataFrame, out_dir: Path) -> list[Path]:
+def table1_completions(completions: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
     """Table 1: for each initialisation (one run each), the greedy completion of each probe prompt before
     training (step 0) and after the last probe, with the tokens trained by then, beside the paper's own
     completions of its prompts (columns left out of the markdown when no prompt is the paper's). Writes
-    table1_completions.md (markdown) and .csv (TABLE1_COLUMNS); the paths."""
+    <name>.md (markdown) and .csv (TABLE1_COLUMNS); the paths."""
     if completions.empty:
         raise AblateError(f"table 1: no {COMPLETIONS_ARTIFACT} record of a text-to-image training run")
     table = table1_rows(completions)
@@ -183,7 +184,7 @@ def table1_completions(completions: pd.DataFrame, out_dir: Path) -> list[Path]:
     lines += ["", "Runs: " + "; ".join(f"{r.init}: {r.arm} (`{r.run_id}`)" for r in runs.itertuples())]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    md, csv = out_dir / "table1_completions.md", out_dir / "table1_completions.csv"
+    md, csv = out_dir / f"{name}.md", out_dir / f"{name}.csv"
     atomic_write_text(md, "\n".join(lines) + "\n")
     atomic_write_text(csv, table.to_csv(index=False))
     return [md, csv]
@@ -229,6 +230,6 @@ def write_summary(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
     significant digits (to_csv); final_* are means over the last TAIL_FRACTION of steps)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "summary.csv"
+    path = out_dir / f"{SUMMARY}.csv"
     atomic_write_text(path, to_csv(summary))
     return [path]

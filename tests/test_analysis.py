@@ -15,7 +15,7 @@ from ablate import tracking
 from ablate.errors import AblateError
 from analysis import figures
 from analysis.frames import CURVE_COLUMNS, training_curves
-from analysis.plot import plot_all
+from analysis.plot import FIGURE3, FIGURE4, plot_all
 from analysis.smoothing import ema, ema_span, smoothing_span
 
 STEPS = 60
@@ -100,7 +100,7 @@ def test_training_curves_is_tidy_and_filtered(store: SimpleNamespace, demo_frame
 
 
 def test_figure3_writes_png_pdf_csv_with_both_inits(demo_frame: pd.DataFrame, tmp_path: Path) -> None:
-    paths = figures.figure3_perplexity(demo_frame, tmp_path)
+    paths = figures.figure3_perplexity(demo_frame, tmp_path, FIGURE3.name)
     assert [p.name for p in paths] == [
         "figure3_perplexity.png",
         "figure3_perplexity.pdf",
@@ -125,7 +125,7 @@ def test_figure3_writes_png_pdf_csv_with_both_inits(demo_frame: pd.DataFrame, tm
 
 
 def test_figure4_has_a_panel_per_token_type(demo_frame: pd.DataFrame, tmp_path: Path) -> None:
-    paths = figures.figure4_loss_split(demo_frame, tmp_path)
+    paths = figures.figure4_loss_split(demo_frame, tmp_path, FIGURE4.name)
     assert [p.suffix for p in paths] == [".png", ".pdf", ".csv"] and all(p.exists() for p in paths)
     data = pd.read_csv(paths[2])
     assert set(data["metric"]) == {"text_loss", "image_loss"}
@@ -135,7 +135,7 @@ def test_figure4_has_a_panel_per_token_type(demo_frame: pd.DataFrame, tmp_path: 
 
 def test_figure_without_data_says_what_is_missing(demo_frame: pd.DataFrame, tmp_path: Path) -> None:
     with pytest.raises(AblateError, match="perplexity"):
-        figures.figure3_perplexity(demo_frame[demo_frame["metric"] != "perplexity"], tmp_path)
+        figures.figure3_perplexity(demo_frame[demo_frame["metric"] != "perplexity"], tmp_path, FIGURE3.name)
 
 
 def test_plot_all_draws_every_figure(store: SimpleNamespace, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from matplotlib.image import imsave
 from ablate.errors import AblateError
 from analysis import curves, runs, samples, sensitivity
 from analysis.frames import final_values
+from analysis.plot import FIGURE5
 
 
 def hist(rows: list[tuple[str, str, int, float]]) -> pd.DataFrame:
@@ -94,12 +95,12 @@ def test_figure5_leaves_out_missing_images(tmp_path: Path) -> None:
             "local_path": [str(tmp_path / "missing.png"), str(tmp_path / "a.png")],
         }
     )
-    paths = samples.figure5_samples(panels, tmp_path / "out")
+    paths = samples.figure5_samples(panels, tmp_path / "out", FIGURE5.name)
     data = pd.read_csv(paths[2])
     assert data["init"].tolist() == ["pretrained"] and data["panel"].tolist() == [1]
     assert samples.panel_title(panels.iloc[1]) == "pretrained  (p)\ncaption match: seen 25%, held-out n/a"
     with pytest.raises(AblateError, match="samples.png"):
-        samples.figure5_samples(panels.iloc[:1], tmp_path / "out")
+        samples.figure5_samples(panels.iloc[:1], tmp_path / "out", FIGURE5.name)
 
 
 def test_positional_note() -> None:

@@ -18,7 +18,7 @@ from matplotlib.image import imsave
 from ablate import paper, tracking
 from ablate.errors import AblateError
 from analysis import tables
-from analysis.plot import plot_report
+from analysis.plot import TABLE1, plot_report
 from analysis.smoothing import ema_span, smoothing_span
 
 STEPS = 50  # last 5%: ceil(2.5) = 3 steps
@@ -327,7 +327,7 @@ def test_table1_shows_the_papers_completions_beside_ours(tmp_path: Path) -> None
         ],
         columns=tables.COMPLETION_COLUMNS,
     )
-    md, csv = tables.table1_completions(rows, tmp_path)
+    md, csv = tables.table1_completions(rows, tmp_path, TABLE1.name)
     data = pd.read_csv(csv, keep_default_na=False).set_index("prompt")
     theirs = ["paper, before", "paper, after 5B tokens"]
     assert list(data.columns[-2:]) == theirs

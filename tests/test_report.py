@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from ablate import paper
 from analysis import findings, report, tables
+from analysis.plot import TABLE1
 
 
 def write(out: Path, name: str, frame: pd.DataFrame) -> None:
@@ -57,7 +58,9 @@ def completions_of(prompts: list[str]) -> pd.DataFrame:
 
 
 def test_table1_is_an_html_table_with_the_papers_columns_only_for_its_prompts(tmp_path):
-    tables.table1_completions(completions_of(["Once upon a time", "The cat <b>"]), tmp_path / "demo")
+    tables.table1_completions(
+        completions_of(["Once upon a time", "The cat <b>"]), tmp_path / "demo", TABLE1.name
+    )
     page = report.render(tmp_path / "demo", "t", {}, {})
     assert "<table class='completions'>" in page and "<pre>" not in page
     assert "<td>The cat &lt;b&gt;</td>" in page and "Once at 9 word" in page
@@ -67,7 +70,7 @@ def test_table1_is_an_html_table_with_the_papers_columns_only_for_its_prompts(tm
     )
     assert "900k tokens, step 9" in page
     prompt = paper.TABLE1_PROMPTS[1]
-    tables.table1_completions(completions_of(["Once upon a time", prompt]), tmp_path / "paper")
+    tables.table1_completions(completions_of(["Once upon a time", prompt]), tmp_path / "paper", TABLE1.name)
     page = report.render(tmp_path / "paper", "t", {}, {})
     assert (
         "<th>paper, before</th>" in page and f"<td>{paper.TABLE1_COMPLETIONS[prompt]['after']}</td>" in page
@@ -76,10 +79,10 @@ def test_table1_is_an_html_table_with_the_papers_columns_only_for_its_prompts(tm
 
 
 def test_table1_names_the_seed_of_the_run_it_shows_and_skips_show_commands_as_code(tmp_path):
-    tables.table1_completions(completions_of(["Once upon a time"]), tmp_path / "one")
+    tables.table1_completions(completions_of(["Once upon a time"]), tmp_path / "one", TABLE1.name)
     assert "<td>pretrained</td>" in report.render(tmp_path / "one", "t", {}, {})
     seeded = completions_of(["Once upon a time"]).assign(arm="task=t2i init=pretrained seed=1")
-    tables.table1_completions(seeded, tmp_path / "two")
+    tables.table1_completions(seeded, tmp_path / "two", TABLE1.name)
     skipped = {
         "sensitivity_lr": "its runs come from sweep lr; produce them with `ablate launch sweeps/lr.yaml`"
     }
