@@ -22,10 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ablate.config.schema import OptimConfig, TrainConfig
 from ablate.data.sequence import VocabLayout, layout_t2i
 from ablate.data.shards import ShardDataset, ShardWriter, read_batch
 from ablate.model.transformer import ModelArgs, Transformer
-from ablate.train.loop import LoopConfig, precision_context, train_loop
+from ablate.rundir import RunDir
+from ablate.train.loop import precision_context, train_loop
 
 SEQ, MICRO, ACCUM = 288, 8, 1
 LAYOUT = VocabLayout(text_vocab_size=8192, codebook_size=256)  # the demo's vocabulary
@@ -81,18 +83,31 @@ def full(ds: ShardDataset, steps: int, root: Path, uri: str | None, precision: s
         tracker = tracking.MLflowTracker(uri, run)
     else:
         tracker = tracking.NullTracker()
-    cfg = LoopConfig(
+    train = TrainConfig(
         total_tokens=SEQ * MICRO * ACCUM * steps,
         batch_tokens=SEQ * MICRO * ACCUM,
         micro_batch_size=MICRO,
-        seq_len=SEQ,
-        lr=1e-3,
-        warmup_tokens=0,
         checkpoint_every_tokens=0,
         precision=precision,
     )
+    metrics_log = RunDir(out).metrics_log()
+
+    # As a stage's sink (StageContext.log_metrics) logs: metrics.jsonl, then the tracker.
+    def log_metrics(metrics: dict[str, float], step: int) -> None:
+        metrics_log.append(step, metrics)
+        tracker.log_metrics(metrics, step)
+
     t0 = time.perf_counter()
-    train_loop(model(), ds, LAYOUT, cfg, out, tracker)
+    train_loop(
+        model(),
+        ds,
+        LAYOUT,
+        train,
+        OptimConfig(lr=1e-3, warmup_tokens=0),
+        out,
+        log_metrics,
+        log_params=tracker.log_params,
+    )
     took = time.perf_counter() - t0
     tracker.close()
     return took

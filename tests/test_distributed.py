@@ -20,6 +20,7 @@ import torch
 import torch.multiprocessing as mp
 
 from ablate.config.compose import compose_config, to_run_config
+from ablate.config.schema import OptimConfig, TrainConfig
 from ablate.config.validate import validate
 from ablate.data.sequence import VocabLayout, layout_t2i
 from ablate.data.shards import ShardDataset, ShardWriter
@@ -29,10 +30,9 @@ from ablate.rundir import MetricsLog, RunDir
 from ablate.stages import registry
 from ablate.stages.runner import Job, run_job
 from ablate.stages.stage import Stage
-from ablate.tracking import NullTracker
 from ablate.train import distributed as dist
 from ablate.train.distributed import DistEnv
-from ablate.train.loop import LoopConfig, train_loop
+from ablate.train.loop import LogMetrics, train_loop
 from ablate.train.schedule import plan_batch
 
 LAYOUT = VocabLayout(text_vocab_size=32, codebook_size=16)
@@ -43,18 +43,23 @@ SPAWN_TIMEOUT_S = 240  # a hung collective fails the test instead of blocking th
 STOP_AFTER = 4  # rank 1 alone asks to stop after this step (not a checkpoint step: the stop forces one)
 
 
-def loop_config() -> LoopConfig:
-    return LoopConfig(
+def loop_config() -> tuple[TrainConfig, OptimConfig]:
+    """The train and optim sections the loop reads."""
+    train = TrainConfig(
         total_tokens=SEQ * SEQUENCES * STEPS,
         batch_tokens=SEQ * SEQUENCES,
         micro_batch_size=2,
-        seq_len=SEQ,
-        lr=3e-3,
-        warmup_tokens=SEQ * SEQUENCES * 2,
         checkpoint_every_tokens=SEQ * SEQUENCES * 3,
         seed=1,
-        progress_every_s=0.0,
+        precision="float32",
     )
+    return train, OptimConfig(lr=3e-3, warmup_tokens=SEQ * SEQUENCES * 2)
+
+
+def sink(out_dir: Path) -> LogMetrics:
+    """The stage's sink without a tracker: rows into out_dir/metrics.jsonl."""
+    log = RunDir(out_dir).metrics_log()
+    return lambda metrics, step: log.append(step, metrics)
 
 
 def model() -> Transformer:
@@ -87,12 +92,12 @@ def free_ports(n: int) -> list[int]:
 
 def _forbid_writes_off_rank_0() -> None:
     """Make every output the loop and the runner could write fail loudly on this rank."""
-    import ablate.train.loop as loop_module
+    import ablate.train.state as state_module
 
     def refuse(*args, **kwargs):
         raise AssertionError(f"rank {dist.current().rank} wrote an output")
 
-    loop_module.save_checkpoint = refuse
+    state_module.save_checkpoint = refuse
     for name in ("write_description", "set_status", "mark_complete", "write_progress"):
         setattr(RunDir, name, refuse)
     MetricsLog.append = refuse  # type: ignore[method-assign]
@@ -128,7 +133,7 @@ def _worker(rank: int, world: int, ports: list[int], root: str) -> None:
         assert (env.rank, env.world_size) == (rank, world) == (dist.current().rank, dist.current().world_size)
         data = ShardDataset(out / "shards")
         m = model()
-        train_loop(m, data, LAYOUT, loop_config(), out / "dp", NullTracker())
+        train_loop(m, data, LAYOUT, *loop_config(), out / "dp", sink(out / "dp"))
         torch.save(m.state_dict(), out / f"dp_params_rank{rank}.pt")
 
         calls = {"n": 0}
@@ -139,14 +144,20 @@ def _worker(rank: int, world: int, ports: list[int], root: str) -> None:
 
         with pytest.raises(StopRequested):  # on every rank, though only rank 1 asked
             train_loop(
-                model(), data, LAYOUT, loop_config(), out / "stopped", NullTracker(), should_stop=rank1_stops
+                model(),
+                data,
+                LAYOUT,
+                *loop_config(),
+                out / "stopped",
+                sink(out / "stopped"),
+                should_stop=rank1_stops,
             )
         assert calls["n"] == STOP_AFTER
         if rank == 0:  # a copy for a single-process resume of this 2-rank checkpoint
             shutil.copytree(out / "stopped", out / "stopped_copy")
         dist.barrier()
         m = model()  # a fresh model, as a requeued job would build
-        train_loop(m, data, LAYOUT, loop_config(), out / "stopped", NullTracker())
+        train_loop(m, data, LAYOUT, *loop_config(), out / "stopped", sink(out / "stopped"))
         torch.save(m.state_dict(), out / f"resumed_params_rank{rank}.pt")
 
     # The runner opens (and closes) the process group itself for a data-parallel stage.
@@ -192,7 +203,9 @@ def runs(tmp_path_factory) -> Path:
                 p.kill()
             pytest.fail(f"the 2-rank runs did not finish within {SPAWN_TIMEOUT_S} s")
     m = model()
-    train_loop(m, ShardDataset(root / "shards"), LAYOUT, loop_config(), root / "single", NullTracker())
+    train_loop(
+        m, ShardDataset(root / "shards"), LAYOUT, *loop_config(), root / "single", sink(root / "single")
+    )
     torch.save(m.state_dict(), root / "single_params.pt")
     return root
 
@@ -244,7 +257,14 @@ def test_a_stop_on_one_rank_stops_both_and_the_resume_ends_equal(runs):
 def test_a_two_rank_checkpoint_resumes_in_one_process(runs):
     """Data positions are global: another world size continues the same stream."""
     m = model()
-    train_loop(m, ShardDataset(runs / "shards"), LAYOUT, loop_config(), runs / "stopped_copy", NullTracker())
+    train_loop(
+        m,
+        ShardDataset(runs / "shards"),
+        LAYOUT,
+        *loop_config(),
+        runs / "stopped_copy",
+        sink(runs / "stopped_copy"),
+    )
     assert_same_params(m.state_dict(), params(runs / "single_params.pt"), **TOL)
     for a, b in zip(rows(runs / "stopped_copy"), rows(runs / "single"), strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
@@ -341,4 +361,4 @@ def test_the_loop_refuses_several_ranks_without_a_process_group(monkeypatch, tmp
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(RuntimeError, match="not initialised"):
-        train_loop(model(), None, LAYOUT, loop_config(), tmp_path, NullTracker())  # type: ignore[arg-type]
+        train_loop(model(), None, LAYOUT, *loop_config(), tmp_path, sink(tmp_path))  # type: ignore[arg-type]

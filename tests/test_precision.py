@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_train_loop import LAYOUT, SEQ, dataset, loop_config, model, rows  # noqa: F401  (dataset: a fixture)
+from test_train_loop import LAYOUT, SEQ, dataset, loop_config, model, rows, sink  # noqa: F401  (dataset: a fixture)
 
 from ablate.config.compose import compose_config, to_run_config
 from ablate.errors import ConfigError, StopRequested
 from ablate.stages.plan import plan_stages
-from ablate.tracking import NullTracker
 from ablate.train.loop import native_bf16, precision_context, train_loop
 
 # bf16 keeps 8 mantissa bits; over 12 steps of this model the loss stays within this of float32's.
@@ -23,8 +22,12 @@ def losses(out_dir) -> np.ndarray:
 
 
 def test_bf16_autocast_trains_and_tracks_float32(dataset, tmp_path):  # noqa: F811
-    train_loop(model(), dataset, LAYOUT, loop_config(precision="float32"), tmp_path / "f32", NullTracker())
-    train_loop(model(), dataset, LAYOUT, loop_config(precision="bf16"), tmp_path / "bf16", NullTracker())
+    train_loop(
+        model(), dataset, LAYOUT, *loop_config(precision="float32"), tmp_path / "f32", sink(tmp_path / "f32")
+    )
+    train_loop(
+        model(), dataset, LAYOUT, *loop_config(precision="bf16"), tmp_path / "bf16", sink(tmp_path / "bf16")
+    )
     f32, bf16 = losses(tmp_path / "f32"), losses(tmp_path / "bf16")
     assert len(f32) == len(bf16) == 12
     assert bf16[-1] < bf16[0] - 0.5  # it learns
@@ -49,10 +52,15 @@ def test_auto_is_bf16_only_where_bf16_is_native_and_bad_values_are_config_errors
 
 
 def test_activation_checkpointing_gives_the_same_losses(dataset, tmp_path):  # noqa: F811
-    train_loop(model(), dataset, LAYOUT, loop_config(), tmp_path / "plain", NullTracker())
+    train_loop(model(), dataset, LAYOUT, *loop_config(), tmp_path / "plain", sink(tmp_path / "plain"))
     m = model()
     train_loop(
-        m, dataset, LAYOUT, loop_config(activation_checkpointing=True), tmp_path / "ckpt", NullTracker()
+        m,
+        dataset,
+        LAYOUT,
+        *loop_config(activation_checkpointing=True),
+        tmp_path / "ckpt",
+        sink(tmp_path / "ckpt"),
     )
     assert m.activation_checkpointing
     np.testing.assert_allclose(losses(tmp_path / "ckpt"), losses(tmp_path / "plain"), rtol=1e-5, atol=1e-6)
@@ -61,9 +69,9 @@ def test_activation_checkpointing_gives_the_same_losses(dataset, tmp_path):  # n
 @pytest.mark.slow
 def test_compile_gives_the_same_losses(dataset, tmp_path):  # noqa: F811
     cfg = loop_config(total_tokens=SEQ * 8 * 4, checkpoint_every_tokens=0)
-    train_loop(model(), dataset, LAYOUT, cfg, tmp_path / "eager", NullTracker())
+    train_loop(model(), dataset, LAYOUT, *cfg, tmp_path / "eager", sink(tmp_path / "eager"))
     compiled = loop_config(total_tokens=SEQ * 8 * 4, checkpoint_every_tokens=0, compile=True)
-    train_loop(model(), dataset, LAYOUT, compiled, tmp_path / "compiled", NullTracker())
+    train_loop(model(), dataset, LAYOUT, *compiled, tmp_path / "compiled", sink(tmp_path / "compiled"))
     np.testing.assert_allclose(
         losses(tmp_path / "compiled"), losses(tmp_path / "eager"), rtol=1e-4, atol=1e-5
     )
@@ -81,14 +89,14 @@ def test_a_run_resumes_under_another_precision(dataset, tmp_path):  # noqa: F811
             model(),
             dataset,
             LAYOUT,
-            loop_config(precision="float32"),
+            *loop_config(precision="float32"),
             tmp_path,
-            NullTracker(),
+            sink(tmp_path),
             should_stop=stop_at_6,
         )
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
     assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
-    train_loop(model(), dataset, LAYOUT, loop_config(precision="bf16"), tmp_path, NullTracker())
+    train_loop(model(), dataset, LAYOUT, *loop_config(precision="bf16"), tmp_path, sink(tmp_path))
     logged = rows(tmp_path)
     assert [r["step"] for r in logged] == list(range(1, 13))  # continued, no step twice
     assert logged[-1]["loss"] < logged[0]["loss"] - 0.5

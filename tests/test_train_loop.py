@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from ablate.config.schema import OptimConfig, TrainConfig
 from ablate.data.sequence import VocabLayout, layout_t2i
 from ablate.data.shards import ShardDataset, ShardWriter
 from ablate.errors import StopRequested
 from ablate.model.transformer import ModelArgs, Transformer
-from ablate.tracking import NullTracker
-from ablate.train.loop import LoopConfig, train_loop
+from ablate.rundir import RunDir
+from ablate.train.loop import LogMetrics, train_loop
 
 LAYOUT = VocabLayout(text_vocab_size=32, codebook_size=16)
 SEQ = 40
@@ -38,20 +39,25 @@ def model() -> Transformer:
     return Transformer(ModelArgs(hidden_dim=32, n_layers=2, n_heads=2, seq_len=SEQ, vocab_size=LAYOUT.size))
 
 
-def loop_config(**kw) -> LoopConfig:
+def loop_config(
+    lr: float = 3e-3, warmup_tokens: int = SEQ * 8 * 2, **train
+) -> tuple[TrainConfig, OptimConfig]:
+    """The train and optim sections the loop reads (train.* overridable by keyword)."""
     base = dict(
         total_tokens=SEQ * 8 * 12,
         batch_tokens=SEQ * 8,
         micro_batch_size=4,
-        seq_len=SEQ,
-        lr=3e-3,
-        warmup_tokens=SEQ * 8 * 2,
         checkpoint_every_tokens=SEQ * 8 * 5,
         seed=1,
-        progress_every_s=0.0,
+        precision="float32",
     )
-    base.update(kw)
-    return LoopConfig(**base)
+    return TrainConfig(**{**base, **train}), OptimConfig(lr=lr, warmup_tokens=warmup_tokens)
+
+
+def sink(out_dir) -> LogMetrics:
+    """The stage's sink without a tracker: rows into out_dir/metrics.jsonl (the first value of a step)."""
+    log = RunDir(out_dir).metrics_log()
+    return lambda metrics, step: log.append(step, metrics)
 
 
 def rows(out_dir):
@@ -59,8 +65,7 @@ def rows(out_dir):
 
 
 def test_loop_learns_and_logs_every_step_once(dataset, tmp_path):
-    tracker = NullTracker()
-    final = train_loop(model(), dataset, LAYOUT, loop_config(), tmp_path, tracker)
+    final = train_loop(model(), dataset, LAYOUT, *loop_config(), tmp_path, sink(tmp_path))
     logged = rows(tmp_path)
     assert [r["step"] for r in logged] == list(range(1, 13))
     assert logged[-1]["loss"] < logged[0]["loss"] - 0.5
@@ -77,7 +82,7 @@ def test_loop_learns_and_logs_every_step_once(dataset, tmp_path):
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_interrupted_run_resumes_to_the_same_curve(dataset, tmp_path, dropout):
     straight = tmp_path / "straight"
-    train_loop(model(), dataset, LAYOUT, loop_config(caption_dropout=dropout), straight, NullTracker())
+    train_loop(model(), dataset, LAYOUT, *loop_config(caption_dropout=dropout), straight, sink(straight))
 
     broken = tmp_path / "broken"
     calls = {"n": 0}
@@ -91,14 +96,14 @@ def test_interrupted_run_resumes_to_the_same_curve(dataset, tmp_path, dropout):
             model(),
             dataset,
             LAYOUT,
-            loop_config(caption_dropout=dropout),
+            *loop_config(caption_dropout=dropout),
             broken,
-            NullTracker(),
+            sink(broken),
             should_stop=stop_at_7,
         )
     assert [r["step"] for r in rows(broken)] == list(range(1, 8))
     # A fresh process would rebuild the model from scratch; the checkpoint restores everything else.
-    train_loop(model(), dataset, LAYOUT, loop_config(caption_dropout=dropout), broken, NullTracker())
+    train_loop(model(), dataset, LAYOUT, *loop_config(caption_dropout=dropout), broken, sink(broken))
     a, b = rows(straight), rows(broken)
     assert [r["step"] for r in b] == list(range(1, 13))  # no duplicate steps
     for ra, rb in zip(a, b, strict=True):
@@ -110,7 +115,7 @@ def test_caption_dropout_trains_that_share_of_sequences_on_the_empty_caption(dat
     """What the model is fed: about 30% of rows <doc> <text> </text> <image>..., the others as stored."""
     net, fed = model(), []
     net.register_forward_pre_hook(lambda _m, args: fed.append(args[0].clone()))
-    train_loop(net, dataset, LAYOUT, loop_config(caption_dropout=0.3), tmp_path, NullTracker())
+    train_loop(net, dataset, LAYOUT, *loop_config(caption_dropout=0.3), tmp_path, sink(tmp_path))
     inputs = torch.cat(fed)  # (12 steps x 8 sequences, SEQ - 1)
     empty = (inputs[:, 2] == LAYOUT.text_end) & (inputs[:, 3] == LAYOUT.image)
     assert 0.15 < float(empty.float().mean()) < 0.45
@@ -128,10 +133,9 @@ def test_crash_between_checkpoints_drops_the_unsaved_steps(dataset, tmp_path):
         return False
 
     with pytest.raises(RuntimeError):
-        train_loop(model(), dataset, LAYOUT, loop_config(), tmp_path, NullTracker(), should_stop=crash)
+        train_loop(model(), dataset, LAYOUT, *loop_config(), tmp_path, sink(tmp_path), should_stop=crash)
     assert len(rows(tmp_path)) == 8
-    tracker = NullTracker()
-    train_loop(model(), dataset, LAYOUT, loop_config(), tmp_path, tracker)
+    train_loop(model(), dataset, LAYOUT, *loop_config(), tmp_path, sink(tmp_path))
     assert [r["step"] for r in rows(tmp_path)] == list(range(1, 13))
 
 
@@ -141,7 +145,7 @@ def test_frozen_parameters_do_not_move(dataset, tmp_path):
     m = model()
     apply_trainable(m, "emb_out")
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
-    train_loop(m, dataset, LAYOUT, loop_config(total_tokens=SEQ * 8 * 3), tmp_path, NullTracker())
+    train_loop(m, dataset, LAYOUT, *loop_config(total_tokens=SEQ * 8 * 3), tmp_path, sink(tmp_path))
     for n, p in m.named_parameters():
         moved = not torch.equal(p, before[n])
         assert moved == (n.startswith("tok_embeddings") or n.startswith("output")), n
@@ -155,6 +159,8 @@ def test_a_text_only_run_logs_no_image_loss(tmp_path):
             w.add(rng.integers(0, LAYOUT.text_vocab_size, SEQ))  # text ids only, as pretrain's shards
         w.finish({"vocab": LAYOUT.to_dict()})
     cfg = loop_config(total_tokens=SEQ * 8 * 2, checkpoint_every_tokens=0)
-    train_loop(model(), ShardDataset(tmp_path / "text"), LAYOUT, cfg, tmp_path / "run", NullTracker())
+    train_loop(
+        model(), ShardDataset(tmp_path / "text"), LAYOUT, *cfg, tmp_path / "run", sink(tmp_path / "run")
+    )
     for r in rows(tmp_path / "run"):
         assert "text_loss" in r and "image_loss" not in r

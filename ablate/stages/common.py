@@ -1,4 +1,4 @@
-"""What the training stages (`pretrain`, `train`) share: model arguments, loop settings, the final save.
+"""What the training stages (`pretrain`, `train`) share: model arguments, the loop call, the final save.
 
 Torch loads when a stage runs, not when a launch plans one (tests/test_launch_imports.py): the stage
 modules import the model, data and training code inside the functions that run them.
@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from ablate.atomic import atomic_write_text
-from ablate.config.schema import RunConfig
+from ablate.config.schema import OptimConfig, RunConfig, TrainConfig
 from ablate.data.sequence import VocabLayout
 from ablate.errors import ConfigError
 from ablate.model.args import ModelArgs, open_lm_arch
@@ -21,7 +21,6 @@ from ablate.stages.context import StageContext
 if TYPE_CHECKING:
     from ablate.data.shards import ShardDataset
     from ablate.model.transformer import Transformer
-    from ablate.train.loop import LoopConfig
 
 # Model fields that define the architecture (what a pretrained checkpoint must match); all but
 # text_vocab_size are ModelArgs fields of the same name. model.config_json replaces them all.
@@ -69,39 +68,18 @@ def model_args(cfg: RunConfig, vocab_size: int) -> ModelArgs:
     return ModelArgs(seq_len=cfg.data.seq_len, vocab_size=vocab_size, **arch)
 
 
-def loop_config(
-    cfg: RunConfig, *, total_tokens: int, batch_tokens: int, lr: float, warmup_tokens: int, seed: int
-) -> LoopConfig:
-    """The loop's settings: the stage's budget and LR; AdamW, clipping and checkpointing from the config."""
-    from ablate.train.loop import LoopConfig
-
-    return LoopConfig(
-        total_tokens=total_tokens,
-        batch_tokens=batch_tokens,
-        micro_batch_size=cfg.train.micro_batch_size,
-        seq_len=cfg.data.seq_len,
-        lr=lr,
-        warmup_tokens=warmup_tokens,
-        optim=cfg.optim,
-        checkpoint_every_tokens=cfg.train.checkpoint_every_tokens,
-        seed=seed,
-        precision=cfg.train.precision,
-        compile=cfg.train.compile,
-        activation_checkpointing=cfg.train.activation_checkpointing,
-        grad_reduce_dtype=cfg.train.grad_reduce_dtype,
-    )
-
-
 def train_and_save(
     ctx: StageContext,
     model: Transformer,
     dataset: ShardDataset,
     layout: VocabLayout,
-    loop: LoopConfig,
+    train: TrainConfig,
+    optim: OptimConfig,
     evaluate: Callable[[int, int], dict[str, float]] | None = None,
     eval_every_tokens: int = 0,
 ) -> dict[str, float]:
-    """Run the loop, then save the model as an open_lm release (model.pt + model_config.json).
+    """Run the loop on the stage's train and optim sections, then save the model as an open_lm release
+    (model.pt + model_config.json). Metrics go through the stage's sink (ctx.log_metrics).
 
     Data-parallel when the runner opened a process group: every rank trains on this rank's GPU (or the CPU);
     rank 0 alone writes the model, and the others wait until it is written.
@@ -111,13 +89,17 @@ def train_and_save(
     from ablate.train.loop import train_loop
 
     model.to(dist.training_device())
+    if dist.is_main():  # a resumed stage appends again after a row a crash may have cut short: cut it
+        ctx.metrics_log.truncate_after(0)
     final = train_loop(
         model,
         dataset,
         layout,
-        loop,
+        train,
+        optim,
         ctx.out_dir,
-        ctx.tracker,
+        ctx.log_metrics,
+        log_params=ctx.tracker.log_params,
         evaluate=evaluate,
         eval_every_tokens=eval_every_tokens,
         should_stop=ctx.should_stop,

@@ -7,17 +7,22 @@ keys), so the `train` stage loads both the same way.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 
-from ablate.config.schema import RunConfig
+from ablate.config.schema import UNKEYED_FIELDS, OptimConfig, RunConfig, TrainConfig
 from ablate.data.sequence import VocabLayout
 from ablate.stages import names
-from ablate.stages.common import arch_config, loop_config, model_args, train_and_save
+from ablate.stages.common import arch_config, model_args, train_and_save
 from ablate.stages.context import StageContext
 from ablate.stages.stage import Stage
 from ablate.stages.text_tokenizer import load_corpus, open_text_tokenizer
+
+# What pretraining sets itself instead of the train and optim sections: its budget, LR, warm-up and seed
+# (from the pretrain section); no caption dropout (text only); no freeze preset (that is the arm's).
+_OWN_TRAIN = ("total_tokens", "batch_tokens", "seed", "caption_dropout", "trainable")
+_OWN_OPTIM = ("lr", "warmup_tokens")
 
 
 def pack_documents(docs: list[str], tokenizer, seq_len: int, separator: str = "\n\n") -> np.ndarray:
@@ -75,26 +80,29 @@ def run(ctx: StageContext) -> None:
     model = Transformer(args)
     ctx.tracker.log_params({"n_params": count_parameters(model)})
     ctx.log(f"language model: {count_parameters(model):,} parameters; {len(dataset)} sequences of {seq_len}")
-    loop = loop_config(
-        cfg,
-        total_tokens=p.total_tokens,
-        batch_tokens=p.batch_tokens,
-        lr=p.lr,
-        warmup_tokens=p.warmup_tokens,
-        seed=p.seed,
+    train_and_save(ctx, model, dataset, layout, *loop_sections(cfg))
+
+
+def loop_sections(cfg: RunConfig) -> tuple[TrainConfig, OptimConfig]:
+    """The train and optim sections as the loop reads them for pretraining (see _OWN_TRAIN)."""
+    p = cfg.pretrain
+    train = replace(
+        cfg.train, total_tokens=p.total_tokens, batch_tokens=p.batch_tokens, seed=p.seed, caption_dropout=0.0
     )
-    train_and_save(ctx, model, dataset, layout, loop)
+    return train, replace(cfg.optim, lr=p.lr, warmup_tokens=p.warmup_tokens)
 
 
 def config(cfg: RunConfig) -> dict:
-    """What the key hashes: architecture, pretraining budget, AdamW (its own LR and warm-up) and batching."""
+    """What the key hashes: architecture, pretraining budget, AdamW (its own LR and warm-up), and the
+    train section's fields the loop reads that pretraining does not set itself (batching, checkpointing),
+    at the top level; unkeyed ones (precision, ...) left out."""
+    unkeyed = [f.split(".", 1)[1] for f in UNKEYED_FIELDS if f.startswith("train.")]
     return {
         "arch": arch_config(cfg),
         "pretrain": asdict(cfg.pretrain),
         "seq_len": cfg.data.seq_len,
-        "optim": {k: v for k, v in asdict(cfg.optim).items() if k not in ("lr", "warmup_tokens")},
-        "micro_batch_size": cfg.train.micro_batch_size,
-        "checkpoint_every_tokens": cfg.train.checkpoint_every_tokens,
+        "optim": {k: v for k, v in asdict(cfg.optim).items() if k not in _OWN_OPTIM},
+        **{k: v for k, v in asdict(cfg.train).items() if k not in (*_OWN_TRAIN, *unkeyed)},
     }
 
 

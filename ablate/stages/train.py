@@ -10,7 +10,7 @@ from ablate.config.schema import EXECUTION_SECTIONS, UNKEYED_FIELDS, RunConfig
 from ablate.data.sequence import VocabLayout
 from ablate.errors import CheckpointError
 from ablate.stages import names
-from ablate.stages.common import arch_config, loop_config, model_args, train_and_save
+from ablate.stages.common import arch_config, model_args, train_and_save
 from ablate.stages.context import StageContext
 from ablate.stages.inputs import heldout_shards, open_text_tokenizer, pretrained_checkpoint
 from ablate.stages.slices import PROBE_FIELDS
@@ -133,19 +133,10 @@ def run(ctx: StageContext) -> None:
         f"{cfg.model.init} init, trainable={cfg.train.trainable}: {trainable:,} of {total:,} parameters train; "
         f"vocabulary {layout.size} = {layout.text_vocab_size} text + 7 special + {layout.codebook_size} image"
     )
-    t = cfg.train
-    loop = loop_config(
-        cfg,
-        total_tokens=t.total_tokens,
-        batch_tokens=t.batch_tokens,
-        lr=cfg.optim.lr,
-        warmup_tokens=cfg.optim.warmup_tokens,
-        seed=t.seed,
-    )
-    if cfg.data.task == "t2i":
-        loop = replace(loop, caption_dropout=t.caption_dropout)
+    # Caption dropout is a text-to-image setting: an unconditional run has no caption to drop.
+    train = cfg.train if cfg.data.task == "t2i" else replace(cfg.train, caption_dropout=0.0)
     probe = text_probe(ctx, model, layout)
-    train_and_save(ctx, model, dataset, layout, loop, probe, cfg.evaluate.probe_every_tokens)
+    train_and_save(ctx, model, dataset, layout, train, cfg.optim, probe, cfg.evaluate.probe_every_tokens)
     if dist.is_main():
         log_final_values(ctx)
 
