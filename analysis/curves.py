@@ -16,6 +16,7 @@ from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, NullForma
 
 from ablate import tracking
 from ablate.errors import AblateError
+from ablate.metrics import HELDOUT_TEXT_PPL, LOSS, TEMPERATURE
 from analysis.figures import PLOT_COLUMNS, _colors, _draw, joined, plotted_points, save, smoothing_label
 from analysis.runs import label_rank
 
@@ -77,7 +78,7 @@ def figure6_freeze(frame: pd.DataFrame, runs: pd.DataFrame, out_dir: Path, name:
     """Figure 6: unconditional generation, loss against tokens, one line per freeze setting (init and
     train.trainable); raw thin and faint, EMA thick. `runs`: the run table (analysis.runs.run_table) rows
     of those runs, for their ablate.positional_params tag (the note under the legend)."""
-    points = plotted_points(frame, ["loss"], tasks=("uncond",), extra=("trainable",))
+    points = plotted_points(frame, [LOSS], tasks=("uncond",), extra=("trainable",))
     span = points.attrs.get("span")
     if points.empty:
         raise AblateError("figure 6: no unconditional training run has logged loss together with tokens")
@@ -120,8 +121,8 @@ def figure6_freeze(frame: pd.DataFrame, runs: pd.DataFrame, out_dir: Path, name:
 def figure7_contrastive(frame: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
     """Figure 7: the align stage's CLIP loss (raw thin, EMA thick) and temperature against step, one
     line per align run, two panels. `frame`: curves of align runs (metrics loss, temperature)."""
-    loss = plotted_points(frame, ["loss"], tasks=None, x="step")
-    temp = plotted_points(frame, ["temperature"], tasks=None, x="step")
+    loss = plotted_points(frame, [LOSS], tasks=None, x="step")
+    temp = plotted_points(frame, [TEMPERATURE], tasks=None, x="step")
     temp = temp[temp["kind"] == "raw"]  # a learned scalar: no noise to smooth
     if loss.empty and temp.empty:
         raise AblateError("figure 7: no align run has logged loss or temperature")
@@ -168,7 +169,7 @@ def plain_log_axis(ax: Axes, values: pd.Series) -> None:
 def text_ability(frame: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
     """Held-out text perplexity (the text-ability probe) against training tokens, text-to-image runs,
     one line per run coloured by initialisation, log y; the probe points as markers (no smoothing)."""
-    points = plotted_points(frame, ["heldout_text_ppl"], tasks=("t2i",))
+    points = plotted_points(frame, [HELDOUT_TEXT_PPL], tasks=("t2i",))
     points = points[points["kind"] == "raw"].copy()
     if points.empty:
         raise AblateError(

@@ -19,6 +19,7 @@ from matplotlib.ticker import EngFormatter
 
 from ablate.atomic import atomic_path
 from ablate.errors import AblateError
+from ablate.metrics import IMAGE_LOSS, LOSS, PERPLEXITY, TEXT_LOSS
 from analysis.runs import arm_of, init_label, label_rank
 from analysis.smoothing import ema_span, smoothing_span
 from analysis.tables import human
@@ -29,10 +30,10 @@ INIT_COLORS = {"pretrained": "tab:blue", "random": "tab:orange"}
 _OTHER_COLORS = ["tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
 PLOT_COLUMNS = ["series", "metric", "run_id", "arm", "init", "kind", "step", "tokens", "value"]
 LABELS = {
-    "perplexity": "perplexity",
-    "text_loss": "text-token loss",
-    "image_loss": "image-token loss",
-    "loss": "loss",
+    PERPLEXITY: "perplexity",
+    TEXT_LOSS: "text-token loss",
+    IMAGE_LOSS: "image-token loss",
+    LOSS: "loss",
 }
 
 
@@ -236,8 +237,8 @@ def figure3_perplexity(frame: pd.DataFrame, out_dir: Path, name: str) -> list[Pa
     """Figure 3: perplexity against training tokens, pretrained vs random init (raw thin, EMA thick); left
     the whole run on a log axis, right the last 90% of tokens on a linear axis with its own range, where
     the early fall would otherwise flatten the lines onto each other."""
-    points = plotted_points(frame, ["perplexity"], log_space=True)
-    _require(points, "figure 3", ["perplexity"])
+    points = plotted_points(frame, [PERPLEXITY], log_space=True)
+    _require(points, "figure 3", [PERPLEXITY])
     return save(draw_figure3(points), points, out_dir, name)
 
 
@@ -272,7 +273,7 @@ def draw_figure3(points: pd.DataFrame) -> Figure:
 
 def figure4_loss_split(frame: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
     """Figure 4: loss on text tokens and on image tokens (two panels) against tokens, one line per init."""
-    metrics = ["text_loss", "image_loss"]
+    metrics = [TEXT_LOSS, IMAGE_LOSS]
     points = plotted_points(frame, metrics)
     _require(points, "figure 4", metrics)
     colors = _colors(points["init"].unique())

@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from ablate import paper
+from ablate.metrics import CAPTION_MATCH_SEEN, FINAL_IMAGE_LOSS, FINAL_LOSS, LOSS, TEXT_LOSS
 from analysis.plot import FIGURE4, FIGURE7, TEXT_ABILITY
 from analysis.runs import label_rank
 from analysis.seeds import COMPARISONS_TABLE, paired_interval
@@ -146,7 +147,7 @@ def _no_gain(
 
 
 def image_loss_no_gain(out_dir: Path) -> Verdict:
-    rows = _comparison(out_dir, "pretrained - random", "final_image_loss")
+    rows = _comparison(out_dir, "pretrained - random", FINAL_IMAGE_LOSS)
     return _no_gain(rows, "image-token loss, pretrained vs random", "pretrained - random")
 
 
@@ -155,7 +156,7 @@ def caption_match_no_gain(out_dir: Path) -> Verdict:
              ("contrastive - random", "contrastive vs random image-code embeddings"))  # fmt: skip
     parts = [
         _no_gain(
-            _comparison(out_dir, key, "caption_match_seen"),
+            _comparison(out_dir, key, CAPTION_MATCH_SEEN),
             f"caption match (seen), {what}",
             key,
             higher_is_better=True,
@@ -174,7 +175,7 @@ def _plateau(out_dir: Path) -> Verdict:
     points = read_csv(out_dir, FIGURE7.name)
     if points.empty:
         return Verdict(NOT_RUN, "no align run")
-    raw = points[(points["metric"] == "loss") & (points["kind"] == "raw")]
+    raw = points[(points["metric"] == LOSS) & (points["kind"] == "raw")]
     parts, ok = [], True
     for _, run in raw.groupby(
         raw["run_id"] if "run_id" in raw else pd.Series(0, index=raw.index), sort=False
@@ -194,7 +195,7 @@ def _plateau(out_dir: Path) -> Verdict:
 
 
 def contrastive_no_gain(out_dir: Path) -> Verdict:
-    rows = _comparison(out_dir, "contrastive - random", "final_image_loss")
+    rows = _comparison(out_dir, "contrastive - random", FINAL_IMAGE_LOSS)
     gain = _no_gain(
         rows, "image-token loss, contrastive vs random image-code embeddings", "contrastive - random"
     )
@@ -230,7 +231,7 @@ def text_loss_gap_closes(out_dir: Path) -> Verdict:
     points = read_csv(out_dir, FIGURE4.name)
     if points.empty:
         return Verdict(NOT_RUN, "no text-to-image runs")
-    runs = _text_loss_per_run(points[(points["metric"] == "text_loss") & (points["kind"] == "raw")])
+    runs = _text_loss_per_run(points[(points["metric"] == TEXT_LOSS) & (points["kind"] == "raw")])
     inits = sorted(set(runs.index.get_level_values("init")), key=label_rank)
     if not {"pretrained", "random"} <= set(inits):
         return Verdict(NOT_RUN, "needs both a pretrained and a random text-to-image run")
@@ -299,7 +300,7 @@ def freezing_ends_above(out_dir: Path) -> Verdict:
         if not table.empty
         else table
     )
-    rows = rows[rows["metric"] == "final_loss"] if not rows.empty else rows
+    rows = rows[rows["metric"] == FINAL_LOSS] if not rows.empty else rows
     if rows.empty:
         return Verdict(
             NOT_RUN, "needs the fully trainable unconditional arm beside a frozen one (sweeps/freeze.yaml)"

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ablate import tracking
+from ablate.metrics import STEP_METRICS, TOKENS
 from ablate.stages import names as stages
 from ablate.train.final import TAIL_FRACTION  # "final" value of a curve: its last 5% of steps, averaged
 from analysis.runs import source_column
@@ -15,7 +16,7 @@ from analysis.runs import source_column
 # Per run, from tracking.fetch_runs through the one column mapping, analysis.runs.SOURCES.
 META_COLUMNS = ("sweep", "arm", "init", "image_init", "task", "trainable")
 CURVE_COLUMNS = ["run_id", *META_COLUMNS, "step", "tokens", "metric", "value"]
-CURVE_METRICS = ("loss", "text_loss", "image_loss", "perplexity", "lr", "tokens_per_s")
+CURVE_METRICS = STEP_METRICS  # a train run's own curves: what its every step logs
 FINAL_COLUMNS = ["run_id", "key", "n", "last_step", "last", "tail_n", "tail_mean"]
 
 
@@ -28,9 +29,9 @@ def training_curves(
 
 def curves_from_runs(uri: str, runs: pd.DataFrame, metrics: Sequence[str] = CURVE_METRICS) -> pd.DataFrame:
     """training_curves for the given rows of tracking.fetch_runs, ordered by run (as given), metric, step."""
-    metrics = [m for m in dict.fromkeys(metrics) if m != "tokens"]
+    metrics = [m for m in dict.fromkeys(metrics) if m != TOKENS]
     ids = runs["run_id"].drop_duplicates() if not runs.empty else []
-    hist = tracking.fetch_histories(uri, ids, [*metrics, "tokens"]) if len(ids) else None
+    hist = tracking.fetch_histories(uri, ids, [*metrics, TOKENS]) if len(ids) else None
     return curves_from_histories(runs, hist, metrics)
 
 
@@ -49,10 +50,10 @@ def curves_from_histories(
     if runs.empty or hist is None or hist.empty:
         return empty
     runs = runs.drop_duplicates("run_id")
-    metrics = [m for m in dict.fromkeys(metrics) if m != "tokens"]  # tokens is the x column, always fetched
+    metrics = [m for m in dict.fromkeys(metrics) if m != TOKENS]  # tokens is the x column, always fetched
     # hist is sorted by run, key (in fetch order), step, time; a subset of its rows stays so sorted.
     run = pd.Index(runs["run_id"]).get_indexer(hist["run_id"])
-    key = pd.Index([*metrics, "tokens"]).get_indexer(hist["key"])
+    key = pd.Index([*metrics, TOKENS]).get_indexer(hist["key"])
     wanted = (run >= 0) & (key >= 0)
     if not wanted.all():
         hist, run, key = hist[wanted], run[wanted], key[wanted]

@@ -20,15 +20,17 @@ import pandas as pd
 
 from ablate import tracking
 from ablate.errors import AblateError
+from ablate.metrics import EVAL_METRICS, HELDOUT_TEXT_PPL, LOSSES, TEMPERATURE, TOKENS
 from ablate.stages import names as stages
 from analysis import curves, figures, runs, samples, seeds, sensitivity, tables
 from analysis.frames import curves_from_histories, final_values
 
 log = logging.getLogger(__name__)
 
-CURVE_KEYS = ("loss", "text_loss", "image_loss", "perplexity", "heldout_text_ppl", "temperature")
-HISTORY_KEYS = (*CURVE_KEYS, "tokens", *tables.EVAL_METRICS)
-PROBE_METRIC = "heldout_text_ppl"  # ablate.evaluate.text_ability's held-out perplexity
+# The curves the figures draw: a train run's losses (not CURVE_METRICS' lr and throughput, which no figure
+# draws), the text probe's perplexity, and an align run's loss and temperature.
+CURVE_KEYS = (*LOSSES, HELDOUT_TEXT_PPL, TEMPERATURE)
+HISTORY_KEYS = (*CURVE_KEYS, TOKENS, *EVAL_METRICS)
 ARTIFACTS_DIR = "artifacts"  # under out_dir: the downloaded samples.png / completions.jsonl, per run id
 MAX_TRIES = 3  # per initialisation: runs tried for an artifact before giving up on it
 HOW_TO_PRODUCE = (
@@ -61,7 +63,7 @@ class Fetched:
     @property
     def probed(self) -> set[str]:
         """Runs that logged the text-ability probe's heldout_text_ppl."""
-        return set(self.finals.loc[self.finals["key"] == PROBE_METRIC, "run_id"])
+        return set(self.finals.loc[self.finals["key"] == HELDOUT_TEXT_PPL, "run_id"])
 
     def curves_of(self, runs: pd.DataFrame) -> pd.DataFrame:
         """The curves of the given run-table rows."""
@@ -229,7 +231,7 @@ def plot_report(uri: str, out_dir: Path, sweep: str | None = None) -> Report:
     data = Fetched(
         curves=curves_from_histories(curve_runs, hist, CURVE_KEYS),
         finals=finals,
-        tokens=finals[finals["key"] == "tokens"].set_index("run_id")["last"],
+        tokens=finals[finals["key"] == TOKENS].set_index("run_id")["last"],
         evals=evals,
         fetch=ArtifactFetcher(uri, out_dir / ARTIFACTS_DIR),
         out_dir=out_dir,

@@ -18,6 +18,15 @@ import pandas as pd
 
 from ablate import tracking
 from ablate.atomic import atomic_write_text
+from ablate.metrics import (
+    CAPTION_MATCH_SEEN,
+    FID,
+    FINAL_IMAGE_LOSS,
+    FINAL_LOSS,
+    FINAL_TEXT_LOSS,
+    HELDOUT_TEXT_PPL,
+    SCENE_VALID,
+)
 from ablate.stages import names as stages
 from analysis.findings import (
     FINDINGS,
@@ -221,8 +230,8 @@ def render(
     summary = read_csv(out_dir, SUMMARY)
     if not summary.empty:
         parts.append("<h2 id='summary'>Runs</h2><table><tr>")
-        cols = [c for c in ("arm", "final_loss", "final_text_loss", "final_image_loss", "heldout_text_ppl",
-                            "caption_match_seen", "scene_valid", "fid") if c in summary]  # fmt: skip
+        cols = [c for c in ("arm", FINAL_LOSS, FINAL_TEXT_LOSS, FINAL_IMAGE_LOSS, HELDOUT_TEXT_PPL,
+                            CAPTION_MATCH_SEEN, SCENE_VALID, FID) if c in summary]  # fmt: skip
         parts.append("".join(f"<th>{esc(c)}</th>" for c in cols) + "<th>MLflow</th></tr>")
         for _, row in summary.iterrows():
             cells = "".join(f"<td>{_cell(row[c])}</td>" for c in cols)

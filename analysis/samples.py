@@ -16,14 +16,20 @@ from matplotlib.figure import Figure
 from matplotlib.image import imread
 
 from ablate.errors import AblateError
+from ablate.metrics import (
+    CAPTION_MATCH_HELDOUT,
+    CAPTION_MATCH_SEEN,
+    COLOUR_MATCH_CHANCE,
+    COLOUR_MATCH_HELDOUT,
+    COLOUR_MATCH_SEEN,
+)
 from analysis.figures import save
 from analysis.runs import label_rank
 
 SAMPLES_ARTIFACT = "samples.png"
 GRID_DPI = 150  # ablate.evaluate.image_metrics.sample_grid saves at this resolution
 PANEL_METRICS = (
-    "caption_match_seen", "caption_match_heldout", "colour_match_seen", "colour_match_heldout",
-    "colour_match_chance",
+    CAPTION_MATCH_SEEN, CAPTION_MATCH_HELDOUT, COLOUR_MATCH_SEEN, COLOUR_MATCH_HELDOUT, COLOUR_MATCH_CHANCE,
 )  # fmt: skip
 PANEL_COLUMNS = [
     "panel", "init", "arm", "train_run_id", "evaluate_run_id", *PANEL_METRICS, "artifact", "local_path",
@@ -41,9 +47,9 @@ def _fraction(value: object) -> str:
 
 def panel_title(row: pd.Series) -> str:
     """'<init> (<arm>)' over 'caption match: seen x%, held-out y%' (and the colour match, when logged)."""
-    seen, held = _fraction(row.get("caption_match_seen")), _fraction(row.get("caption_match_heldout"))
+    seen, held = _fraction(row.get(CAPTION_MATCH_SEEN)), _fraction(row.get(CAPTION_MATCH_HELDOUT))
     title = f"{row['init']}  ({row['arm']})\ncaption match: seen {seen}, held-out {held}"
-    colours = [_fraction(row.get(f"colour_match_{k}")) for k in ("seen", "heldout", "chance")]
+    colours = [_fraction(row.get(k)) for k in (COLOUR_MATCH_SEEN, COLOUR_MATCH_HELDOUT, COLOUR_MATCH_CHANCE)]
     if colours[0] != "n/a":
         title += f"\ncaption's colours drawn: seen {colours[0]}, held-out {colours[1]} (chance {colours[2]})"
     return title

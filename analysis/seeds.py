@@ -17,6 +17,17 @@ import numpy as np
 import pandas as pd
 
 from ablate.atomic import atomic_write_text
+from ablate.metrics import (
+    CAPTION_MATCH_HELDOUT,
+    CAPTION_MATCH_SEEN,
+    FID,
+    FINAL_IMAGE_LOSS,
+    FINAL_LOSS,
+    FINAL_PERPLEXITY,
+    FINAL_TEXT_LOSS,
+    HELDOUT_TEXT_PPL,
+    SCENE_VALID,
+)
 from analysis.curves import FREEZE_SETTINGS
 from analysis.runs import arm_of
 from analysis.tables import as_written, to_csv
@@ -27,8 +38,8 @@ ARMS_TABLE, COMPARISONS_TABLE = (
 )  # the tables written (.csv); the findings read them
 # What makes two runs the same arm but for the seed (summary.csv columns).
 ARM_FIELDS = ("init", "image_init", "task", "trainable", "lr", "batch_tokens", "scale")
-METRICS = ("final_loss", "final_text_loss", "final_image_loss", "final_perplexity", "heldout_text_ppl",
-           "caption_match_seen", "caption_match_heldout", "scene_valid", "fid")  # fmt: skip
+METRICS = (FINAL_LOSS, FINAL_TEXT_LOSS, FINAL_IMAGE_LOSS, FINAL_PERPLEXITY, HELDOUT_TEXT_PPL,
+           CAPTION_MATCH_SEEN, CAPTION_MATCH_HELDOUT, SCENE_VALID, FID)  # fmt: skip
 # Two-sided 95% quantiles of Student's t by degrees of freedom (1..30); 1.96 beyond.
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
@@ -54,7 +65,7 @@ class Comparison:
     a: str
     b: str
     where: dict[str, str] = field(default_factory=dict)
-    metrics: tuple[str, ...] = ("final_loss",)
+    metrics: tuple[str, ...] = (FINAL_LOSS,)
 
 
 COMPARISONS = (
@@ -64,7 +75,7 @@ COMPARISONS = (
         "pretrained",
         "random",
         {"task": "t2i", "trainable": "all", "image_init": "random"},
-        ("final_image_loss", "final_text_loss", "final_loss", "caption_match_seen"),
+        (FINAL_IMAGE_LOSS, FINAL_TEXT_LOSS, FINAL_LOSS, CAPTION_MATCH_SEEN),
     ),
     *(
         Comparison(
@@ -83,7 +94,7 @@ COMPARISONS = (
         "contrastive",
         "random",
         {"task": "t2i", "init": "pretrained"},
-        ("final_image_loss", "final_loss", "caption_match_seen"),
+        (FINAL_IMAGE_LOSS, FINAL_LOSS, CAPTION_MATCH_SEEN),
     ),
 )
 

@@ -14,10 +14,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ablate.errors import AblateError
+from ablate.metrics import IMAGE_LOSS
 from analysis.figures import _colors, save
 from analysis.frames import TAIL_FRACTION
 
-METRIC = "image_loss"
+METRIC = IMAGE_LOSS
 PARAMS = {"lr": "optim.lr", "batch_tokens": "train.batch_tokens"}  # x column -> the config key it comes from
 XLABELS = {"lr": "peak learning rate (optim.lr)", "batch_tokens": "batch size in tokens (train.batch_tokens)"}
 SENSITIVITY_COLUMNS = [

@@ -14,6 +14,7 @@ import pandas as pd
 from ablate import paper
 from ablate.atomic import atomic_write_text
 from ablate.errors import AblateError
+from ablate.metrics import EVAL_METRICS, FINAL_TEXT_LOSS, HELDOUT_TEXT_PPL, LOSS, TOKENS, final
 from ablate.train.final import FINAL_METRICS
 from analysis.runs import label_rank
 
@@ -26,18 +27,9 @@ TABLE1_COLUMNS = [
     "init", "arm", "run_id", "prompt", "before_step", "before_tokens", "before", "after_step", "after_tokens",
     "after", PAPER_BEFORE, PAPER_AFTER,
 ]  # fmt: skip
-EVAL_METRICS = (
-    "caption_match_seen",
-    "caption_match_heldout",
-    "colour_match_seen",
-    "colour_match_heldout",
-    "colour_match_chance",
-    "scene_valid",
-    "fid",  # real data with evaluate.fid_weights
-)
 SUMMARY_COLUMNS = [
     "sweeps", "arm", "init", "image_init", "task", "trainable", "lr", "batch_tokens", "scale", "seed", "status",
-    "steps", "tokens", *(f"final_{m}" for m in FINAL_METRICS), "heldout_text_ppl", *EVAL_METRICS,
+    "steps", TOKENS, *(final(m) for m in FINAL_METRICS), HELDOUT_TEXT_PPL, *EVAL_METRICS,
     "train_run_id", "evaluate_run_id",
 ]  # fmt: skip
 
@@ -212,14 +204,14 @@ def summary_frame(train: pd.DataFrame, finals: pd.DataFrame, evaluations: pd.Ser
             return np.full(len(ids), np.nan)
         return by[field].reindex(index).to_numpy(dtype=np.float64)
 
-    summary["steps"] = pd.array(column(summary["train_run_id"], "loss", "last_step"), dtype="Int64")
-    summary["tokens"] = column(summary["train_run_id"], "tokens", "last")
+    summary["steps"] = pd.array(column(summary["train_run_id"], LOSS, "last_step"), dtype="Int64")
+    summary[TOKENS] = column(summary["train_run_id"], TOKENS, "last")
     for metric in FINAL_METRICS:
-        summary[f"final_{metric}"] = column(summary["train_run_id"], metric, "tail_mean")
+        summary[final(metric)] = column(summary["train_run_id"], metric, "tail_mean")
     # An unconditional run's only non-image targets are the structural specials (</image>, </doc>): its
     # "text" loss is no text ability, so it is left out rather than read as one.
-    summary.loc[(summary["task"] == "uncond").to_numpy(), "final_text_loss"] = np.nan
-    summary["heldout_text_ppl"] = column(summary["train_run_id"], "heldout_text_ppl", "last")
+    summary.loc[(summary["task"] == "uncond").to_numpy(), FINAL_TEXT_LOSS] = np.nan
+    summary[HELDOUT_TEXT_PPL] = column(summary["train_run_id"], HELDOUT_TEXT_PPL, "last")
     for metric in EVAL_METRICS:
         summary[metric] = column(summary["evaluate_run_id"], metric, "last")
     return summary[SUMMARY_COLUMNS].reset_index(drop=True)
