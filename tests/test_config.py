@@ -8,6 +8,7 @@ from ablate.config.compose import compose_config, flatten, run_key, to_run_confi
 from ablate.config.validate import image_tokens, validate
 from ablate.data.sequence import min_seq_len
 from ablate.errors import ConfigError
+from ablate.schema import CHOICES
 
 
 def config(*overrides: str):
@@ -68,6 +69,19 @@ def test_bad_input_is_a_config_error_naming_arm_key_value(overrides, key, needle
     err = info.value
     assert err.key == key
     assert "arm 'init=random'" in str(err) and key in str(err) and needle in str(err)
+
+
+@pytest.mark.parametrize("key", sorted(CHOICES))
+def test_every_closed_choice_refuses_a_value_outside_its_literal(key):
+    cfg = config()
+    *sections, name = key.split(".")
+    owner = cfg
+    for section in sections:
+        owner = getattr(owner, section)
+    setattr(owner, name, "nope")
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    assert info.value.key == key and str(list(CHOICES[key])) in str(info.value)
 
 
 def test_uncond_needs_room_for_the_image_only():

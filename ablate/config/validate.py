@@ -11,7 +11,9 @@ from pathlib import Path
 from ablate import schema as S
 from ablate.config.sbatch import check_cluster_sbatch
 from ablate.data.sequence import min_seq_len
+from ablate.data.sources import expand_shards
 from ablate.errors import ConfigError
+from ablate.model.args import open_lm_arch
 from ablate.schema import RunConfig
 from ablate.tokenize.diffusers_vq import check_vq_config
 from ablate.train.schedule import sequences_per_step
@@ -75,9 +77,6 @@ def validate_config_json(m: S.ModelConfig, arm: str | None = None) -> None:
     model.text_vocab_size."""
     if m.config_json is None:
         return
-    # Imported here: the model module imports torch, which validating any other config does not need.
-    from ablate.model.args import open_lm_arch
-
     try:
         arch = open_lm_arch(m.config_json)
     except ConfigError as e:
@@ -372,14 +371,10 @@ def check_assets(cfg: RunConfig, arm: str | None = None) -> None:
     a paper-scale arm can be looked at on a machine without its assets."""
     d, tok, m, p = cfg.data, cfg.tokenizer, cfg.model, cfg.pretrain
     if d.source == "webdataset":  # the shards exist (DataError naming what is missing otherwise)
-        from ablate.data.sources import expand_shards
-
         expand_shards(str(d.path))
     elif d.source == "folder" and not Path(str(d.path)).is_dir():
         raise ConfigError("data.path", d.path, "an existing directory of images (data=folder)", arm=arm)
     if d.eval_path and d.source == "webdataset":
-        from ablate.data.sources import expand_shards
-
         expand_shards(str(d.eval_path), key="data.eval_path")
     elif d.eval_path and not Path(str(d.eval_path)).is_dir():
         raise ConfigError(
@@ -405,7 +400,7 @@ def check_assets(cfg: RunConfig, arm: str | None = None) -> None:
         )
     fid = cfg.evaluate.fid_weights
     if fid and d.source != "synthetic" and d.eval_path and not Path(fid).is_file():
-        from ablate.evaluate.fid import FID_WEIGHTS_FILE, FID_WEIGHTS_URL
+        from ablate.evaluate.fid import FID_WEIGHTS_FILE, FID_WEIGHTS_URL  # here: it imports torch
 
         raise ConfigError(
             "evaluate.fid_weights",
