@@ -211,15 +211,13 @@ def sample_from_prompts(
     layout: VocabLayout,
     n_codes: int,
     batch_size: int = 64,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
     generator: torch.Generator | None = None,
-    *,
-    use_cache: bool = True,
-    guidance_scale: float = 1.0,
+    **settings: Any,
 ) -> torch.Tensor:
     """``sample_images`` for 1-D prompts of any lengths: ``N`` prompts -> codes ``(N, n_codes)``, input order.
+
+    ``settings`` are ``sample_images``' keywords (temperature, top_k, top_p, use_cache, guidance_scale),
+    passed on as they are: their defaults and checks live there only.
 
     t2i prompts differ in length with their captions. The model has no attention mask, so padding a
     prompt would put tokens it never saw in training into its context; instead prompts are grouped by
@@ -238,16 +236,5 @@ def sample_from_prompts(
         for s in range(0, len(idx), batch_size):
             chunk = idx[s : s + batch_size]
             batch = np.stack([rows[i] for i in chunk])  # (b, length)
-            out[chunk] = sample_images(
-                model,
-                batch,
-                layout,
-                n_codes,
-                temperature,
-                top_k,
-                top_p,
-                generator=generator,
-                use_cache=use_cache,
-                guidance_scale=guidance_scale,
-            )
+            out[chunk] = sample_images(model, batch, layout, n_codes, generator=generator, **settings)
     return out
