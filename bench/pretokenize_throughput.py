@@ -80,9 +80,9 @@ def _shards(root: Path) -> list[Path]:
 
 
 def _load(root: Path, which: str) -> tuple[Any, Any, Any, Any]:
-    """(image tokenizer, text tokenizer, vocab layout, settings) of the assets under root, on the CPU."""
-    from ablate.data.pretokenize import Settings
+    """(image tokenizer, text tokenizer, vocab layout, data section) of the assets under root, on the CPU."""
     from ablate.data.sequence import VocabLayout
+    from ablate.schema import DataConfig
     from ablate.tokenize.diffusers_vq import load_diffusers_tokenizer
     from ablate.tokenize.image import load_image_tokenizer
     from ablate.tokenize.text import TextTokenizer
@@ -93,7 +93,7 @@ def _load(root: Path, which: str) -> tuple[Any, Any, Any, Any]:
         image_tok = load_image_tokenizer(root / "vqvae", IMAGE_SIZE)
     text_tok = TextTokenizer.from_file(root / "tokenizer.json")
     layout = VocabLayout(text_vocab_size=TEXT_VOCAB, codebook_size=image_tok.codebook_size)
-    settings = Settings(
+    data = DataConfig(
         task="t2i",
         seq_len=CAPTION_TOKENS + image_tok.tokens_per_image + 6,  # caption + codes + the 6 specials
         caption_tokens=CAPTION_TOKENS,
@@ -103,7 +103,7 @@ def _load(root: Path, which: str) -> tuple[Any, Any, Any, Any]:
         heldout_fraction=0.01,
         max_bad_fraction=0.05,
     )
-    return image_tok, text_tok, layout, settings
+    return image_tok, text_tok, layout, data
 
 
 def _pretokenize_units(shards: list[Path], out_root: Path, which: str, loaded: tuple[Any, ...]) -> int:
@@ -111,12 +111,12 @@ def _pretokenize_units(shards: list[Path], out_root: Path, which: str, loaded: t
     from ablate.data.pretokenize import pretokenize
     from ablate.data.sources import iter_webdataset
 
-    image_tok, text_tok, layout, settings = loaded
+    image_tok, text_tok, layout, data = loaded
     kept = 0
     for shard in shards:
         meta = {"unit": shard.stem, "bench": which}
         result = pretokenize(
-            iter_webdataset(shard), out_root / shard.stem, image_tok, text_tok, layout, settings, meta
+            iter_webdataset(shard), out_root / shard.stem, image_tok, text_tok, layout, data, meta
         )
         assert result.skips.bad == 0, result.to_dict()
         kept += result.skips.kept

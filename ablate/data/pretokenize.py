@@ -22,27 +22,16 @@ from ablate.data.preprocess import BadSample, SkipCounter, prepare_sample
 from ablate.data.sequence import VocabLayout, layout_t2i, layout_uncond
 from ablate.data.shards import ShardWriter
 from ablate.data.sources import RawSample, split_of
+from ablate.schema import DataConfig
+from ablate.splits import SPLITS
 from ablate.tokenize.image import ImageTokenizer
 from ablate.tokenize.text import TextTokenizer
 
-SPLITS = ("train", "val", "heldout")
 ENCODE_BATCH = 64  # images encoded at once (MoVQGAN at 256x256: ~40 MB of input per batch)
 PROGRESS_EVERY_S = 5.0
 
-
-@dataclass(frozen=True)
-class Settings:
-    """What one unit needs to know of the run config (the prepare stage fills it)."""
-
-    task: str
-    seq_len: int
-    caption_tokens: int
-    image_size: int
-    min_image_side: int
-    val_fraction: float
-    heldout_fraction: float
-    max_bad_fraction: float
-    caption_leading_space: bool = False
+# Transitional: stages/prepare.py builds a Settings from cfg.data's fields; it can pass cfg.data itself.
+Settings = DataConfig
 
 
 @dataclass
@@ -78,40 +67,40 @@ def pretokenize(
     image_tok: ImageTokenizer,
     text_tok: TextTokenizer,
     layout: VocabLayout,
-    settings: Settings,
+    data: DataConfig,
     metadata: dict[str, Any],
     on_progress: Callable[[dict[str, Any]], None] = lambda p: None,
 ) -> UnitResult:
-    """Write the usable samples as sequences under out_dir/<split>/; a DataError from the skip check (too
-    many bad samples) leaves no finished split directory behind."""
-    s = settings
+    """Write the usable samples as sequences under out_dir/<split>/, as the run's data section says (task,
+    sizes, split fractions, the skip threshold); a DataError from the skip check (too many bad samples)
+    leaves no finished split directory behind."""
     result = UnitResult()
-    splits = {name: _Split(Path(out_dir) / name, s.seq_len, layout.size) for name in SPLITS}
+    splits = {name: _Split(Path(out_dir) / name, data.seq_len, layout.size) for name in SPLITS}
     start = last = time.monotonic()
     try:
         for raw in samples:
             try:
-                image, caption = prepare_sample(raw, s.image_size, s.min_image_side)
+                image, caption = prepare_sample(raw, data.image_size, data.min_image_side)
             except BadSample as bad:
                 result.skips.skip(bad.reason)
-                result.skips.check(s.max_bad_fraction, raw.shard, raw.key, bad.reason)
+                result.skips.check(data.max_bad_fraction, raw.shard, raw.key, bad.reason)
                 continue
             result.skips.keep()
-            name = split_of(raw.key, s.val_fraction, s.heldout_fraction)
+            name = split_of(raw.key, data.val_fraction, data.heldout_fraction)
             split = splits[name]
-            ids = text_tok.encode_caption(caption, s.caption_leading_space) if s.task == "t2i" else []
+            ids = text_tok.encode_caption(caption, data.caption_leading_space) if data.task == "t2i" else []
             result.caption_tokens += len(ids)
-            result.captions_truncated += len(ids) > s.caption_tokens
+            result.captions_truncated += len(ids) > data.caption_tokens
             split.images.append(image)
-            split.captions.append(ids[: s.caption_tokens])
+            split.captions.append(ids[: data.caption_tokens])
             if len(split.images) >= ENCODE_BATCH:
-                _flush(split, image_tok, layout, s, result, name)
+                _flush(split, image_tok, layout, data, result, name)
             now = time.monotonic()
             if now - last >= PROGRESS_EVERY_S:
                 last = now
                 on_progress({"images": result.skips.seen, "images_per_s": result.skips.seen / (now - start)})
         for split_name, split in splits.items():
-            _flush(split, image_tok, layout, s, result, split_name)
+            _flush(split, image_tok, layout, data, result, split_name)
             split.writer.finish({**metadata, "split": split_name})
     except BaseException:
         for split in splits.values():
@@ -124,17 +113,24 @@ def pretokenize(
 
 
 def _flush(
-    split: _Split, image_tok: ImageTokenizer, layout: VocabLayout, s: Settings, result: UnitResult, name: str
+    split: _Split,
+    image_tok: ImageTokenizer,
+    layout: VocabLayout,
+    data: DataConfig,
+    result: UnitResult,
+    name: str,
 ) -> None:
     """Encode the pending images and write their sequences."""
     if not split.images:
         return
     with torch.no_grad():
         codes = np.asarray(image_tok.encode(np.stack(split.images)))  # (b, h*w)
-    if s.task == "uncond":
-        seqs = [layout_uncond(c, layout, s.seq_len) for c in codes]
+    if data.task == "uncond":
+        seqs = [layout_uncond(c, layout, data.seq_len) for c in codes]
     else:
-        seqs = [layout_t2i(ids, c, layout, s.seq_len) for ids, c in zip(split.captions, codes, strict=True)]
+        seqs = [
+            layout_t2i(ids, c, layout, data.seq_len) for ids, c in zip(split.captions, codes, strict=True)
+        ]
     split.writer.add_many(np.stack(seqs))
     result.sequences[name] += len(seqs)
     split.images, split.captions = [], []

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ablate.config.schema import PRECISIONS, OptimConfig, TrainConfig
+from ablate.schema import PRECISIONS, OptimConfig, TrainConfig
 from ablate.data.sequence import VocabLayout, caption_dropout_mask, drop_captions
 from ablate.data.shards import ShardDataset, ShardSampler, read_batch
 from ablate.errors import ConfigError, StopRequested

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ablate.config.schema import OptimConfig
+from ablate.schema import OptimConfig
 from ablate.train.checkpoint import load_checkpoint, save_checkpoint
 
 
