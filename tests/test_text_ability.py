@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ablate.config.compose import compose_config, to_run_config
+from ablate.config.schema import OptimConfig, TrainConfig
 from ablate.data.sequence import NUM_SPECIALS, VocabLayout
 from ablate.data.shards import ShardDataset, ShardWriter
 from ablate.evaluate.text_ability import (
@@ -24,9 +25,9 @@ from ablate.evaluate.text_ability import (
 from ablate.model.transformer import ModelArgs, Transformer
 from ablate.model.vocab import expand_vocab
 from ablate.paper import TABLE1_PROMPTS
+from ablate.rundir import RunDir
 from ablate.tokenize.text import TextTokenizer, train_bpe
-from ablate.tracking import NullTracker
-from ablate.train.loop import LoopConfig, train_loop
+from ablate.train.loop import train_loop
 
 # The probe prompts as the demo scale configures them (evaluate.prompts).
 DEMO_PROMPTS = tuple(to_run_config(compose_config([])).evaluate.prompts)
@@ -173,19 +174,28 @@ def test_training_on_heldout_text_lowers_perplexity(tmp_path, heldout, tokenizer
     """Through train_loop, as the train stage will wire it: the probe sees learning (so it can see forgetting)."""
     model = make_model(text_vocab, seed=3)
     probe = TextProbe(model, heldout, tokenizer, DEMO_PROMPTS[:1], text_vocab, tmp_path, max_new_tokens=4)
-    cfg = LoopConfig(
+    train = TrainConfig(
         total_tokens=SEQ * 8 * 30,
         batch_tokens=SEQ * 8,
         micro_batch_size=8,
-        seq_len=SEQ,
-        lr=1e-2,
-        warmup_tokens=SEQ * 8 * 2,
+        checkpoint_every_tokens=0,
         seed=0,
-        progress_every_s=60.0,
+        precision="float32",
     )
+    optim = OptimConfig(lr=1e-2, warmup_tokens=SEQ * 8 * 2)
     layout = VocabLayout(text_vocab_size=text_vocab, codebook_size=1)  # text only, as the pretrain stage
+    log = RunDir(tmp_path).metrics_log()  # the stage's sink, without a tracker
     train_loop(
-        model, heldout, layout, cfg, tmp_path, NullTracker(), evaluate=probe, eval_every_tokens=SEQ * 8 * 10
+        model,
+        heldout,
+        layout,
+        train,
+        optim,
+        tmp_path,
+        lambda metrics, step: log.append(step, metrics),
+        evaluate=probe,
+        eval_every_tokens=SEQ * 8 * 10,
+        progress_every_s=60.0,
     )
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     ppl = {r["step"]: r["heldout_text_ppl"] for r in rows if "heldout_text_ppl" in r}
