@@ -32,11 +32,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ablate.schema import PRECISIONS, OptimConfig, TrainConfig
 from ablate.data.sequence import VocabLayout, caption_dropout_mask, drop_captions
 from ablate.data.shards import ShardDataset, ShardSampler, read_batch
 from ablate.errors import ConfigError, StopRequested
 from ablate.rundir import RunDir
+from ablate.schema import PRECISIONS, OptimConfig, TrainConfig
 from ablate.train import distributed as dist
 from ablate.train.distributed import DistEnv
 from ablate.train.grad_sync import GradSync
@@ -122,7 +122,7 @@ def _every(tokens: int, tokens_per_step: int) -> int:
 
 
 @dataclass
-class _Run:
+class RunSetup:
     """What every step of one run reads besides the TrainState: settings, data, and the step's machinery."""
 
     train: TrainConfig
@@ -148,7 +148,7 @@ def _setup(
     optim: OptimConfig,
     env: DistEnv,
     eval_every_tokens: int,
-) -> tuple[TrainState, _Run]:
+) -> tuple[TrainState, RunSetup]:
     """Seed, optimizer, precision and compilation: a fresh state at step 0 and the run it steps through."""
     torch.manual_seed(train.seed)
     device = next(model.parameters()).device
@@ -163,7 +163,7 @@ def _setup(
     # Compiled for the forward passes only: state dicts, evaluation and checkpoints use the model itself.
     forward = torch.compile(model) if train.compile else model
     trainable = [p for p in model.parameters() if p.requires_grad]
-    run = _Run(
+    run = RunSetup(
         train=train,
         optim=optim,
         schedule=Schedule.plan(train, optim, dataset.seq_len, env.world_size, eval_every_tokens),
@@ -194,7 +194,7 @@ def _resume(state: TrainState, checkpoint: Path, main: bool) -> None:
         dist.broadcast_model(state.model)  # ranks build the same init from the seed; this makes sure of it
 
 
-def _rank_batch(run: _Run, step: int) -> torch.Tensor:
+def _rank_batch(run: RunSetup, step: int) -> torch.Tensor:
     """This rank's sequences of `step` (S_rank, L), captions dropped where train.caption_dropout says."""
     plan = run.schedule.batch
     # This rank's strided share of the step's global positions: rank r takes r, r + W, r + 2W, ...
@@ -207,7 +207,7 @@ def _rank_batch(run: _Run, step: int) -> torch.Tensor:
     return batch
 
 
-def train_step(state: TrainState, run: _Run) -> dict[str, float]:
+def train_step(state: TrainState, run: RunSetup) -> dict[str, float]:
     """One optimizer step from state.step (which it advances); returns the step's metrics."""
     t0 = time.perf_counter()
     s, plan = run.schedule, run.schedule.batch
