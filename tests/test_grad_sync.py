@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
@@ -14,8 +15,9 @@ from test_distributed import free_ports
 
 from ablate.errors import ConfigError
 from ablate.model.transformer import ModelArgs, Transformer
+from ablate.schema import GradReduceDtype
 from ablate.train import distributed as dist
-from ablate.train.grad_sync import GradSync
+from ablate.train.grad_sync import REDUCE_DTYPES, GradSync
 
 VOCAB, SEQ = 48, 16
 MICRO_BATCHES = {0: 2, 1: 1}  # rank 0 accumulates over two backward passes, rank 1 over one
@@ -128,3 +130,7 @@ def test_one_process_is_a_no_op():
 def test_an_unknown_reduce_dtype_is_a_config_error():
     with pytest.raises(ConfigError, match="train.grad_reduce_dtype"):
         GradSync(list(model().parameters()), reduce_dtype="fp8")
+
+
+def test_every_reduce_dtype_the_schema_offers_is_implemented_and_no_other():
+    assert set(REDUCE_DTYPES) == set(get_args(GradReduceDtype))
