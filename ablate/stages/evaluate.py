@@ -58,7 +58,6 @@ if TYPE_CHECKING:  # torch and the code that needs it load when the stage runs (
     from ablate.model.transformer import Transformer
 
 T2I_SPLITS = {VAL: metrics.SEEN, HELDOUT: metrics.HELDOUT}  # shard split -> the name the metrics use
-TRAIN_SPLIT = TRAIN  # sampled instead when val and heldout are both empty (prompt_sets)
 SLICE_FILE = "slice.npz"
 SLICE_SEED_STRIDE = 1_000_003  # slice i samples from seed + i * stride: slices never share a stream
 NOT_SCORED = -1  # match / colour of a sample with nothing to check it against (real data)
@@ -133,7 +132,7 @@ def prompt_sets(ctx: StageContext, layout: VocabLayout, n_codes: int) -> list[Pr
             f"captions of the first {n} training pairs instead. For captions the model has not trained on, "
             "raise data.val_fraction or give data.eval_path"
         )
-        return [_split_set(ctx, TRAIN_SPLIT, layout, n, n_codes)]
+        return [_split_set(ctx, TRAIN, layout, n, n_codes)]  # named "train" in metrics and samples.csv
     return sets
 
 
