@@ -106,6 +106,14 @@ class Schedule:
     def tokens_per_step(self) -> int:
         return self.batch.tokens_per_step
 
+    def evaluates_at(self, step: int) -> bool:
+        """Whether the loop's `evaluate` runs after `step` (1-based: steps taken)."""
+        return bool(self.eval_every and step % self.eval_every == 0) or step == self.total_steps
+
+    def checkpoints_at(self, step: int) -> bool:
+        """Whether a checkpoint is due after `step` (a stop forces one besides)."""
+        return bool(self.checkpoint_every and step % self.checkpoint_every == 0) or step == self.total_steps
+
     def params(self) -> dict[str, Any]:
         """The derived settings a run's tracker shows (as loop.<name>)."""
         return {
@@ -313,8 +321,6 @@ def train_loop(
     s = run.schedule
     _resume(state, run_dir.last_checkpoint, main)
     if main:
-        # Rows of steps after the checkpoint are recomputed: drop them, so each step is logged once.
-        run_dir.metrics_log().truncate_after(state.step)
         log_params(s.params())
     if evaluate is not None and state.step == 0 and main:
         log_metrics(evaluate(0, 0), 0)
@@ -325,13 +331,12 @@ def train_loop(
     while state.step < s.total_steps:
         last = train_step(state, run)
         step = state.step
-        eval_now = (s.eval_every and step % s.eval_every == 0) or step == s.total_steps
-        if evaluate is not None and eval_now and main:
+        if evaluate is not None and s.evaluates_at(step) and main:
             last.update(evaluate(step, step * s.tokens_per_step))
         if main:
             log_metrics(last, step)
         stop = dist.any_rank(should_stop())  # one rank's preemption notice stops all after this step
-        if stop or step == s.total_steps or (s.checkpoint_every and step % s.checkpoint_every == 0):
+        if stop or s.checkpoints_at(step):
             if main:
                 save(state, run_dir.last_checkpoint)
             dist.barrier()  # no rank goes on (or exits, on a stop) before the checkpoint is on disk
