@@ -30,8 +30,7 @@ from ablate.data.synthetic import Scene
 from ablate.evaluate.image_metrics import caption_matches, colours_present
 from ablate.evaluate.sampling import sample_from_prompts
 from ablate.stages.evaluate import load_trained
-from ablate.stages.image_tokenizer import open_image_tokenizer
-from ablate.stages.synth import load_split
+from ablate.stages.inputs import load_split, open_image_tokenizer
 
 
 def _input(train_dir: Path, stage: str) -> Path:

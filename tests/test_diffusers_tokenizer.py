@@ -18,7 +18,7 @@ from ablate.errors import AssetMissingError, ConfigError, DataError
 from ablate.schema import RunConfig
 from ablate.stages import names, registry
 from ablate.stages.context import StageContext
-from ablate.stages.image_tokenizer import open_image_tokenizer
+from ablate.stages.inputs import open_image_tokenizer
 from ablate.stages.plan import plan_stages
 from ablate.tokenize.diffusers_vq import (
     DiffusersVQTokenizer,

@@ -14,10 +14,7 @@ from ablate.rundir import RunDir
 from ablate.splits import TRAIN, VAL
 from ablate.stages import names
 from ablate.stages.context import StageContext
-from ablate.stages.inputs import (
-    load_split,
-    open_image_tokenizer,  # noqa: F401  (re-exported for tests/test_diffusers_tokenizer.py)
-)
+from ablate.stages.inputs import load_split
 from ablate.stages.stage import Stage
 from ablate.tokenize.diffusers_vq import KIND as DIFFUSERS
 from ablate.tokenize.diffusers_vq import load_diffusers_tokenizer

@@ -7,22 +7,25 @@ keys), so the `train` stage loads both the same way.
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ablate.config.schema import UNKEYED_FIELDS, OptimConfig, RunConfig, TrainConfig
 from ablate.data.sequence import VocabLayout
+from ablate.splits import HELDOUT, TRAIN
 from ablate.stages import names
 from ablate.stages.common import arch_config, model_args, train_and_save
 from ablate.stages.context import StageContext
+from ablate.stages.inputs import PRETRAIN_DATA, load_corpus, open_text_tokenizer
 from ablate.stages.stage import Stage
-from ablate.stages.text_tokenizer import load_corpus, open_text_tokenizer
 
 # What pretraining sets itself instead of the train and optim sections: its budget, LR, warm-up and seed
 # (from the pretrain section); no caption dropout (text only); no freeze preset (that is the arm's).
 _OWN_TRAIN = ("total_tokens", "batch_tokens", "seed", "caption_dropout", "trainable")
 _OWN_OPTIM = ("lr", "warmup_tokens")
+_S = TypeVar("_S", TrainConfig, OptimConfig)
 
 
 def pack_documents(docs: list[str], tokenizer, seq_len: int, separator: str = "\n\n") -> np.ndarray:
@@ -42,10 +45,10 @@ def write_text_shards(ctx: StageContext, seq_len: int) -> dict[str, int]:
 
     tok = open_text_tokenizer(ctx.inputs["text_tokenizer"])
     counts = {}
-    for split in ("train", "heldout"):
+    for split in (TRAIN, HELDOUT):
         rows = pack_documents(load_corpus(ctx.inputs["text_tokenizer"], split), tok, seq_len)
         writer = ShardWriter(
-            ctx.out_dir / "data" / split,
+            ctx.out_dir / PRETRAIN_DATA / split,
             seq_len=seq_len,
             vocab_size=ctx.cfg.model.text_vocab_size,
             overwrite=True,
@@ -67,11 +70,11 @@ def run(ctx: StageContext) -> None:
     cfg, p = ctx.cfg, ctx.cfg.pretrain
     seq_len = cfg.data.seq_len
     # Rank 0 tokenizes the corpus (data-parallel ranks share the directory); the others wait for it.
-    if dist.is_main() and not (ctx.out_dir / "data" / "heldout" / "meta.json").exists():
+    if dist.is_main() and not (ctx.out_dir / PRETRAIN_DATA / HELDOUT / "meta.json").exists():
         counts = write_text_shards(ctx, seq_len)
         ctx.log(f"corpus tokens: {counts['train']:,} train, {counts['heldout']:,} held-out")
     dist.barrier()
-    dataset = ShardDataset(ctx.out_dir / "data" / "train")
+    dataset = ShardDataset(ctx.out_dir / PRETRAIN_DATA / TRAIN)
     # Text only: every target is a text token (the image range of this layout is never produced).
     layout = VocabLayout(text_vocab_size=cfg.model.text_vocab_size, codebook_size=1)
 
@@ -84,12 +87,28 @@ def run(ctx: StageContext) -> None:
 
 
 def loop_sections(cfg: RunConfig) -> tuple[TrainConfig, OptimConfig]:
-    """The train and optim sections as the loop reads them for pretraining (see _OWN_TRAIN)."""
+    """The train and optim sections as the loop reads them for pretraining: pretraining's own budget, LR,
+    warm-up and seed, no caption dropout, the default freeze preset; the arm's values of those fields are
+    never read (its key does not cover them)."""
     p = cfg.pretrain
-    train = replace(
-        cfg.train, total_tokens=p.total_tokens, batch_tokens=p.batch_tokens, seed=p.seed, caption_dropout=0.0
+    train = _section(
+        TrainConfig,
+        cfg.train,
+        {
+            "total_tokens": p.total_tokens,
+            "batch_tokens": p.batch_tokens,
+            "seed": p.seed,
+            "caption_dropout": 0.0,
+        },
+        _OWN_TRAIN,
     )
-    return train, replace(cfg.optim, lr=p.lr, warmup_tokens=p.warmup_tokens)
+    return train, _section(OptimConfig, cfg.optim, {"lr": p.lr, "warmup_tokens": p.warmup_tokens}, _OWN_OPTIM)
+
+
+def _section(cls: type[_S], section: _S, own: dict[str, Any], fields_own: tuple[str, ...]) -> _S:
+    """A new `cls` with `own` set, its other `fields_own` at their defaults, the rest read from `section`."""
+    kept = {f.name: getattr(section, f.name) for f in fields(cls) if f.name not in fields_own}
+    return cls(**kept, **own)
 
 
 def config(cfg: RunConfig) -> dict:

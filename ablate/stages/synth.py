@@ -13,7 +13,6 @@ from ablate.data.synthetic import generate
 from ablate.splits import HELDOUT, SPLITS, TRAIN, VAL
 from ablate.stages import names
 from ablate.stages.context import StageContext
-from ablate.stages.inputs import load_split  # noqa: F401  (re-exported for bench/demo_sampling_settings.py)
 from ablate.stages.stage import Stage
 
 

@@ -13,7 +13,6 @@ from ablate.data.stories import stories
 from ablate.data.synthetic import grammar_words
 from ablate.stages import names
 from ablate.stages.context import StageContext
-from ablate.stages.inputs import load_corpus, open_text_tokenizer  # noqa: F401  (re-exported for stages/pretrain.py)
 from ablate.stages.stage import Stage
 from ablate.tokenize.text import TextTokenizer, train_bpe
 
