@@ -30,9 +30,6 @@ from ablate.tokenize.text import TextTokenizer
 ENCODE_BATCH = 64  # images encoded at once (MoVQGAN at 256x256: ~40 MB of input per batch)
 PROGRESS_EVERY_S = 5.0
 
-# Transitional: stages/prepare.py builds a Settings from cfg.data's fields; it can pass cfg.data itself.
-Settings = DataConfig
-
 
 @dataclass
 class UnitResult:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ablate.errors import ConfigError, DataError
+from ablate.splits import HELDOUT, SPLITS
 
 # Saturated colours, pairwise at least 255 apart in one RGB channel, so snapping a noisy pixel to the
 # nearest palette entry is robust.
@@ -37,7 +38,6 @@ KINDS: tuple[str, ...] = ("circle", "square", "triangle")
 SIZES: tuple[str, ...] = ("small", "large")
 POSITIONS: tuple[str, ...] = ("left", "right", "top", "bottom", "center")
 RELATIONS: tuple[str, ...] = ("above", "below", "left of", "right of")
-SPLITS: tuple[str, ...] = ("train", "val", "heldout")
 
 # One held-out pair per kind, with distinct colours: each colour and each kind is still seen in training,
 # only these combinations are not.
@@ -188,7 +188,7 @@ def _allowed_combos(split: str) -> list[tuple[str, str]]:
     if split not in SPLITS:
         raise ConfigError("data.split", split, ", ".join(SPLITS))
     all_combos = [(c, k) for c in COLOURS for k in KINDS]
-    if split == "heldout":
+    if split == HELDOUT:
         return sorted(HELDOUT_COMBOS)
     return [ck for ck in all_combos if ck not in HELDOUT_COMBOS]
 
@@ -201,7 +201,7 @@ def _sample_attributes(rng: np.random.Generator, split: str, n_shapes: int) -> l
     """(colour, kind, size) per shape; colours distinct within a scene so shapes segment by colour."""
     seen = [ck for ck in ((c, k) for c in COLOURS for k in KINDS) if ck not in HELDOUT_COMBOS]
     # In the heldout split one slot (chosen at random) carries a held-out pair; the other is any pair.
-    special = int(rng.integers(n_shapes)) if split == "heldout" else -1
+    special = int(rng.integers(n_shapes)) if split == HELDOUT else -1
     attrs: list[tuple[str, str, str]] = []
     for i in range(n_shapes):
         pool = _allowed_combos(split) if i == special else seen

@@ -43,7 +43,6 @@ from ablate.stages.stage import Stage
 from ablate.tokenize.text import TextTokenizer
 
 if TYPE_CHECKING:  # torch and the code that needs it load when the stage runs (ablate.stages.common)
-    from ablate.data.pretokenize import Settings
     from ablate.tokenize.image import ImageTokenizer
 
 ENCODE_BATCH = 256
@@ -212,23 +211,6 @@ def check_splits(cfg: RunConfig) -> None:
     )
 
 
-def _settings(cfg: RunConfig) -> Settings:
-    from ablate.data.pretokenize import Settings
-
-    d = cfg.data
-    return Settings(
-        task=d.task,
-        seq_len=d.seq_len,
-        caption_tokens=d.caption_tokens,
-        image_size=d.image_size,
-        min_image_side=d.min_image_side,
-        val_fraction=d.val_fraction,
-        heldout_fraction=d.heldout_fraction,
-        max_bad_fraction=d.max_bad_fraction,
-        caption_leading_space=d.caption_leading_space,
-    )
-
-
 def _samples(cfg: RunConfig, files: list[Path]) -> Iterator[RawSample]:
     if cfg.data.source == "webdataset":
         for shard in files:
@@ -272,7 +254,7 @@ def run_unit(ctx: StageContext) -> None:
         image_tok,
         text_tok,
         layout,
-        _settings(cfg),
+        cfg.data,
         meta,
         progress,
     )

@@ -11,8 +11,10 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ablate.metrics import LOSSES, final
+
 TAIL_FRACTION = 0.05
-FINAL_METRICS = ("loss", "text_loss", "image_loss", "perplexity")
+FINAL_METRICS = LOSSES
 
 
 def tail_count(n: int, fraction: float = TAIL_FRACTION) -> int:
@@ -38,5 +40,5 @@ def final_values(
             continue
         tail = [values[s] for s in sorted(values)[-tail_count(len(values)) :]]
         kept = [v for v in tail if not math.isnan(v)]
-        out[f"final_{m}"] = sum(kept) / len(kept) if kept else math.nan
+        out[final(m)] = sum(kept) / len(kept) if kept else math.nan
     return out

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ablate import metrics as M
 from ablate.data.sequence import VocabLayout, caption_dropout_mask, drop_captions
 from ablate.data.shards import ShardDataset, ShardSampler, read_batch
 from ablate.errors import ConfigError, StopRequested
@@ -247,15 +248,15 @@ def train_step(state: TrainState, run: RunSetup) -> dict[str, float]:
 
     merged = dist.reduce_loss_parts(LossParts.merge(parts)).to_metrics()  # the global batch's loss
     return {
-        "loss": merged["loss"],
+        M.LOSS: merged[M.LOSS],
         # Only the token types the step has: a text-only LM (pretrain) has no image loss, an
         # unconditional run no text loss, and a 0 logged for them would read as a perfect loss.
-        **({"text_loss": merged["text_loss"]} if merged["n_text"] else {}),
-        **({"image_loss": merged["image_loss"]} if merged["n_image"] else {}),
-        "perplexity": merged["perplexity"],
-        "lr": lr,
-        "tokens": state.step * s.tokens_per_step,
-        "tokens_per_s": s.tokens_per_step / dt,
+        **({M.TEXT_LOSS: merged[M.TEXT_LOSS]} if merged["n_text"] else {}),
+        **({M.IMAGE_LOSS: merged[M.IMAGE_LOSS]} if merged["n_image"] else {}),
+        M.PERPLEXITY: merged[M.PERPLEXITY],
+        M.LR: lr,
+        M.TOKENS: state.step * s.tokens_per_step,
+        M.TOKENS_PER_S: s.tokens_per_step / dt,
         "grad_norm": float(grad_norm),
     }
 
@@ -341,7 +342,7 @@ def train_loop(
                 save(state, run_dir.last_checkpoint)
             dist.barrier()  # no rank goes on (or exits, on a stop) before the checkpoint is on disk
         if main:
-            progress.step_done(step, last["loss"])
+            progress.step_done(step, last[M.LOSS])
         if stop and step < s.total_steps:
             run.grad_sync.close()
             raise StopRequested(f"stopped at step {step} after a checkpoint")

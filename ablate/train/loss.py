@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ablate import metrics as M
 from ablate.data.sequence import VocabLayout
 
 
@@ -35,11 +36,11 @@ class LossParts:
         """Python numbers for logging (syncs with the device): loss, text_loss, image_loss, perplexity, counts."""
         loss = float(self.loss.detach())
         return {
-            "loss": loss,
-            "text_loss": float(self.text_loss.detach()),
-            "image_loss": float(self.image_loss.detach()),
+            M.LOSS: loss,
+            M.TEXT_LOSS: float(self.text_loss.detach()),
+            M.IMAGE_LOSS: float(self.image_loss.detach()),
             # exp overflows to inf above ~709; inf is the honest value for a diverged run.
-            "perplexity": math.exp(loss) if loss < 709 else math.inf,
+            M.PERPLEXITY: math.exp(loss) if loss < 709 else math.inf,
             "n_text": int(self.n_text),
             "n_image": int(self.n_image),
             "n_ignored": int(self.n_ignored),

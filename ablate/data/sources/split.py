@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
 
 from ablate.errors import ConfigError
-
-Split = Literal["train", "val", "heldout"]
+from ablate.splits import HELDOUT, TRAIN, VAL, Split
 
 
 def hash_unit(key: str) -> float:
@@ -29,7 +27,7 @@ def split_of(key: str, val_fraction: float, heldout_fraction: float) -> Split:
         )
     u = hash_unit(key)
     if u < val_fraction:
-        return "val"
+        return VAL
     if u >= 1 - heldout_fraction:
-        return "heldout"
-    return "train"
+        return HELDOUT
+    return TRAIN
