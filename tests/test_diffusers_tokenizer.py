@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import realdata
 import torch
+from tiny import tiny
 
 from ablate.atomic import read_json
 from ablate.config.compose import compose_config, to_run_config
@@ -135,13 +136,13 @@ def test_validation_reads_the_vqmodel_config(vq_dir: Path, tmp_path: Path) -> No
         check_vq_config(None, CODES, 2)
 
 
-TINY = [
+TINY = tiny(
     "data.n_train=32",
     "data.n_val=8",
     "data.n_heldout=8",
     f"tokenizer.codebook_size={CODES}",
     "tokenizer.downsample=2",
-]
+)
 
 
 def _run(stage: str, cfg: RunConfig, tmp: Path) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import open_lm_configs
 import pytest
 import torch
 
@@ -13,20 +14,8 @@ from ablate.model.args import ffn_hidden_dim, flops_per_token, non_embedding_par
 from ablate.model.transformer import ModelArgs, Rotary, Transformer, count_parameters, make_norm
 from ablate.schema import NORMS
 
-OPEN_LM_1B = {  # open_lm/model_configs/open_lm_1b.json plus keys of the "_old" variant and an unknown one
-    "hidden_dim": 2048,
-    "n_layers": 24,
-    "n_heads": 16,
-    "seq_len": 2048,
-    "vocab_size": 50432,
-    "post_embed_norm": False,
-    "weight_tying": False,
-    "qk_norm": False,
-    "ffn_type": "swiglu",
-    "model_norm": "default_layer_norm",
-    "positional_embedding_type": "head_rotary",
-    "moe_freq": 0,
-}
+# The 1B config plus a key open_lm has that ablate does not read (MoE), which loading ignores.
+OPEN_LM_1B = {**open_lm_configs.OPEN_LM_1B, "moe_freq": 0}
 
 
 def tiny(**kw) -> ModelArgs:

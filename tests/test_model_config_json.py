@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from open_lm_configs import OPEN_LM_1B
 
 from ablate.config.compose import compose_config, to_run_config
 from ablate.config.validate import validate
@@ -19,20 +20,6 @@ from ablate.stages import names
 from ablate.stages.common import arch_config, model_args
 from ablate.stages.plan import plan_stages
 
-# open_lm/model_configs/open_lm_1b.json with the keys open_lm_1b_old.json adds (the released checkpoint's).
-OPEN_LM_1B = {
-    "hidden_dim": 2048,
-    "n_layers": 24,
-    "n_heads": 16,
-    "seq_len": 2048,
-    "vocab_size": 50432,
-    "post_embed_norm": False,
-    "weight_tying": False,
-    "model_norm": "default_layer_norm",
-    "ffn_type": "swiglu",
-    "qk_norm": False,
-    "positional_embedding_type": "head_rotary",
-}
 TINY = {
     "hidden_dim": 16,
     "n_layers": 2,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import tiny
 
 from ablate.config.compose import compose_config, to_run_config
 from ablate.config.validate import validate
@@ -114,7 +115,7 @@ def test_invalid_evaluate_and_align_settings_are_config_errors(overrides, needle
         cfg(*overrides)
 
 
-TINY = (
+TINY = tiny(
     "model.hidden_dim=16",
     "model.n_layers=1",
     "model.n_heads=2",

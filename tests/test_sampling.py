@@ -19,13 +19,7 @@ N_CODES = 9
 SEQ_LEN = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls run ~10x faster on one thread than two contending ones; restore the setting after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _text_loving_model(seed: int = 0) -> Transformer:

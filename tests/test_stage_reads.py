@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import realdata
+from tiny import tiny
 
 from ablate.config.compose import compose_config, stable_hash, to_run_config
 from ablate.config.schema import UNKEYED_FIELDS, RunConfig
@@ -29,7 +30,7 @@ from ablate.stages.plan import plan_stages
 from ablate.stages.stage import Stage
 from ablate.tracking import NullTracker
 
-TINY = [
+TINY = tiny(
     "data.n_train=128",
     "data.n_val=32",
     "data.n_heldout=32",
@@ -58,7 +59,7 @@ TINY = [
     # Every stage runs: the demo pretrain (init=pretrained, no checkpoint) and align (contrastive).
     "model.init=pretrained",
     "model.image_init=contrastive",
-]
+)
 
 
 def recording(obj: Any, reads: set[str], prefix: str = "") -> Any:
