@@ -230,20 +230,21 @@ class MetricsLog:
             None  # (step, key) the file holds, read at the first append
         )
 
-    def truncate_after(self, step: int) -> None:
-        """Prepare a resume after `step`: cut a row torn by a crash; rows after `step` stay (see class)."""
+    def _cut_torn_row(self) -> None:
+        """Cut a last row a crash left unfinished (SIGKILL mid-write), so the next row starts on its own
+        line; its step is logged again by the resumed stage."""
         if not self.path.exists():
             return
         with self.path.open("rb+") as f:
             data = f.read()
             if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)  # a row a SIGKILL cut short: its step will be re-logged
-        self._logged = None
+                f.truncate(data.rfind(b"\n") + 1)
 
     def append(self, step: int, metrics: dict[str, float]) -> None:
         """Add a row of the metrics the file lacks at this step, if any (a plain append, not an atomic
         rewrite)."""
-        if self._logged is None:
+        if self._logged is None:  # the first append of this process: a resume, perhaps after a crash
+            self._cut_torn_row()
             self._logged = {(int(r["step"]), k) for r in self.rows() for k in r if k != "step"}
         new = {k: v for k, v in metrics.items() if (step, k) not in self._logged}
         if not new:

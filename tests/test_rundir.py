@@ -50,7 +50,6 @@ def test_metrics_log(tmp_path):
     assert isinstance(log, MetricsLog) and log.path == tmp_path / "metrics.jsonl" and log.rows() == []
     for step in (1, 2, 3):
         log.append(step, {"loss": float(step)})
-    log.truncate_after(2)
     # A resume re-executes step 3: its first row stays (the tracking store keeps the first value too).
     assert log.rows() == [{"step": i, "loss": float(i)} for i in (1, 2, 3)]
     log.append(3, {"loss": -3.0})
@@ -66,7 +65,7 @@ def test_metrics_log_drops_a_row_torn_by_a_crash(tmp_path):
     with log.path.open("a") as f:
         f.write('{"step": 2, "lo')  # SIGKILL mid-write
     assert log.rows() == [{"step": 1, "loss": 1.0}]
-    log.truncate_after(1)  # the resume cuts the torn row, so the next one starts on its own line
-    log.append(2, {"loss": 2.0})
+    log = RunDir(tmp_path).metrics_log()  # the resumed process: its first append cuts the torn row...
+    log.append(2, {"loss": 2.0})  # ...so this one starts on its own line
     assert log.path.read_text().splitlines()[-1] == '{"step": 2, "loss": 2.0}'
     assert log.rows() == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 2.0}]

@@ -161,7 +161,6 @@ def run(ctx: StageContext) -> None:
         f"from {ckpt}; {s['steps']} steps of {min(s['batch_size'], len(captions))} pairs, lr {s['lr']}"
     )
 
-    ctx.metrics_log.truncate_after(0)  # a relaunch starts over: drop the rows of an interrupted attempt
     device = "cuda" if torch.cuda.is_available() else "cpu"
     image_table, history = train_alignment(
         captions,

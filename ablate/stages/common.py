@@ -89,8 +89,6 @@ def train_and_save(
     from ablate.train.loop import train_loop
 
     model.to(dist.training_device())
-    if dist.is_main():  # a resumed stage appends again after a row a crash may have cut short: cut it
-        ctx.metrics_log.truncate_after(0)
     final = train_loop(
         model,
         dataset,
