@@ -9,9 +9,9 @@ from typing import Any
 
 from ablate.config.compose import compose_arm, flatten, run_key
 from ablate.config.keys import UnknownKeyError
-from ablate.config.schema import EXECUTION_SECTIONS, ClusterConfig, RunConfig, TrackingConfig
 from ablate.config.validate import validate
 from ablate.errors import AblateError, ConfigError
+from ablate.schema import EXECUTION_SECTIONS, ClusterConfig, RunConfig, TrackingConfig
 from ablate.sweep import Sweep
 from ablate.sweep_yaml import read_yaml
 

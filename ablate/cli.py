@@ -66,7 +66,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     import signal
 
-    from ablate.config.schema import TrackingConfig
+    from ablate.schema import TrackingConfig
     from ablate.tracking import default_tracking_uri, redact_uri, start_ui, sweep_links, wait_until_up
 
     uri = args.tracking_uri or default_tracking_uri(_results(args))

@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ablate.config.compose import flatten
-from ablate.config.schema import TrackingConfig
 from ablate.errors import AblateError
 from ablate.rundir import RunDir
+from ablate.schema import TrackingConfig
 
 
 def resend(run_dir: Path, uri: str) -> tuple[str, int]:

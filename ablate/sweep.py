@@ -41,8 +41,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 from hydra.errors import HydraException
 
-from ablate.config.schema import SCALES
 from ablate.errors import SweepError
+from ablate.schema import SCALES
 from ablate.sweep_yaml import read_yaml
 
 TOP_LEVEL_KEYS = (

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ablate.config.schema import OptimConfig, TrainConfig
 from ablate.data.sequence import VocabLayout, layout_t2i
 from ablate.data.shards import ShardDataset, ShardWriter, read_batch
 from ablate.model.transformer import ModelArgs, Transformer
 from ablate.rundir import RunDir
+from ablate.schema import OptimConfig, TrainConfig
 from ablate.train.loop import precision_context, train_loop
 
 SEQ, MICRO, ACCUM = 288, 8, 1

@@ -18,9 +18,9 @@ from ablate.align import (
     nearest_text_tokens,
     train_alignment,
 )
-from ablate.config.schema import AlignConfig, RunConfig
 from ablate.data.sequence import VocabLayout, layout_t2i
 from ablate.data.shards import ShardWriter
+from ablate.schema import AlignConfig, RunConfig
 from ablate.stages import align as align_stage
 from ablate.stages.context import StageContext
 from ablate.tokenize.text import train_bpe

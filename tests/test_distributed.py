@@ -20,13 +20,13 @@ import torch
 import torch.multiprocessing as mp
 
 from ablate.config.compose import compose_config, to_run_config
-from ablate.config.schema import OptimConfig, TrainConfig
 from ablate.config.validate import validate
 from ablate.data.sequence import VocabLayout, layout_t2i
 from ablate.data.shards import ShardDataset, ShardWriter
 from ablate.errors import ConfigError, StopRequested
 from ablate.model.transformer import ModelArgs, Transformer
 from ablate.rundir import MetricsLog, RunDir
+from ablate.schema import OptimConfig, TrainConfig
 from ablate.stages import registry
 from ablate.stages.runner import Job, run_job
 from ablate.stages.stage import Stage

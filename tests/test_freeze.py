@@ -7,10 +7,10 @@ import re
 import pytest
 import torch
 
-from ablate.config.schema import TRAINABLE_PRESETS as PRESETS
 from ablate.errors import ConfigError
 from ablate.model.freeze import apply_trainable, positional_parameter_names, trainable_parameter_names
 from ablate.model.transformer import ModelArgs, Transformer, count_parameters
+from ablate.schema import TRAINABLE_PRESETS as PRESETS
 
 NORM = re.compile(r"(^post_embed_norm\.|^norm\.|\.attention_norm\.|\.ffn_norm\.|\.q_norm\.|\.k_norm\.)")
 

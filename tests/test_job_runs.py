@@ -251,9 +251,9 @@ def test_a_launch_names_the_runs_and_fills_an_arm_run_whose_stages_are_done(new_
     """attach_tracking (jobs to run) and sync_done (stages done, e.g. by another sweep) use the short names;
     the filled arm run holds its final value at step 0, rounded, as one a job fills."""
     from ablate.arms import resolve_arms
-    from ablate.config.schema import TrackingConfig
     from ablate.launch.graph import build_graph
     from ablate.launch.runs import attach_tracking, sync_done
+    from ablate.schema import TrackingConfig
     from ablate.sweep import load_sweep
 
     uri = f"sqlite:///{new_store('launchruns') / 'mlflow.db'}"

@@ -20,10 +20,10 @@ import realdata
 from tiny import tiny
 
 from ablate.config.compose import compose_config, stable_hash, to_run_config
-from ablate.config.schema import UNKEYED_FIELDS, RunConfig
 from ablate.config.validate import validate
 from ablate.data.shards import ShardDataset
 from ablate.rundir import RunDir
+from ablate.schema import UNKEYED_FIELDS, RunConfig
 from ablate.stages import names, registry
 from ablate.stages.context import StageContext
 from ablate.stages.plan import plan_stages

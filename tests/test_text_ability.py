@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from ablate.config.compose import compose_config, to_run_config
-from ablate.config.schema import OptimConfig, TrainConfig
 from ablate.data.sequence import NUM_SPECIALS, VocabLayout
 from ablate.data.shards import ShardDataset, ShardWriter
 from ablate.evaluate.text_ability import (
@@ -26,6 +25,7 @@ from ablate.model.transformer import ModelArgs, Transformer
 from ablate.model.vocab import expand_vocab
 from ablate.paper import TABLE1_PROMPTS
 from ablate.rundir import RunDir
+from ablate.schema import OptimConfig, TrainConfig
 from ablate.tokenize.text import TextTokenizer, train_bpe
 from ablate.train.loop import train_loop
 

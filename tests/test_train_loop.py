@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from ablate.config.schema import OptimConfig, TrainConfig
 from ablate.data.sequence import VocabLayout, layout_t2i
 from ablate.data.shards import ShardDataset, ShardWriter
 from ablate.errors import StopRequested
 from ablate.model.transformer import ModelArgs, Transformer
 from ablate.rundir import RunDir
+from ablate.schema import OptimConfig, TrainConfig
 from ablate.train.loop import LogMetrics, train_loop
 
 LAYOUT = VocabLayout(text_vocab_size=32, codebook_size=16)

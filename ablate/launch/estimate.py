@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ablate.config.schema import RunConfig
 from ablate.data.sequence import VocabLayout
 from ablate.model.args import flops_per_token, non_embedding_parameters
+from ablate.schema import RunConfig
 from ablate.stages.common import model_args
 from ablate.stages.plan import plan_stages
 from ablate.train.schedule import closest_micro_batch_size, plan_batch, tokens_to_steps

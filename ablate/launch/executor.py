@@ -12,10 +12,10 @@ from pathlib import Path
 
 import submitit
 
-from ablate.config.schema import ClusterConfig
 from ablate.errors import LaunchError, StorageError
 from ablate.launch.graph import Graph, Node
 from ablate.rundir import RunDir
+from ablate.schema import ClusterConfig
 from ablate.stages import registry
 
 Event = Callable[[str, Node, str], None]  # (event, node, detail): submitted | done | failed | skipped

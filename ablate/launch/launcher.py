@@ -10,7 +10,6 @@ from pathlib import Path
 
 from ablate.arms import ResolvedArm, execution_settings, resolve_arms
 from ablate.atomic import as_storage_error
-from ablate.config.schema import ClusterConfig, TrackingConfig
 from ablate.config.validate import check_assets
 from ablate.errors import AblateError, LaunchError
 from ablate.filelock import FileLock
@@ -19,6 +18,7 @@ from ablate.launch.executor import arms_label, make_executor, run_graph
 from ablate.launch.graph import Graph, Node, build_graph
 from ablate.launch.manifest import Manifest, launch_lock_path
 from ablate.launch.runs import arm_run_names, attach_tracking, swept_params, sync_done
+from ablate.schema import ClusterConfig, TrackingConfig
 from ablate.stages.names import TRAIN
 from ablate.sweep import Sweep, load_sweep
 from ablate.tracking.store import Store

@@ -10,9 +10,9 @@ from typing import Any
 
 from ablate.arms import ResolvedArm
 from ablate.config.compose import flatten
-from ablate.config.schema import EXECUTION_SECTIONS, TrackingConfig
 from ablate.launch.graph import Graph, Node
 from ablate.rundir import git_commit
+from ablate.schema import EXECUTION_SECTIONS, TrackingConfig
 from ablate.stages import registry
 from ablate.stages.names import ARM_STAGES, TRAIN
 from ablate.sweep import SEED_KEY

@@ -24,10 +24,10 @@ from typing import Any
 import submitit
 
 from ablate.config.sbatch import check_cluster_sbatch, check_text
-from ablate.config.schema import ClusterConfig
 from ablate.errors import LaunchError
 from ablate.launch.graph import Graph, Node
 from ablate.launch.slurm_job import StageJob
+from ablate.schema import ClusterConfig
 from ablate.stages import registry
 
 """Stages that run data-parallel on all of cluster.nodes x cluster.tasks_per_node."""

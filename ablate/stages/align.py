@@ -28,10 +28,10 @@ import numpy as np
 
 from ablate import metrics
 from ablate.atomic import atomic_write_text
-from ablate.config.schema import RunConfig
 from ablate.data.sequence import VocabLayout, caption_ids, extract_image_codes
 from ablate.errors import CheckpointError, DataError, StopRequested
 from ablate.rundir import RunDir
+from ablate.schema import RunConfig
 from ablate.stages import names
 from ablate.stages.context import StageContext
 from ablate.stages.inputs import open_text_tokenizer, pretrained_checkpoint

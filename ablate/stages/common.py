@@ -12,10 +12,10 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from ablate.atomic import atomic_write_text
-from ablate.config.schema import OptimConfig, RunConfig, TrainConfig
 from ablate.data.sequence import VocabLayout
 from ablate.errors import ConfigError
 from ablate.model.args import ModelArgs, open_lm_arch
+from ablate.schema import OptimConfig, RunConfig, TrainConfig
 from ablate.stages.context import StageContext
 
 if TYPE_CHECKING:

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ablate.config.schema import RunConfig
 from ablate.rundir import MetricsLog, RunDir
+from ablate.schema import RunConfig
 
 if TYPE_CHECKING:
     from ablate.tracking import Tracker

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from ablate.atomic import atomic_write_bytes, atomic_write_text
-from ablate.config.schema import RunConfig
 from ablate.data.eval_set import eval_samples, eval_set_config
 from ablate.errors import DataError
+from ablate.schema import RunConfig
 from ablate.stages import names
 from ablate.stages.context import StageContext
 from ablate.stages.inputs import CAPTIONS, FID_REFERENCE, has_eval_set

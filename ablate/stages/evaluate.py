@@ -32,12 +32,12 @@ import numpy as np
 
 from ablate import metrics
 from ablate.atomic import atomic_write_bytes, atomic_write_text
-from ablate.config.schema import RunConfig
 from ablate.data.eval_set import eval_set_config
 from ablate.data.sequence import VocabLayout, caption_ids, prompt_t2i, prompt_uncond
 from ablate.data.synthetic import Scene, render
 from ablate.errors import DataError
 from ablate.rundir import RunDir
+from ablate.schema import RunConfig
 from ablate.splits import HELDOUT, TRAIN, VAL
 from ablate.stages import names
 from ablate.stages.context import StageContext

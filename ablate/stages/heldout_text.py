@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ablate.config.schema import RunConfig
 from ablate.errors import AssetMissingError, DataError
+from ablate.schema import RunConfig
 from ablate.splits import HELDOUT
 from ablate.stages import names
 from ablate.stages.context import StageContext

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ablate.atomic import atomic_write_json
-from ablate.config.schema import RunConfig
 from ablate.errors import ConfigError
 from ablate.rundir import RunDir
+from ablate.schema import RunConfig
 from ablate.splits import TRAIN, VAL
 from ablate.stages import names
 from ablate.stages.context import StageContext

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ablate.atomic import read_json
-from ablate.config.schema import RunConfig
 from ablate.errors import DataError
+from ablate.schema import RunConfig
 from ablate.splits import HELDOUT
 from ablate.stages import names
 from ablate.tokenize.diffusers_vq import KIND as DIFFUSERS

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from ablate.cache import stage_dir
 from ablate.config.compose import stable_hash
-from ablate.config.schema import RunConfig
 from ablate.rundir import RunDir
+from ablate.schema import RunConfig
 from ablate.stages import registry
 from ablate.stages.stage import Stage
 

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ablate.atomic import atomic_write_json
-from ablate.config.schema import RunConfig
 from ablate.data.preprocess import SkipCounter
 from ablate.data.sequence import VocabLayout, layout_t2i, layout_uncond
 from ablate.data.sources import (
@@ -35,6 +34,7 @@ from ablate.data.sources import (
 )
 from ablate.errors import AblateError, ConfigError, DataError
 from ablate.rundir import RunDir
+from ablate.schema import RunConfig
 from ablate.splits import HELDOUT, SPLITS, TRAIN, VAL
 from ablate.stages import names
 from ablate.stages.context import StageContext

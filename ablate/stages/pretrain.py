@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ablate.config.schema import UNKEYED_FIELDS, OptimConfig, RunConfig, TrainConfig
 from ablate.data.sequence import VocabLayout
+from ablate.schema import UNKEYED_FIELDS, OptimConfig, RunConfig, TrainConfig
 from ablate.splits import HELDOUT, TRAIN
 from ablate.stages import names
 from ablate.stages.common import arch_config, model_args, train_and_save

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ablate.config.schema import RunConfig
+from ablate.schema import RunConfig
 from ablate.stages.context import StageContext
 
 

@@ -8,8 +8,8 @@ import json
 import numpy as np
 
 from ablate.atomic import atomic_write_bytes, atomic_write_text
-from ablate.config.schema import RunConfig
 from ablate.data.synthetic import generate
+from ablate.schema import RunConfig
 from ablate.splits import HELDOUT, SPLITS, TRAIN, VAL
 from ablate.stages import names
 from ablate.stages.context import StageContext

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 from ablate.atomic import atomic_write_json, atomic_write_text
-from ablate.config.schema import PretrainConfig, RunConfig
 from ablate.data.corpus import corpus_fingerprint, english_documents, split_documents
 from ablate.data.stories import stories
 from ablate.data.synthetic import grammar_words
+from ablate.schema import PretrainConfig, RunConfig
 from ablate.stages import names
 from ablate.stages.context import StageContext
 from ablate.stages.stage import Stage

@@ -6,9 +6,9 @@ from dataclasses import asdict, replace
 from typing import TYPE_CHECKING
 
 from ablate import metrics
-from ablate.config.schema import EXECUTION_SECTIONS, UNKEYED_FIELDS, RunConfig
 from ablate.data.sequence import VocabLayout
 from ablate.errors import CheckpointError
+from ablate.schema import EXECUTION_SECTIONS, UNKEYED_FIELDS, RunConfig
 from ablate.stages import names
 from ablate.stages.common import arch_config, model_args, train_and_save
 from ablate.stages.context import StageContext
