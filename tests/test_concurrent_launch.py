@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny import tiny
+from scales import tiny
 
 from ablate.filelock import FileLock
 from ablate.launch.manifest import launch_lock_path

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny import TINY_DATA
+from scales import TINY_DATA
 
 from ablate.tracking import TAG_STAGE
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from tiny import tiny
+from scales import tiny
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = tiny(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import realdata
 import torch
-from tiny import tiny
+from scales import tiny
 
 from ablate.atomic import read_json
 from ablate.config.compose import compose_config, to_run_config

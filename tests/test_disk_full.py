@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tiny import STEP_TOKENS, tiny
+from scales import STEP_TOKENS, tiny
 
 from ablate.atomic import as_storage_error, atomic_write_json
 from ablate.errors import StorageError

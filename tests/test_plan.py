@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import tiny
+from scales import tiny
 
 from ablate.config.compose import compose_config, to_run_config
 from ablate.config.validate import validate

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import realdata
-from tiny import tiny
+from scales import tiny
 
 from ablate.rundir import RunDir
 

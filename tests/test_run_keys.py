@@ -10,18 +10,14 @@ import json
 import os
 from pathlib import Path
 
+from scales import PAPER_SCALE
+
 from ablate.arms import resolve_arms
 from ablate.stages.plan import plan_stages
 from ablate.sweep import load_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "run_keys.json"
-PAPER_SCALE = [
-    "scale=paper",
-    "model.checkpoint=/ckpt/open_lm_1b/epoch_1.pt",
-    "tokenizer.text_path=/ckpt/gpt-neox/tokenizer.json",
-    "tokenizer.image_path=/ckpt/movqgan",
-]
 
 
 def all_keys() -> dict[str, dict[str, dict[str, str]]]:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny import tiny
+from scales import tiny
 
 from ablate.launch import slurm
 from ablate.launch.manifest import Manifest

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import realdata
-from tiny import tiny
+from scales import tiny
 
 from ablate.config.compose import compose_config, stable_hash, to_run_config
 from ablate.config.validate import validate

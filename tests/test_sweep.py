@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from scales import PAPER_SCALE
 
 from ablate.arms import execution_settings, resolve_arms
 from ablate.errors import ConfigError, SweepError
@@ -145,12 +146,6 @@ EXPECTED = {
 }
 EXPECTED["paper.yaml"] = [
     label for f in ("t2i_init", "freeze", "lr", "batch", "contrastive") for label in EXPECTED[f + ".yaml"]
-]
-PAPER_SCALE = [
-    "scale=paper",
-    "model.checkpoint=/ckpt/open_lm_1b/epoch_1.pt",
-    "tokenizer.text_path=/ckpt/gpt-neox/tokenizer.json",
-    "tokenizer.image_path=/ckpt/movqgan",
 ]
 EXPECTED_PAPER = {
     "lr.yaml": [f"init={i} lr={lr}" for i in INITS for lr in ("5e-05", "0.0001", "0.0002", "0.0003")],

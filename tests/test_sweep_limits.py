@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from scales import PAPER_SCALE
 
 from ablate.cli import main, parse_args
 from ablate.config.compose import (
@@ -27,12 +28,6 @@ from ablate.sweep_yaml import MAX_DEPTH
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = ROOT / "sweeps"
-PAPER_SCALE = [
-    "scale=paper",
-    "model.checkpoint=/ckpt/open_lm_1b/epoch_1.pt",
-    "tokenizer.text_path=/ckpt/gpt-neox/tokenizer.json",
-    "tokenizer.image_path=/ckpt/movqgan",
-]
 
 
 def hydra_reference(overrides: list[str]) -> tuple[dict, object]:

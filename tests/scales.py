@@ -1,6 +1,7 @@
-"""The one builder of tiny run configs: the overrides that make a launch tiny (small synthetic data, a quick
-VQ-VAE and BPE, a 2-layer model, cluster=local), which the end-to-end tests of real launches share; each
-adds its own budget with `tiny(...)`."""
+"""The overrides of each scale the tests run or plan at: `tiny(...)`, the one builder of tiny run configs
+(small synthetic data, a quick VQ-VAE and BPE, a 2-layer model, cluster=local), which the tests of real
+launches share, each adding its own budget; and PAPER_SCALE, to plan paper-scale arms without their
+assets."""
 
 from __future__ import annotations
 
@@ -38,3 +39,12 @@ def tiny(*overrides: str, data: bool = True) -> list[str]:
             raise ValueError(f"tiny(): {o!r} is not key=value")
         merged[key] = value
     return [f"{k}={v}" for k, v in merged.items()]
+
+
+PAPER_SCALE = [
+    "scale=paper",
+    "model.checkpoint=/ckpt/open_lm_1b/epoch_1.pt",
+    "tokenizer.text_path=/ckpt/gpt-neox/tokenizer.json",
+    "tokenizer.image_path=/ckpt/movqgan",
+]
+"""scale=paper with placeholder asset paths: enough to compose, validate and plan (nothing is read)."""
