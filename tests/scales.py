@@ -25,9 +25,6 @@ RUN = {
     "evaluate.n_samples": "8",
 }
 
-TINY_DATA = [f"{k}={v}" for k, v in {**CLUSTER, **DATA}.items()]
-"""Cluster and data only, for tests that set the model themselves."""
-
 
 def tiny(*overrides: str, data: bool = True) -> list[str]:
     """The tiny launch's overrides, then the test's own `key=value`s: a key given again replaces the

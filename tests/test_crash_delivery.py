@@ -15,19 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
-from scales import TINY_DATA
+from scales import STEP_TOKENS, tiny
 
 from ablate.tracking import TAG_STAGE
 
 ROOT = Path(__file__).resolve().parent.parent
-STEP_TOKENS = 2304  # pretrain.batch_tokens below: one step
-TINY = [
-    *TINY_DATA,
-    "optim.warmup_tokens=2304",
-    "model.hidden_dim=32",
-    "model.n_layers=2",
-    "evaluate.n_samples=8",
-]
+TINY = tiny()
 SWEEP = "name: crash\narms:\n  - {data.task: uncond, model.init: random}\n"
 
 
