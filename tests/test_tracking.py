@@ -280,23 +280,22 @@ def test_a_stage_recomputed_from_nothing_gets_a_new_run(store: SimpleNamespace) 
     assert get(key, fresh=True) == second
 
 
-def test_local_first_never_delivers_a_step_whose_local_write_failed(tmp_path: Path) -> None:
-    from ablate.rundir import RunDir
+def test_a_step_whose_local_write_failed_never_reaches_the_tracker(tmp_path: Path, monkeypatch) -> None:
+    """The stage's one sink writes metrics.jsonl, then the tracker: the store never has a step the file
+    lacks (a full disk fails the step before the tracker sees it)."""
+    from ablate.stages.context import StageContext
 
-    log = RunDir(tmp_path).metrics_log()
     inner = tracking.NullTracker()
-    tracker = tracking.LocalFirst(inner, tmp_path)  # any Tracker works
-    for step in (1, 2):
-        tracker.log_metrics({"loss": float(step)}, step)
-        log.append(step, {"loss": float(step)})
-    assert inner.metrics == [(1, {"loss": 1.0})]  # step 2 is held until the next call
-    tracker.log_metrics({"loss": 3.0}, 3)  # then the append fails (a full disk): step 3 is on no disk
-    tracker.close("FAILED")
-    assert inner.metrics == [(1, {"loss": 1.0}), (2, {"loss": 2.0})] and inner.status == "FAILED"
-    finished = tracking.LocalFirst(inner := tracking.NullTracker(), tmp_path)
-    finished.log_metrics({"loss": 9.0}, 9)
-    finished.close("FINISHED")  # a stage that finished: its last step goes, whatever the file says
-    assert inner.metrics == [(9, {"loss": 9.0})]
+    ctx = StageContext("train", None, tmp_path, {}, inner)  # type: ignore[arg-type]
+    ctx.log_metrics({"loss": 1.0}, 1)
+
+    def full_disk(step: int, values: dict[str, float]) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ctx.metrics_log, "append", full_disk)
+    with pytest.raises(OSError):
+        ctx.log_metrics({"loss": 2.0}, 2)
+    assert inner.metrics == [(1, {"loss": 1.0})]
 
 
 def test_a_sweep_experiment_is_a_model_training_experiment(store: SimpleNamespace) -> None:

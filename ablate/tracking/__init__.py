@@ -8,7 +8,7 @@ Modules: store (Store: one per process per URI, holding the client, the SQLite f
 lock, with the param/tag/search methods; constants and URI helpers), tags (every tag and experiment name,
 the run tag builders), runs (experiments, stage runs, statuses), job_runs (the runs a job logs to: its
 stage run and its arms' runs), done_runs (the runs of stages done before a launch), tracker (Tracker,
-NullTracker, MLflowTracker, LocalFirst) and items (what MLflowTracker queues), results (how an arm run
+NullTracker, MLflowTracker) and items (what MLflowTracker queues), results (how an arm run
 shows its results), ui (the MLflow UI process) and read (fetch_runs, fetch_histories, download_artifact,
 latest_metrics). Functions on the store take a Store or a URI (opening the process's Store for it).
 Import from here.
@@ -70,7 +70,7 @@ from ablate.tracking.tags import (
     sweep_experiment,
     sweep_tag,
 )
-from ablate.tracking.tracker import LocalFirst, MLflowTracker, NullTracker, Tracker
+from ablate.tracking.tracker import MLflowTracker, NullTracker, Tracker
 from ablate.tracking.ui import (
     arms_link,
     arms_view,
@@ -106,7 +106,6 @@ __all__ = [
     "TERMINAL_STATUSES",
     "TRACKING_URI_ENV",
     "TRUNCATION_MARK",
-    "LocalFirst",
     "MLflowTracker",
     "Store",
     "NullTracker",

@@ -32,7 +32,7 @@ from ablate.tracking.tags import (
     TAG_SWEEP,
     sweep_tag,
 )
-from ablate.tracking.tracker import LocalFirst, MLflowTracker, Tracker
+from ablate.tracking.tracker import MLflowTracker, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def open_job_tracker(
 
     primary = tracker(stage_id)
     secondaries = [tracker(arm_id) for arm_id in arm_ids.values()]
-    return LocalFirst(FanOut(primary, secondaries), out), stage_id, arm_ids
+    return FanOut(primary, secondaries), stage_id, arm_ids
 
 
 def sweep_stage_keys(store: Store | str, sweep: str) -> set[tuple[str, str]]:
