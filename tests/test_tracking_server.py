@@ -236,15 +236,15 @@ def test_a_write_race_is_retried_and_other_refusals_are_not() -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
-    from ablate.tracking.store import _is_permanent, lost_write_race
+    from ablate.tracking.store import is_permanent, lost_write_race
 
     race = MlflowException(
         '(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "experiment_tag_pk"',
         error_code=BAD_REQUEST,
     )
     other = MlflowException("Invalid value 'x' for parameter 'step'", error_code=BAD_REQUEST)
-    assert lost_write_race(race) and not _is_permanent(race)
-    assert not lost_write_race(other) and _is_permanent(other)
+    assert lost_write_race(race) and not is_permanent(race)
+    assert not lost_write_race(other) and is_permanent(other)
 
 
 def _at_once(n: int, call: Any) -> tuple[dict[int, Any], list[str]]:

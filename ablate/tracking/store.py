@@ -99,7 +99,6 @@ def is_permanent(exc: BaseException) -> bool:
     )
 
 
-_is_permanent = is_permanent  # the name tests/test_tracking_server.py imports
 
 
 def retry_race(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
