@@ -99,8 +99,6 @@ def is_permanent(exc: BaseException) -> bool:
     )
 
 
-
-
 def retry_race(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """call(*args, **kwargs), sent again (after a short random pause) while it loses a write race to another process."""
     for attempt in range(1, _RACE_ATTEMPTS):
