@@ -14,6 +14,7 @@ from typing import Any
 
 from ablate.errors import AblateError
 from ablate.launch.manifest import Manifest
+from ablate.metrics import FINAL_LOSS, LOSS, TOKENS
 from ablate.rundir import RunDir
 from ablate.stages.names import TRAIN
 from ablate.stages.registry import STAGE_ORDER
@@ -166,12 +167,12 @@ def _progress(row: dict[str, Any], mlflow: dict[str, dict[str, Any]]) -> tuple[A
     prog = RunDir(run_dir).read_progress()
     run = mlflow.get(run_id, {})
     metrics = run.get("metrics", {})
-    tokens = metrics.get("tokens", prog.get("tokens"))
+    tokens = metrics.get(TOKENS, prog.get("tokens"))
     total = run.get("total_tokens") or prog.get("total_tokens")
-    loss = metrics.get("loss", prog.get("loss"))
+    loss = metrics.get(LOSS, prog.get("loss"))
     if done:  # the final loss, as summary.csv and the arm run
         loss = metrics.get(
-            "final_loss", final_values(RunDir(run_dir).metrics_log().rows()).get("final_loss", loss)
+            FINAL_LOSS, final_values(RunDir(run_dir).metrics_log().rows()).get(FINAL_LOSS, loss)
         )
     return tokens, total, loss
 

@@ -11,28 +11,29 @@ from __future__ import annotations
 
 import math
 
+from ablate import metrics as M
 from ablate.train.final import FINAL_METRICS
 
 # One value per run (the train stage logs them at its last step): logged to the arm run at step 0, since
 # MLflow's charts draw a metric whose latest step is 0 in every run as one bar per run, and one at a later
 # step as a point on a line chart (a lone point on the tokens axis, a hair apart from the others').
-SINGLE_VALUES = tuple(f"final_{m}" for m in FINAL_METRICS)
+SINGLE_VALUES = tuple(M.final(m) for m in FINAL_METRICS)
 # The result columns of a sweep's arms table (the saved view, tracking.ui.arms_view): the train stage's
 # final values and last held-out text probe, the evaluate stage's image metrics (FID on real data).
 ARM_RESULT_METRICS = (
     *SINGLE_VALUES,
-    "heldout_text_ppl",
-    "caption_match_seen",
-    "colour_match_seen",
-    "scene_valid",
-    "fid",
+    M.HELDOUT_TEXT_PPL,
+    M.CAPTION_MATCH_SEEN,
+    M.COLOUR_MATCH_SEEN,
+    M.SCENE_VALID,
+    M.FID,
 )
 # MLflow's UI shows a metric with every digit it has and offers no display precision (its runs table
 # prints the stored double as is), so the arm run holds its results rounded; the evaluate stage's other
 # fractions, columns a reader may add, too.
 RESULT_DIGITS = 4
 ROUNDED = frozenset(
-    (*ARM_RESULT_METRICS, "caption_match_heldout", "colour_match_heldout", "colour_match_chance")
+    (*ARM_RESULT_METRICS, M.CAPTION_MATCH_HELDOUT, M.COLOUR_MATCH_HELDOUT, M.COLOUR_MATCH_CHANCE)
 )
 
 
