@@ -61,6 +61,15 @@ def test_command_line_group_choice_beats_scale_default():
         (["model=nope"], "model", "open_lm_1b"),
         (["optim.lr=fast"], "optim.lr", "type"),
         (["model.n_heads=3"], "model.n_heads", "divisor"),
+        # Once a traceback deep in a job, or silently more than asked (issue 24):
+        (["evaluate.slice_size=0"], "evaluate.slice_size", "> 0"),
+        (
+            ["pretrain.total_tokens=4608", "pretrain.batch_tokens=9216"],
+            "pretrain.batch_tokens",
+            "<= pretrain",
+        ),
+        (["tracking.flush_interval_s=1e308"], "tracking.flush_interval_s", "86400"),
+        (["tracking.close_timeout_s=inf"], "tracking.close_timeout_s", "86400"),
     ],
 )
 def test_bad_input_is_a_config_error_naming_arm_key_value(overrides, key, needle):

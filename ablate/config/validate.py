@@ -143,7 +143,11 @@ def validate_tokenizer(tok: S.TokenizerConfig, arm: str | None = None) -> None:
 
 def validate_pretrain(p: S.PretrainConfig, arm: str | None = None) -> None:
     """ConfigError for the first invalid pretrain setting (sizes, warm-up, held-out text file type)."""
-    _positive("pretrain", p, ("lr", "total_tokens", "heldout_max_tokens"), arm)
+    _positive("pretrain", p, ("lr", "total_tokens", "batch_tokens", "heldout_max_tokens"), arm)
+    if p.batch_tokens > p.total_tokens:  # else one step of batch_tokens trains more than the budget
+        raise ConfigError(
+            "pretrain.batch_tokens", p.batch_tokens, f"<= pretrain.total_tokens={p.total_tokens}", arm=arm
+        )
     if p.warmup_tokens > p.total_tokens:
         raise ConfigError(
             "pretrain.warmup_tokens", p.warmup_tokens, f"<= pretrain.total_tokens={p.total_tokens}", arm=arm
@@ -175,7 +179,7 @@ def validate_train(tr: S.TrainConfig, arm: str | None = None) -> None:
 
 def validate_evaluate(ev: S.EvaluateConfig, arm: str | None = None) -> None:
     """ConfigError for the first invalid evaluate setting (sample counts, sampling, the probe's interval)."""
-    names = ("n_samples", "temperature", "batch_size", "probe_sequences", "completion_tokens")
+    names = ("n_samples", "temperature", "batch_size", "slice_size", "probe_sequences", "completion_tokens")
     _positive("evaluate", ev, names, arm)
     if not 0 < ev.top_p <= 1:
         raise ConfigError("evaluate.top_p", ev.top_p, "a number in (0, 1]", arm=arm)
@@ -240,6 +244,9 @@ def validate_cluster(c: S.ClusterConfig, arm: str | None = None) -> None:
 TRACKING_SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 
 
+MAX_TRACKING_WAIT_S = 86_400  # a day: longer than any job waits on its store
+
+
 def validate_tracking(t: S.TrackingConfig, arm: str | None = None) -> None:
     """ConfigError for a tracking URI MLflow cannot open and for non-positive intervals (else a traceback at
     launch, once the sweep's runs are being created)."""
@@ -248,10 +255,15 @@ def validate_tracking(t: S.TrackingConfig, arm: str | None = None) -> None:
         if scheme not in TRACKING_SCHEMES or any(ch in t.uri for ch in "\n\r\0"):
             allowed = f"a path or a URI with a scheme of {', '.join(s for s in TRACKING_SCHEMES if s)}"
             raise ConfigError("tracking.uri", t.uri, allowed, arm=arm)
-    if not t.flush_interval_s > 0:
-        raise ConfigError("tracking.flush_interval_s", t.flush_interval_s, "a number of seconds > 0", arm=arm)
-    if not t.close_timeout_s >= 0:
-        raise ConfigError("tracking.close_timeout_s", t.close_timeout_s, "a number of seconds >= 0", arm=arm)
+    # Bounded: the tracker's thread adds these to the clock, and a time past year 9999 kills it.
+    if not 0 < t.flush_interval_s <= MAX_TRACKING_WAIT_S:
+        raise ConfigError(
+            "tracking.flush_interval_s", t.flush_interval_s, f"seconds in (0, {MAX_TRACKING_WAIT_S}]", arm=arm
+        )
+    if not 0 <= t.close_timeout_s <= MAX_TRACKING_WAIT_S:
+        raise ConfigError(
+            "tracking.close_timeout_s", t.close_timeout_s, f"seconds in [0, {MAX_TRACKING_WAIT_S}]", arm=arm
+        )
 
 
 def validate_sizes(cfg: RunConfig, arm: str | None = None) -> None:
