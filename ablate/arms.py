@@ -10,7 +10,7 @@ from typing import Any
 from ablate.config.compose import compose_arm, flatten, run_key
 from ablate.config.keys import UnknownKeyError
 from ablate.config.validate import validate
-from ablate.errors import AblateError, ConfigError
+from ablate.errors import AblateError, ConfigError, SweepError
 from ablate.schema import EXECUTION_SECTIONS, ClusterConfig, RunConfig, TrackingConfig
 from ablate.sweep import Sweep
 from ablate.sweep_yaml import read_yaml
@@ -39,6 +39,7 @@ def resolve_arms(sweep: Sweep, command_line: Sequence[str] = ()) -> list[Resolve
     rather than on the file and the first arm.
     """
     out: dict[str, ResolvedArm] = {}
+    labels: dict[str, str] = {}  # label -> run key
     first: tuple[str, RunConfig] | None = None
     for arm in sweep.arms:
         try:
@@ -50,6 +51,11 @@ def resolve_arms(sweep: Sweep, command_line: Sequence[str] = ()) -> list[Resolve
         first = first or (arm.label, config)
         _check_same_execution(first, (arm.label, config))
         key = run_key(cfg)
+        if labels.setdefault(arm.label, key) != key:  # the runs, status and figures know arms by label
+            raise SweepError(
+                f"{sweep.path}: two different arms are labelled {arm.label!r} (run keys {labels[arm.label]} "
+                f"and {key}); give each its own 'label', or drop the labels to have them named from their values"
+            )
         if key not in out:
             out[key] = ResolvedArm(
                 arm.label, arm.overrides, cfg, config, key, arm.sweeps, dict(arm.assignments)

@@ -205,7 +205,9 @@ class _Parser:
         if isinstance(sweep, RangeSweep):
             n = _range_length(sweep)
             if n is None:
-                raise self.error(f"grid key {key!r}: range() needs a non-zero step", "grid", key)
+                raise self.error(
+                    f"grid key {key!r}: range() needs finite bounds and a finite, non-zero step", "grid", key
+                )
             if n > self.max_arms:
                 raise self.too_many(n, f"grid key {key!r} alone has {n:,} values", "grid", key)
         elif not isinstance(sweep, ChoiceSweep):
@@ -384,9 +386,12 @@ def _last_line(e: BaseException) -> str:
 
 
 def _range_length(sweep: RangeSweep) -> int | None:
-    """How many values range(start, stop, step) has, without listing them; None for a zero step."""
+    """How many values range(start, stop, step) has, without listing them; None for a zero step or an
+    infinite or NaN argument."""
     start, stop, step = sweep.start, sweep.stop, sweep.step
     if start is None or stop is None or not step:
+        return None
+    if not all(math.isfinite(x) for x in (start, stop, step)):  # range(0,inf), range(0,nan)
         return None
     return max(0, math.ceil((stop - start) / step))
 

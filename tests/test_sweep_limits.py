@@ -86,6 +86,13 @@ BOMB = "\n".join(
 BAD_FILES = {
     "glob": ("name: g\ngrid: {model.init: 'glob(*)'}\n", "is not a list"),
     "range_zero_step": ("name: r\ngrid: {train.seed: 'range(0,10,0)'}\n", "non-zero step"),
+    "range_inf": ("name: r\ngrid: {train.seed: 'range(0,inf)'}\n", "finite bounds"),
+    "range_nan": ("name: r\ngrid: {train.seed: 'range(0,nan)'}\n", "finite bounds"),
+    "duplicate_label": (
+        "name: d\narms:\n  - {label: X, model.init: random, train.seed: 11}\n"
+        "  - {label: X, model.init: random, train.seed: 12}\n",
+        "two different arms are labelled 'X'",
+    ),
     "interval": ("name: r\ngrid: {optim.lr: 'interval(0,1)'}\n", "interval()"),
     "hydra_key_nan": ("name: n\narms: [{hydra: nan}]\n", "hydra.* settings"),
     "arms_not_a_list": ("name: a\narms: 5\n", "'arms' is a list"),
