@@ -72,6 +72,30 @@ def _check_size(root: yaml.Node, where: str) -> None:
         stack.extend((c, False) for c in _children(node) if id(c) not in size)
 
 
+def _check_unique_keys(root: yaml.Node, where: str) -> None:
+    """SweepError for a mapping that names a key twice: YAML loaders keep the last value silently, so the
+    first line the reader sees would never take effect."""
+    seen: set[int] = set()
+    todo = [root]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[str, int] = {}
+            for k, _ in node.value:
+                if not isinstance(k, yaml.ScalarNode) or k.tag == "tag:yaml.org,2002:merge":
+                    continue
+                if k.value in lines:
+                    raise SweepError(
+                        f"{where}:{k.start_mark.line + 1}: key {k.value[:60]!r} is given twice in one mapping "
+                        f"(first on line {lines[k.value]}); keep one"
+                    )
+                lines[k.value] = k.start_mark.line + 1
+        todo.extend(_children(node))
+
+
 def _children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.MappingNode):
         return [x for kv in node.value for x in kv]
@@ -112,6 +136,7 @@ def read_yaml(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
             if root is None:
                 return None, {}
             _check_size(root, str(path))
+            _check_unique_keys(root, str(path))
             return loader.construct_document(root), _lines(root)
         finally:
             loader.dispose()

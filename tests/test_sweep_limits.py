@@ -88,6 +88,8 @@ BAD_FILES = {
     "range_zero_step": ("name: r\ngrid: {train.seed: 'range(0,10,0)'}\n", "non-zero step"),
     "range_inf": ("name: r\ngrid: {train.seed: 'range(0,inf)'}\n", "finite bounds"),
     "range_nan": ("name: r\ngrid: {train.seed: 'range(0,nan)'}\n", "finite bounds"),
+    "duplicate_key": ("name: d\narms:\n  - {model.init: random, model.init: pretrained}\n", "given twice"),
+    "duplicate_top_key": ("name: d\narms: [{model.init: random}]\nname: e\n", "'name' is given twice"),
     "duplicate_label": (
         "name: d\narms:\n  - {label: X, model.init: random, train.seed: 11}\n"
         "  - {label: X, model.init: random, train.seed: 12}\n",
