@@ -22,6 +22,7 @@ from ablate.model.transformer import Transformer
 from ablate.stages import pretrain, text_tokenizer
 from ablate.stages.common import model_args
 from ablate.stages.context import StageContext
+from ablate.stages.inputs import load_corpus, open_text_tokenizer
 from ablate.tracking import NullTracker
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -50,10 +51,10 @@ def test_demo_lm_completes_prompts_in_the_corpus_register(tmp_path: Path) -> Non
     after = heldout_perplexity(model, heldout)
     assert before > 500 and after < 10, (before, after)
 
-    docs = text_tokenizer.load_corpus(tok_dir, "train") + text_tokenizer.load_corpus(tok_dir, "heldout")
+    docs = load_corpus(tok_dir, "train") + load_corpus(tok_dir, "heldout")
     corpus_words = set(re.findall(r"[A-Za-z]+", " ".join(docs)))
     prompts = list(cfg.evaluate.prompts)
-    tok = text_tokenizer.open_text_tokenizer(tok_dir)
+    tok = open_text_tokenizer(tok_dir)
     completions = greedy_completions(model, tok, prompts, 16, text_vocab_size=vocab)
     for completion in completions:
         words = re.findall(r"[A-Za-z]+", completion)
